@@ -1,0 +1,1 @@
+"""Training engine: the trainer, checkpoints, evaluation and the run directory."""

@@ -1,0 +1,288 @@
+"""The one trainer every method shares.
+
+It owns the loop (epochs or iterations), the learning-rate schedule, evaluation cadence,
+checkpoints, logging and resume; the method owns what happens inside a step. Model selection
+never looks at the test split: the test split is evaluated once, after the final epoch, and
+that is what ``summary.json`` reports.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from dmlkit.cohort import Cohort, PeerSpec, peer_specs
+from dmlkit.config import Config
+from dmlkit.data import DataBundle, build_data
+from dmlkit.engine.checkpoint import load_checkpoint, save_checkpoint
+from dmlkit.engine.evaluation import ENSEMBLE, evaluate
+from dmlkit.engine.rundir import RunDir
+from dmlkit.errors import UserError
+from dmlkit.methods import Method, build_method
+
+# Keys whose change does not alter what a resumed run computes.
+RESUMABLE_CHANGES = (
+    "train.epochs",
+    "train.iterations",
+    "train.progress",
+    "train.eval_every",
+    "train.checkpoint_every",
+    "train.keep_checkpoints",
+    "train.device",
+)
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (e.g. a non-finite loss); the last good checkpoint is kept."""
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"train.device={name}: CUDA is not available here; use train.device=cpu")
+    return device
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    torch.manual_seed(seed)
+    if deterministic:
+        # Bitwise-repeatable runs (and resumes) on the CPU; on CUDA this needs the workspace
+        # setting below and may cost some speed.
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def config_differences(a: Config, b: Config) -> list[str]:
+    fa, fb = _flatten(a.to_dict()), _flatten(b.to_dict())
+    return sorted(k for k in fa.keys() | fb.keys() if fa.get(k) != fb.get(k))
+
+
+class Trainer:
+    """Train a configured cohort into a run directory.
+
+    Args:
+        cfg: the resolved config.
+        run_dir: where everything is written.
+        resume: continue from the run directory's last checkpoint.
+        desc: label of the progress bar.
+    """
+
+    def __init__(
+        self, cfg: Config, run_dir: str | Path, *, resume: bool = False, desc: str = ""
+    ) -> None:
+        self.cfg = cfg
+        self.run = RunDir(run_dir)
+        self.resume = resume
+        self.desc = desc or cfg.method.name
+        self.device = resolve_device(cfg.train.device)
+        self._check_run_dir()
+        seed_everything(cfg.seed, cfg.train.deterministic)
+        self.data: DataBundle = build_data(cfg.data, seed=cfg.seed, device=self.device)
+        self.steps_per_epoch = len(self.data.train)
+        if self.steps_per_epoch == 0:
+            raise UserError(
+                "data: the training split is empty; lower data.val_fraction or data.batch_size"
+            )
+        t = cfg.train
+        self.total_steps = t.iterations if t.iterations else t.epochs * self.steps_per_epoch
+        self.num_epochs = math.ceil(self.total_steps / self.steps_per_epoch)
+        specs = peer_specs(cfg, self.data.num_classes, self.data.in_channels)
+        self.cohort = Cohort(
+            specs,
+            [cfg.peer_optim(i) for i in range(len(specs))],
+            total_epochs=self.total_steps / self.steps_per_epoch,
+            device=self.device,
+        )
+        self.method: Method = build_method(cfg, self.cohort, device=self.device)
+        self.epoch = 0  # completed epochs
+        self.iteration = 0  # completed steps
+
+    # -- set-up ---------------------------------------------------------------------------------
+    def _check_run_dir(self) -> None:
+        run = self.run
+        if self.resume:
+            if not run.config_path.is_file():
+                raise UserError(f"--resume {run.path}: no run there (no config.yaml)")
+            saved = run.load_config()
+            diff = [k for k in config_differences(saved, self.cfg) if k not in RESUMABLE_CHANGES]
+            if diff:
+                raise UserError(
+                    f"--resume {run.path}: the config differs from the run's in {', '.join(diff)}; "
+                    f"resume without changing them, or train into a new --out"
+                )
+        elif run.has_run():
+            raise UserError(
+                f"--out {run.path} already holds a run; continue it with --resume {run.path} "
+                f"or choose another --out"
+            )
+
+    def _load_checkpoint(self) -> None:
+        last = self.run.checkpoints / "last.pt"
+        if not last.is_file():
+            return  # crashed before its first checkpoint: start from scratch
+        state = load_checkpoint(last, map_location=self.device)
+        self.cohort.load_training_state(state["cohort"])
+        self.epoch, self.iteration = state["epoch"], state["iteration"]
+        torch.set_rng_state(state["rng"]["torch"])
+        if self.device.type == "cuda" and state["rng"].get("cuda") is not None:
+            torch.cuda.set_rng_state(state["rng"]["cuda"], self.device)
+
+    def _state(self) -> dict[str, Any]:
+        return {
+            "epoch": self.epoch,
+            "iteration": self.iteration,
+            "peers": [vars(s) for s in self.cohort.specs],
+            "cohort": self.cohort.training_state(),
+            "method": {"name": self.cfg.method.name, "update": self.cfg.method.update},
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state(self.device)
+                if self.device.type == "cuda"
+                else None,
+            },
+            "config": self.cfg.to_dict(),
+        }
+
+    # -- the loop -------------------------------------------------------------------------------
+    def fit(self, on_epoch: Callable[[int, dict[str, Any]], None] | None = None) -> dict[str, Any]:
+        """Train to the end, evaluate the test split, write summary.json and return it."""
+        if self.resume:
+            self._load_checkpoint()
+            self.run.truncate_metrics(self.epoch)
+        else:
+            self.run.create(self.cfg, self.device)
+        cfg = self.cfg
+        bar = tqdm(
+            total=self.total_steps,
+            initial=self.iteration,
+            desc=self.desc,
+            disable=not cfg.train.progress,
+            leave=False,
+            dynamic_ncols=True,
+        )
+        names = self.cohort.names
+        try:
+            while self.epoch < self.num_epochs:
+                start = time.perf_counter()
+                train_logs = self._train_epoch(bar)
+                epoch = self.epoch = self.epoch + 1
+                records = [
+                    {
+                        "epoch": epoch,
+                        "split": "train",
+                        "peer": n,
+                        **train_logs[i],
+                        "lr": self.cohort.lrs()[i],
+                        "seconds": time.perf_counter() - start,
+                    }
+                    for i, n in enumerate(names)
+                ]
+                last = epoch == self.num_epochs
+                if self.data.val is not None and (epoch % cfg.train.eval_every == 0 or last):
+                    records += self._records(epoch, "val", evaluate(self.cohort, self.data.val))
+                self.run.log(records)
+                if epoch % cfg.train.checkpoint_every == 0 or last:
+                    save_checkpoint(
+                        self.run.checkpoints, self._state(), epoch, cfg.train.keep_checkpoints
+                    )
+                bar.set_postfix_str(_postfix(records))
+                if on_epoch is not None:
+                    on_epoch(epoch, {r["peer"]: r for r in records})
+        finally:
+            bar.close()
+        return self.finish()
+
+    def _train_epoch(self, bar: tqdm) -> list[dict[str, float]]:
+        cohort, method = self.cohort, self.method
+        cohort.train()
+        loader = self.data.train
+        loader.set_epoch(self.epoch)
+        sums: list[dict[str, torch.Tensor]] | None = None
+        n = 0
+        for x, y in loader:
+            if self.iteration >= self.total_steps:
+                break
+            cohort.set_lr(self.iteration / self.steps_per_epoch)
+            logs = method.train_step(x, y)
+            sums = (
+                logs
+                if sums is None
+                else [{k: s[k] + v for k, v in log.items()} for s, log in zip(sums, logs)]
+            )
+            n += 1
+            self.iteration += 1
+            bar.update(1)
+        assert sums is not None  # an epoch always has at least one step
+        out = [{k: float(v) / n for k, v in s.items()} for s in sums]
+        for name, log in zip(cohort.names, out):
+            bad = {k: v for k, v in log.items() if not math.isfinite(v)}
+            if bad:
+                raise TrainingError(
+                    f"non-finite loss for peer {name!r} in epoch {self.epoch + 1} ({bad}); the last "
+                    f"good checkpoint is kept in {self.run.checkpoints} - lower the learning rate"
+                )
+        return out
+
+    @staticmethod
+    def _records(
+        epoch: int, split: str, metrics: dict[str, dict[str, float]]
+    ) -> list[dict[str, Any]]:
+        return [{"epoch": epoch, "split": split, "peer": p, **m} for p, m in metrics.items()]
+
+    def finish(self) -> dict[str, Any]:
+        """Evaluate the final cohort on the test split; write and return summary.json."""
+        test = evaluate(self.cohort, self.data.test)
+        self.run.log(self._records(self.epoch, "test", test))
+        summary = make_summary(self.cfg, self.cohort.specs, test, self.epoch, self.iteration)
+        self.run.write_summary(summary)
+        return summary
+
+
+def make_summary(
+    cfg: Config,
+    specs: list[PeerSpec],
+    metrics: dict[str, dict[str, float]],
+    epoch: int,
+    iteration: int,
+) -> dict[str, Any]:
+    return {
+        "method": cfg.method.name,
+        "update": cfg.method.update if cfg.method.name in ("dml", "dml_e") else None,
+        "seed": cfg.seed,
+        "epochs": epoch,
+        "iterations": iteration,
+        "split": "test",
+        "peers": [{"name": s.name, "arch": s.arch, "metrics": metrics[s.name]} for s in specs],
+        ENSEMBLE: {"metrics": metrics[ENSEMBLE]},
+    }
+
+
+def _postfix(records: list[dict[str, Any]]) -> str:
+    parts = []
+    for r in records:
+        if r["split"] == "val" and r["peer"] != ENSEMBLE:
+            parts.append(f"{r['peer']}={100 * r['top1']:.1f}%")
+    if not parts:
+        parts = [f"{r['peer']} loss={r['loss']:.3f}" for r in records if r["split"] == "train"]
+    return " ".join(parts)

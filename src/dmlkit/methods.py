@@ -1,0 +1,165 @@
+"""Training schemes: one small class each, one contract.
+
+``method.train_step(x, y) -> list[dict[str, Tensor]]``: one optimisation step of the whole
+cohort on a batch, returning one dict of detached scalars per peer (``loss``, ``ce``,
+``mimicry``). The losses are in :mod:`dmlkit.losses`; the *update order* is decided here:
+
+* ``simultaneous``: one forward of every peer, every peer steps against those predictions.
+* ``sequential`` (the paper's Algorithm 1): peer 1 steps, its prediction is recomputed, then
+  peer 2 steps against peer 1's *updated* prediction, and so on. Only the peer that just
+  changed is re-predicted: the others' weights, hence their predictions, are unchanged.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from dmlkit.cohort import Cohort
+from dmlkit.config import Config, MethodConfig
+from dmlkit.errors import UserError
+from dmlkit.losses import cross_entropy, dml_terms, kd_loss, mimicry_kl, mimicry_term
+from dmlkit.registry import Registry
+
+METHODS: Registry = Registry("method", "method.name")
+
+PeerLog = dict[str, Tensor]
+
+
+class Method:
+    """Base class: holds the cohort and the method's config."""
+
+    name: ClassVar[str]
+
+    def __init__(self, cohort: Cohort, cfg: MethodConfig) -> None:
+        self.cohort = cohort
+        self.cfg = cfg
+
+    def train_step(self, x: Tensor, y: Tensor) -> list[PeerLog]:
+        """One step for every peer on the batch ``x: [B, ...]``, ``y: [B]`` (-1 = unlabelled)."""
+        raise NotImplementedError
+
+    def _step_all(self, losses: list[Tensor]) -> None:
+        """Step every peer on its own loss with a single backward pass.
+
+        Valid because each loss reaches only its own peer's parameters (mimicry targets are
+        detached), so the gradient of the sum is each peer's own gradient.
+        """
+        for opt in self.cohort.optimizers:
+            opt.zero_grad(set_to_none=True)
+        torch.stack(losses).sum().backward()
+        for opt in self.cohort.optimizers:
+            opt.step()
+
+
+def _log(loss: Tensor, ce: Tensor, mimicry: Tensor) -> PeerLog:
+    return {"loss": loss.detach(), "ce": ce.detach(), "mimicry": mimicry.detach()}
+
+
+@METHODS.register("independent")
+class Independent(Method):
+    """Every peer trained alone on the labels (the paper's baseline)."""
+
+    name = "independent"
+
+    def train_step(self, x: Tensor, y: Tensor) -> list[PeerLog]:
+        ce = [cross_entropy(z, y) for z in self.cohort(x)]
+        self._step_all(ce)
+        return [_log(c, c, torch.zeros_like(c)) for c in ce]
+
+
+@METHODS.register("dml")
+class DML(Method):
+    """Deep Mutual Learning: CE + mimicry_weight * 1/(K-1) sum_l KL(p_l || p_k)."""
+
+    name = "dml"
+    mode = "dml"
+
+    def train_step(self, x: Tensor, y: Tensor) -> list[PeerLog]:
+        if self.cfg.update == "sequential":
+            return self._sequential(x, y)
+        return self._simultaneous(x, y)
+
+    def _simultaneous(self, x: Tensor, y: Tensor) -> list[PeerLog]:
+        terms = dml_terms(self.cohort(x), y, mode=self.mode, temperature=self.cfg.temperature)
+        losses = [c + self.cfg.mimicry_weight * m for c, m in zip(terms.ce, terms.mimicry)]
+        self._step_all(losses)
+        return [_log(*t) for t in zip(losses, terms.ce, terms.mimicry)]
+
+    def _sequential(self, x: Tensor, y: Tensor) -> list[PeerLog]:
+        cohort, k_peers = self.cohort, len(self.cohort)
+        logits = cohort(x)  # every peer's graph, built before any peer moves
+        current = [z.detach() for z in logits]  # the predictions the next peer mimics
+        logs = []
+        for k in range(k_peers):
+            others = current[:k] + current[k + 1 :]
+            ce = cross_entropy(logits[k], y)
+            mim = mimicry_term(logits[k], others, mode=self.mode, temperature=self.cfg.temperature)
+            loss = ce + self.cfg.mimicry_weight * mim
+            opt = cohort.optimizers[k]
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if k < k_peers - 1:  # the last peer's new prediction is not used in this step
+                current[k] = cohort.repredict(k, x)
+            logs.append(_log(loss, ce, mim))
+        return logs
+
+
+@METHODS.register("dml_e")
+class DMLEnsemble(DML):
+    """DML_e: each peer mimics the mean probability of the other peers (paper Sec. 3.3)."""
+
+    name = "dml_e"
+    mode = "dml_e"
+
+
+@METHODS.register("kd")
+class KnowledgeDistillation(Method):
+    """Hinton distillation: a frozen teacher teaches every peer one way.
+
+    Args:
+        cohort: the students.
+        cfg: ``temperature`` and ``alpha`` of :func:`dmlkit.losses.kd_loss`.
+        teacher: the trained teacher network (kept in eval mode, never updated).
+    """
+
+    name = "kd"
+
+    def __init__(self, cohort: Cohort, cfg: MethodConfig, teacher: nn.Module) -> None:
+        super().__init__(cohort, cfg)
+        self.teacher = teacher.eval().requires_grad_(False)
+
+    def train_step(self, x: Tensor, y: Tensor) -> list[PeerLog]:
+        with torch.no_grad():
+            self.teacher.eval()  # the trainer's cohort.train() must not reach the teacher
+            teacher_logits = self.teacher(x)
+        logits = self.cohort(x)
+        losses = [
+            kd_loss(z, teacher_logits, y, self.cfg.temperature, self.cfg.alpha) for z in logits
+        ]
+        self._step_all(losses)
+        t = self.cfg.temperature
+        return [
+            _log(loss, cross_entropy(z, y), mimicry_kl(z, teacher_logits, t))
+            for z, loss in zip(logits, losses)
+        ]
+
+
+def build_method(cfg: Config, cohort: Cohort, *, device: torch.device | str = "cpu") -> Method:
+    """The configured method over ``cohort`` (kd also loads its frozen teacher)."""
+    cls = METHODS.get(cfg.method.name)
+    if cls is not KnowledgeDistillation:
+        return cls(cohort, cfg.method)
+    from dmlkit.engine.checkpoint import load_peer
+
+    teacher, spec = load_peer(cfg.method.teacher, cfg.method.teacher_peer, device)
+    student_classes = cohort.specs[0].num_classes
+    if spec.num_classes != student_classes:
+        raise UserError(
+            f"method.teacher: the teacher {spec.name!r} predicts {spec.num_classes} classes but "
+            f"the data has {student_classes}; distil from a teacher trained on the same data"
+        )
+    return KnowledgeDistillation(cohort, cfg.method, teacher)
