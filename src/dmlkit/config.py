@@ -225,12 +225,12 @@ def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
 # files and overrides
 
 
-def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+def merge_dicts(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     """Recursive dict merge; lists and scalars in ``update`` replace those in ``base``."""
     out = dict(base)
     for key, value in update.items():
         if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
+            out[key] = merge_dicts(out[key], value)
         else:
             out[key] = value
     return out
@@ -309,7 +309,7 @@ def _list_index(part: str, node: list, where: str) -> int:
 
 def config_from_dict(data: dict[str, Any]) -> Config:
     """Defaults merged with ``data``, type-checked and validated."""
-    merged = _merge(dataclasses.asdict(Config()), data)
+    merged = merge_dicts(dataclasses.asdict(Config()), data)
     cfg = _build(Config, merged, "")
     validate(cfg)
     return cfg
@@ -318,7 +318,7 @@ def config_from_dict(data: dict[str, Any]) -> Config:
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
     """Defaults < YAML file at ``path`` < ``overrides`` (``["a.b=value", ...]``)."""
     data = load_yaml(path) if path is not None else {}
-    data = _merge(dataclasses.asdict(Config()), data)
+    data = merge_dicts(dataclasses.asdict(Config()), data)
     for assignment in overrides or []:
         data = apply_override(data, assignment)
     return config_from_dict(data)
