@@ -27,7 +27,7 @@ class OptimConfig:
     """Optimizer and learning-rate schedule of a peer (``optim`` applies to every peer)."""
 
     name: Literal["sgd", "adam"] = "sgd"
-    lr: float = 0.1
+    lr: float = 0.05
     momentum: float = 0.9  # SGD only
     nesterov: bool = True  # SGD only
     weight_decay: float = 5e-4
@@ -78,7 +78,7 @@ class DataConfig:
     split_seed: int = 0  # fixed so that every run of an experiment sees the same splits
     batch_size: int = 64
     eval_batch_size: int = 512
-    crop_padding: int = 0  # random crop from the image padded by this many pixels
+    crop_padding: int = 1  # random crop from the image padded by this many pixels
     hflip: bool = False  # random horizontal flip
     image_size: int | None = None  # imagefolder: resize to a square of this size
 
@@ -89,7 +89,7 @@ class TrainConfig:
 
     epochs: int = 30
     iterations: int | None = None  # if set, stop after this many steps instead
-    eval_every: int = 5  # epochs between validation evaluations (the last epoch always)
+    eval_every: int = 10  # epochs between validation evaluations (the last epoch always)
     checkpoint_every: int = 1  # epochs between checkpoints (the last epoch always)
     keep_checkpoints: int = 1  # older epoch checkpoints kept besides the newest
     device: str = "auto"  # auto | cpu | cuda | cuda:N
