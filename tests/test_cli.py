@@ -137,7 +137,7 @@ def test_resume_after_interrupt_gives_identical_weights(tmp_path):
 
 
 def test_resume_after_sigkill_gives_identical_weights(tmp_path):
-    """A real `dml train` process killed mid-run, then resumed, ends where an uninterrupted run does."""
+    """A `dml train` process killed mid-run, then resumed, ends where an uninterrupted run does."""
     epochs = "train.epochs=12"
     full, cut = tmp_path / "full", tmp_path / "cut"
     assert _train(full, epochs) == 0
@@ -282,7 +282,7 @@ def test_bad_input_in_a_real_process_has_no_traceback(tmp_path):
         timeout=120,
     )
     assert proc.returncode == 2
-    assert proc.stderr.strip().startswith("dml: error: peers[].arch: unknown model 'resnet9000'")
+    assert proc.stderr.strip().startswith("dml: error: peers.0.arch: unknown model 'resnet9000'")
     assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "r").exists()
 

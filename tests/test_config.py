@@ -279,10 +279,6 @@ def test_int_accepted_for_float():
     assert cfg.method.temperature == 2.0 and isinstance(cfg.method.temperature, float)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="PyYAML (YAML 1.1) reads '1e-3' as a string, so optim.lr=1e-3 is rejected",
-)
 def test_scientific_notation_float():
     assert load_config(None, ["optim.lr=1e-3"]).optim.lr == pytest.approx(1e-3)
 

@@ -519,11 +519,6 @@ def test_imagefolder_image_size_resizes(tmp_path):
     assert bundle.train.x.shape[1:] == (3, 4, 4)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=RuntimeError,
-    reason="flat layout with one image per class: empty test split -> torch.stack RuntimeError",
-)
 def test_imagefolder_one_image_per_class_is_a_user_error(tmp_path):
     root = tmp_path / "tiny"
     for c, name in enumerate(CLASSES[:2]):
@@ -532,11 +527,6 @@ def test_imagefolder_one_image_per_class_is_a_user_error(tmp_path):
         build_folder(root, val_fraction=0.0)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=UserError,
-    reason=".bmp is in IMAGE_EXTENSIONS but torchvision.io.decode_image cannot decode it",
-)
 def test_imagefolder_bmp_listed_extension_decodes(tmp_path):
     root = tmp_path / "imgs"
     for c, name in enumerate(CLASSES[:2]):

@@ -18,7 +18,7 @@ from dmlkit.methods import DML, DMLEnsemble, Independent
 
 LR = 0.5
 ATOL = 1e-6
-MLP_KWARGS = {"in_features": 4, "hidden": [5]}
+MLP_KWARGS = {"image_size": (2, 2), "hidden": [5]}
 
 
 def _optim() -> OptimConfig:
@@ -395,7 +395,7 @@ def test_cohort_does_not_warn_on_different_seeds():
 
 def test_cohort_does_not_warn_on_same_seed_different_shapes():
     specs = _mlp_specs([5, 5])
-    specs[1].kwargs = {"in_features": 4, "hidden": [6]}
+    specs[1].kwargs = {"image_size": (2, 2), "hidden": [6]}
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         Cohort(specs, [_optim(), _optim()], total_epochs=1, device="cpu")

@@ -82,7 +82,7 @@ def _print_summary(summary: dict) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from dmlkit.config import apply_override, load_config, load_yaml, merge_dicts, config_from_dict
+    from dmlkit.config import apply_override, config_from_dict, load_config, load_yaml, merge_dicts
     from dmlkit.engine.rundir import RunDir
     from dmlkit.engine.trainer import Trainer
 

@@ -30,13 +30,16 @@ class PeerSpec:
     num_classes: int
     in_channels: int
     seed: int
+    image_size: tuple[int, int] | None = None
     kwargs: dict[str, Any] = field(default_factory=dict)
 
     def build(self) -> nn.Module:
         """The network, initialised from this peer's own seed (independent of global RNG)."""
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
-            return build_model(self.arch, self.num_classes, self.in_channels, **self.kwargs)
+            kwargs = dict(self.kwargs)
+            image_size = kwargs.pop("image_size", self.image_size)  # a model kwarg wins
+            return build_model(self.arch, self.num_classes, self.in_channels, image_size, **kwargs)
 
 
 class LRSchedule:
@@ -165,7 +168,7 @@ class Cohort(nn.Module):
                     f"peers {self.specs[i].name!r} and {self.specs[j].name!r} start with "
                     f"IDENTICAL weights: mimicry between identical peers is zero at the start. "
                     f"Give them different seeds (peers.N.seed).",
-                    stacklevel=2,
+                    stacklevel=3,
                 )
 
     # -- checkpoint state ---------------------------------------------------------------------
@@ -184,7 +187,9 @@ class Cohort(nn.Module):
                 opt.load_state_dict(sd)
 
 
-def peer_specs(cfg: Config, num_classes: int, in_channels: int) -> list[PeerSpec]:
+def peer_specs(
+    cfg: Config, num_classes: int, in_channels: int, image_size: tuple[int, int] | None = None
+) -> list[PeerSpec]:
     """The PeerSpecs of a config's cohort, for a dataset of ``num_classes`` classes."""
     return [
         PeerSpec(
@@ -193,6 +198,7 @@ def peer_specs(cfg: Config, num_classes: int, in_channels: int) -> list[PeerSpec
             num_classes=num_classes,
             in_channels=in_channels,
             seed=cfg.peer_seed(i),
+            image_size=image_size,
             kwargs=dict(p.kwargs),
         )
         for i, p in enumerate(cfg.peers)

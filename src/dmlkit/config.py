@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -236,13 +237,36 @@ def merge_dicts(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader, reading ``1e-3`` as a float as YAML 1.2 does (1.1 reads a string)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+        |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
+
+
+def parse_yaml(text: str) -> Any:
+    """Parse YAML text with the safe loader (no object construction, ever)."""
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML config file (safe loader only) into a dict."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path} (give an existing YAML file with -c)")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = parse_yaml(path.read_text(encoding="utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ConfigError(f"{path}: not valid YAML ({first})") from None
@@ -264,7 +288,7 @@ def apply_override(data: dict[str, Any], assignment: str) -> dict[str, Any]:
     if not all(parts):
         raise ConfigError(f"--set {assignment!r}: empty key part in {dotted!r}")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = parse_yaml(raw) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw  # not YAML: take it as a plain string
     data = dict(data)
@@ -337,6 +361,32 @@ def _check(ok: bool, message: str) -> None:
         raise ConfigError(message)
 
 
+def _optim_errors(opt: OptimConfig) -> list[tuple[str, str]]:
+    """(key, "key must ...") for every invalid optimizer value."""
+    checks = [
+        ("lr", opt.lr > 0, f"lr must be > 0, got {opt.lr}"),
+        (
+            "weight_decay",
+            opt.weight_decay >= 0,
+            f"weight_decay must be >= 0, got {opt.weight_decay}",
+        ),
+        ("momentum", 0 <= opt.momentum < 1, f"momentum must be in [0, 1), got {opt.momentum}"),
+        (
+            "betas",
+            len(opt.betas) == 2 and all(0 <= b < 1 for b in opt.betas),
+            f"betas must be two numbers in [0, 1), got {opt.betas}",
+        ),
+        ("gamma", 0 < opt.gamma <= 1, f"gamma must be in (0, 1], got {opt.gamma}"),
+        ("step_size", opt.step_size > 0, f"step_size must be > 0, got {opt.step_size}"),
+        (
+            "milestones",
+            opt.schedule != "multistep" or bool(opt.milestones),
+            "milestones: the multistep schedule needs milestones (epochs), e.g. [60, 120]",
+        ),
+    ]
+    return [(key, message) for key, ok, message in checks if not ok]
+
+
 def validate(cfg: Config) -> None:
     """Range and consistency checks; raises ConfigError naming the key and the fix."""
     from dmlkit.data import DATASETS
@@ -345,28 +395,17 @@ def validate(cfg: Config) -> None:
 
     k = len(cfg.peers)
     _check(
-        k >= 1,
-        "peers: a cohort needs at least 1 peer, got 0 (list them, e.g. peers: [small_cnn, small_cnn])",
+        k >= 1, "peers: a cohort needs at least 1 peer, got 0 (e.g. peers: [small_cnn, small_cnn])"
     )
     METHODS.get(cfg.method.name)
     DATASETS.get(cfg.data.name)
     for i, peer in enumerate(cfg.peers):
-        MODELS.get(peer.arch)
-        opt = cfg.peer_optim(i)
-        where = "optim" if not peer.optim else f"peers.{i}.optim"
-        _check(opt.lr > 0, f"{where}.lr must be > 0, got {opt.lr}")
-        _check(opt.weight_decay >= 0, f"{where}.weight_decay must be >= 0, got {opt.weight_decay}")
-        _check(0 <= opt.momentum < 1, f"{where}.momentum must be in [0, 1), got {opt.momentum}")
-        _check(
-            len(opt.betas) == 2 and all(0 <= b < 1 for b in opt.betas),
-            f"{where}.betas must be two numbers in [0, 1), got {opt.betas}",
-        )
-        _check(0 < opt.gamma <= 1, f"{where}.gamma must be in (0, 1], got {opt.gamma}")
-        _check(opt.step_size > 0, f"{where}.step_size must be > 0, got {opt.step_size}")
-        _check(
-            opt.schedule != "multistep" or bool(opt.milestones),
-            f"{where}.milestones: the multistep schedule needs milestones (epochs), e.g. [60, 120]",
-        )
+        MODELS.get(peer.arch, key=f"peers.{i}.arch")
+        problems = _optim_errors(cfg.peer_optim(i))
+        if problems:
+            key, message = problems[0]
+            where = f"peers.{i}.optim" if key in peer.optim else "optim"
+            raise ConfigError(f"{where}.{message}")
     names = [cfg.peer_name(i) for i in range(k)]
     dup = sorted({n for n in names if names.count(n) > 1})
     _check(

@@ -28,12 +28,13 @@ class Registry(Generic[T]):
 
         return deco
 
-    def get(self, name: str) -> T:
+    def get(self, name: str, key: str | None = None) -> T:
+        """The entry called ``name``; ``key`` names the config key in the error message."""
         if name not in self._items:
             close = difflib.get_close_matches(name, self._items, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise ConfigError(
-                f"{self.config_key}: unknown {self.kind} {name!r}{hint}; "
+                f"{key or self.config_key}: unknown {self.kind} {name!r}{hint}; "
                 f"valid: {', '.join(sorted(self._items))}"
             )
         return self._items[name]

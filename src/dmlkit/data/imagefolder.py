@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 from torch import Tensor
 
 from dmlkit.config import DataConfig
@@ -44,31 +45,35 @@ def _scan(
     return files, labels, classes
 
 
-def _decode(files: list[Path], size: int | None) -> Tensor:
+def _decode(files: list[Path], size: int | None, split: str) -> Tensor:
     """Decode to a uint8 tensor ``[N, 3, H, W]`` (resized to ``size`` x ``size`` if given)."""
-    from torchvision.io import ImageReadMode, decode_image
-    from torchvision.transforms.v2.functional import resize
-
+    if not files:
+        raise UserError(
+            f"data.root: the {split} split has no images; give every class at least 2 images, "
+            f"or use the ROOT/train + ROOT/test layout"
+        )
     images = []
     shape = None
     for path in files:
         try:
-            img = decode_image(str(path), mode=ImageReadMode.RGB)
-        except (RuntimeError, ValueError) as exc:
+            with Image.open(path) as im:
+                im = im.convert("RGB")
+                if size is not None:
+                    im = im.resize((size, size), Image.Resampling.BILINEAR)
+                arr = np.asarray(im, dtype=np.uint8)
+        except (OSError, ValueError, Image.DecompressionBombError) as exc:
             raise UserError(
-                f"{path}: cannot decode the image ({str(exc).splitlines()[0]}); "
+                f"{path}: cannot decode the image ({str(exc).splitlines()[0][:120]}); "
                 f"remove or replace the file"
             ) from None
-        if size is not None:
-            img = resize(img, [size, size], antialias=True)
         if shape is None:
-            shape = img.shape
-        elif img.shape != shape:
+            shape = arr.shape
+        elif arr.shape != shape:
             raise UserError(
-                f"{path}: image size {tuple(img.shape[1:])} differs from {tuple(shape[1:])}; "
+                f"{path}: image size {arr.shape[:2]} differs from {shape[:2]}; "
                 f"set data.image_size to resize every image to one size"
             )
-        images.append(img)
+        images.append(torch.from_numpy(arr.copy()).permute(2, 0, 1))
     return torch.stack(images)
 
 
@@ -89,8 +94,8 @@ def build_imagefolder(cfg: DataConfig, *, seed: int) -> DataBundle:
         keep, held = stratified_split(np.array(labels), cfg.test_fraction, cfg.split_seed)
         tr_files, tr_labels = [files[i] for i in keep], [labels[i] for i in keep]
         te_files, te_labels = [files[i] for i in held], [labels[i] for i in held]
-    x_train = _decode(tr_files, cfg.image_size)
-    x_test = _decode(te_files, cfg.image_size)
+    x_train = _decode(tr_files, cfg.image_size, "train")
+    x_test = _decode(te_files, cfg.image_size, "test")
     if x_test.shape[1:] != x_train.shape[1:]:
         raise UserError(
             f"data.root: test images {tuple(x_test.shape[2:])} differ in size from training "

@@ -107,7 +107,7 @@ class Trainer:
         t = cfg.train
         self.total_steps = t.iterations if t.iterations else t.epochs * self.steps_per_epoch
         self.num_epochs = math.ceil(self.total_steps / self.steps_per_epoch)
-        specs = peer_specs(cfg, self.data.num_classes, self.data.in_channels)
+        specs = peer_specs(cfg, self.data.num_classes, self.data.in_channels, self.data.image_size)
         self.cohort = Cohort(
             specs,
             [cfg.peer_optim(i) for i in range(len(specs))],
@@ -239,8 +239,8 @@ class Trainer:
             bad = {k: v for k, v in log.items() if not math.isfinite(v)}
             if bad:
                 raise TrainingError(
-                    f"non-finite loss for peer {name!r} in epoch {self.epoch + 1} ({bad}); the last "
-                    f"good checkpoint is kept in {self.run.checkpoints} - lower the learning rate"
+                    f"non-finite loss for peer {name!r} in epoch {self.epoch + 1} ({bad}); the "
+                    f"last good checkpoint is kept in {self.run.checkpoints}; lower optim.lr"
                 )
         return out
 

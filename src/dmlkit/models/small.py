@@ -55,7 +55,7 @@ class MLP(nn.Module):
     Args:
         num_classes: output classes C.
         in_channels: input channels.
-        in_features: pixels per channel, H * W (64 for the 8x8 digits).
+        image_size: input (H, W); the first layer takes ``in_channels * H * W`` features.
         hidden: sizes of the hidden layers.
         dropout: dropout probability after each hidden layer.
     """
@@ -64,13 +64,13 @@ class MLP(nn.Module):
         self,
         num_classes: int,
         in_channels: int = 1,
-        in_features: int = 64,
+        image_size: tuple[int, int] = (8, 8),
         hidden: tuple[int, ...] | list[int] = (128,),
         dropout: float = 0.0,
     ) -> None:
         super().__init__()
         layers: list[nn.Module] = [nn.Flatten()]
-        prev = in_features * in_channels
+        prev = in_channels * image_size[0] * image_size[1]
         for h in hidden:
             layers += [nn.Linear(prev, h), nn.ReLU(), nn.Dropout(dropout)]
             prev = h
@@ -78,7 +78,7 @@ class MLP(nn.Module):
         self.net = nn.Sequential(*layers)
 
     def forward(self, x: Tensor) -> Tensor:
-        """x: ``[B, C_in, H, W]`` with ``H * W == in_features`` -> logits ``[B, num_classes]``."""
+        """x: ``[B, C_in, H, W]`` with ``(H, W) == image_size`` -> logits ``[B, num_classes]``."""
         return self.net(x)
 
 
@@ -89,6 +89,8 @@ def small_cnn(num_classes: int, in_channels: int = 1, **kwargs) -> nn.Module:
 
 
 @MODELS.register("mlp")
-def mlp(num_classes: int, in_channels: int = 1, **kwargs) -> nn.Module:
-    """MLP on the flattened image (default: one hidden layer of 128 units, 8x8 input)."""
-    return MLP(num_classes, in_channels, **kwargs)
+def mlp(
+    num_classes: int, in_channels: int = 1, image_size: tuple[int, int] = (8, 8), **kwargs
+) -> nn.Module:
+    """MLP on the flattened image (default: one hidden layer of 128 units)."""
+    return MLP(num_classes, in_channels, image_size, **kwargs)
