@@ -154,6 +154,7 @@ class Trainer:
             "iteration": self.iteration,
             "peers": [vars(s) for s in self.cohort.specs],
             "cohort": self.cohort.training_state(),
+            "lr": self.cohort.lrs(),  # the schedules are functions of the iteration above
             "method": {"name": self.cfg.method.name, "update": self.cfg.method.update},
             "rng": {
                 "torch": torch.get_rng_state(),
@@ -171,7 +172,13 @@ class Trainer:
             self._load_checkpoint()
             self.run.truncate_metrics(self.epoch)
         else:
-            self.run.create(self.cfg, self.device)
+            try:
+                self.run.create(self.cfg, self.device)
+            except OSError as exc:
+                raise UserError(
+                    f"--out {self.run.path}: cannot write the run directory ({exc.strerror}); "
+                    f"choose a writable folder"
+                ) from None
         cfg = self.cfg
         bar = tqdm(
             total=self.total_steps,
