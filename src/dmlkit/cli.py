@@ -54,6 +54,13 @@ def _parser() -> argparse.ArgumentParser:
         "--seeds", type=int, default=None, help="number of seeds (default: per experiment)"
     )
     r.add_argument("--out", help="output folder (default: runs/<name>)")
+    r.add_argument("--data-root", help="dataset folder (sets data.root in every run)")
+    r.add_argument(
+        "--scale",
+        type=float,
+        default=1.0,
+        help="shrink epochs and data by this factor for a smoke run (default 1: the full recipe)",
+    )
     r.add_argument(
         "--set",
         dest="overrides",
@@ -158,33 +165,35 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
-    from dmlkit.experiments import (
-        EXPERIMENTS,
-        comparison_rows,
-        format_table,
-        run_experiment,
-        write_results,
-    )
+    from dmlkit.experiments import EXPERIMENTS, comparison_report, run_experiment
 
     exp = EXPERIMENTS.get(args.name)
     if args.seeds is not None and args.seeds < 1:
         raise UserError(f"--seeds must be >= 1, got {args.seeds}")
+    if not 0 < args.scale <= 1:
+        raise UserError(f"--scale must be in (0, 1], got {args.scale}")
+    overrides = list(args.overrides)
+    if args.data_root:
+        overrides.insert(0, f"data.root={args.data_root}")
+    elif exp.needs_data_root:
+        raise UserError(f"{exp.name} needs its data: give --data-root PATH")
     out = Path(args.out) if args.out else Path("runs") / exp.name
     n_seeds = args.seeds if args.seeds is not None else exp.seeds
     print(f"{exp.name}: {exp.description}; {n_seeds} seed(s) -> {out}")
     start = time.perf_counter()
     results = run_experiment(
-        exp, out, seeds=n_seeds, overrides=args.overrides, progress=not args.no_progress
+        exp,
+        out,
+        seeds=n_seeds,
+        overrides=overrides,
+        scale=args.scale,
+        progress=not args.no_progress,
     )
-    rows = comparison_rows(exp, results)
-    table = format_table(exp, rows, n_seeds)
-    write_results(exp, rows, out, table)
+    report = exp.report or comparison_report
+    text = report(exp, results, out, args.scale)
     print()
-    print(table)
-    print(
-        f"\n{len(results)} runs in {time.perf_counter() - start:.0f} s; "
-        f"table in {out / 'results.md'}, per-seed values in {out / 'results.csv'}"
-    )
+    print(text)
+    print(f"\n{len(results)} runs in {time.perf_counter() - start:.0f} s; results in {out}")
     return 0
 
 

@@ -76,6 +76,7 @@ class DataConfig:
     test_fraction: float = 0.25  # only for data without an official test split (digits)
     labelled_fraction: float = 1.0  # < 1: semi-supervised DML
     train_size: int | None = None  # use only this many training images (after the val carve)
+    fraction: float = 1.0  # keep a stratified fraction of every split (smoke runs: --scale)
     split_seed: int = 0  # fixed so that every run of an experiment sees the same splits
     batch_size: int = 64
     eval_batch_size: int = 512
@@ -430,6 +431,7 @@ def validate(cfg: Config) -> None:
         0 < d.labelled_fraction <= 1,
         f"data.labelled_fraction must be in (0, 1], got {d.labelled_fraction}",
     )
+    _check(0 < d.fraction <= 1, f"data.fraction must be in (0, 1], got {d.fraction}")
     _check(
         d.train_size is None or d.train_size >= 1,
         f"data.train_size must be >= 1 or null, got {d.train_size}",

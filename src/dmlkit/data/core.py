@@ -174,6 +174,14 @@ def stratified_split(y: np.ndarray, fraction: float, seed: int) -> tuple[np.ndar
     return np.sort(np.concatenate(kept)), np.sort(np.concatenate(carved))
 
 
+def _subset(idx: np.ndarray, y: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """A stratified ``fraction`` of the indices ``idx`` (labels ``y[idx]``), >= 1 per class."""
+    if len(idx) == 0:
+        return idx
+    _, kept = stratified_split(y[idx], fraction, seed)
+    return idx[kept] if len(kept) else idx[:1]
+
+
 def channel_stats(x: Tensor) -> tuple[Tensor, Tensor]:
     """Per-channel mean and std ``[C]`` of ``[N, C, H, W]`` images, scaled like the batches."""
     xf = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
@@ -215,6 +223,11 @@ def in_memory_bundle(
             )
         rng = np.random.default_rng(cfg.split_seed + 1)
         train_idx = np.sort(rng.choice(train_idx, size=cfg.train_size, replace=False))
+    if cfg.fraction < 1:
+        train_idx = _subset(train_idx, y_np, cfg.fraction, cfg.split_seed + 3)
+        val_idx = _subset(val_idx, y_np, cfg.fraction, cfg.split_seed + 4)
+        test_idx = _subset(np.arange(len(y_test)), y_test.numpy(), cfg.fraction, cfg.split_seed + 5)
+        x_test, y_test = x_test[test_idx], y_test[test_idx]
     x_train, y_train = x_trainval[train_idx], y_trainval[train_idx].clone()
     if cfg.labelled_fraction < 1:
         _, unlabelled = stratified_split(

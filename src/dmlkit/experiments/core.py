@@ -1,8 +1,12 @@
-"""Named experiments: a grid of runs (arms x seeds) and the comparison table they produce.
+"""Experiments: a grid of runs (arms x seeds), run in order, and the report they produce.
 
 ``dml reproduce NAME`` runs one. Every run goes to ``OUT/<arm>/seed<S>``; a finished run with the
 same config is reused and an interrupted one resumed, so a grid stopped half-way continues
-where it stopped.
+where it stopped. An arm may refer to the run directory of an earlier arm of the same seed with
+the string ``"{run:ARM}"`` (e.g. a kd student naming its teacher).
+
+``--scale F`` shrinks a grid for a smoke run: epochs, iterations and schedule steps times F, and
+a stratified fraction F of every data split (``data.fraction``).
 """
 
 from __future__ import annotations
@@ -44,32 +48,18 @@ class Experiment:
     arms: dict[str, dict[str, Any]]
     baseline: str = "independent"
     seeds: int = 3
+    needs_data_root: bool = False
+    # report(exp, results, out, scale) -> Markdown printed at the end; writes files under out.
+    report: Callable[[Experiment, list[RunResult], Path, float], str] | None = None
     notes: list[str] = field(default_factory=list)
 
 
 EXPERIMENTS: Registry = Registry("experiment", "dml reproduce NAME")
 
 
-def _register(exp: Experiment) -> None:
+def register_experiment(exp: Experiment) -> Experiment:
     EXPERIMENTS.register(exp.name)(exp)
-
-
-# The embedded default: the config defaults (dmlkit.config) are this recipe: the bundled digits,
-# two small CNNs, 30 epochs of SGD + Nesterov, cosine LR from 0.05, weight decay 5e-4, batch 64,
-# random 1-pixel shifts; 1,211 training images (val 136, test 450). Both arms share every seed
-# (initialisation and data order), so the gain is paired.
-_register(
-    Experiment(
-        name="digits",
-        description="bundled digits: two small CNNs, independent vs DML (the default run)",
-        base={},
-        arms={
-            "independent": {"method": {"name": "independent"}},
-            "dml": {"method": {"name": "dml", "update": "simultaneous"}},
-        },
-        seeds=3,
-    )
-)
+    return exp
 
 
 @dataclass
@@ -80,9 +70,55 @@ class RunResult:
     summary: dict[str, Any]
 
 
-def arm_config(exp: Experiment, arm: str, seed: int, overrides: list[str]) -> Config:
+def scale_config(data: dict[str, Any], scale: float) -> dict[str, Any]:
+    """Shrink a config dict for a smoke run: epochs, iterations, LR steps and data by ``scale``."""
+    if scale == 1.0:
+        return data
+    data = merge_dicts(data, {})
+    train, optim = dict(data["train"]), dict(data["optim"])
+    train["epochs"] = max(1, round(train["epochs"] * scale))
+    if train.get("iterations"):
+        train["iterations"] = max(1, round(train["iterations"] * scale))
+    train["eval_every"] = max(1, round(train["eval_every"] * scale))
+    optim["step_size"] = max(optim["step_size"] * scale, 1e-3)
+    optim["milestones"] = [m * scale for m in optim.get("milestones", [])]
+    data["train"], data["optim"] = train, optim
+    data["data"] = merge_dicts(data["data"], {"fraction": data["data"]["fraction"] * scale})
+    for peer in data.get("peers", []):
+        if isinstance(peer, dict) and peer.get("optim"):
+            po = dict(peer["optim"])
+            if "step_size" in po:
+                po["step_size"] = max(po["step_size"] * scale, 1e-3)
+            if "milestones" in po:
+                po["milestones"] = [m * scale for m in po["milestones"]]
+            peer["optim"] = po
+    return data
+
+
+def _substitute_runs(value: Any, out: Path, seed: int) -> Any:
+    """Replace ``"{run:ARM}"`` strings by the run directory of that arm for this seed."""
+    if isinstance(value, str) and value.startswith("{run:") and value.endswith("}"):
+        return str(out / value[5:-1] / f"seed{seed}")
+    if isinstance(value, dict):
+        return {k: _substitute_runs(v, out, seed) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_substitute_runs(v, out, seed) for v in value]
+    return value
+
+
+def arm_config(
+    exp: Experiment,
+    arm: str,
+    seed: int,
+    overrides: list[str],
+    *,
+    out: Path = Path("."),
+    scale: float = 1.0,
+) -> Config:
+    """The resolved config of one run of the grid: defaults < base < arm < scale < overrides."""
     data = merge_dicts(Config().to_dict(), exp.base)
     data = merge_dicts(merge_dicts(data, exp.arms[arm]), {"seed": seed})
+    data = scale_config(_substitute_runs(data, out, seed), scale)
     for assignment in overrides:
         data = apply_override(data, assignment)
     return config_from_dict(data)
@@ -94,6 +130,7 @@ def run_experiment(
     *,
     seeds: int | None = None,
     overrides: list[str] | None = None,
+    scale: float = 1.0,
     progress: bool = True,
     log: Callable[[str], None] = print,
 ) -> list[RunResult]:
@@ -104,7 +141,7 @@ def run_experiment(
     results = []
     for seed in range(n_seeds):
         for arm in exp.arms:
-            cfg = arm_config(exp, arm, seed, overrides)
+            cfg = arm_config(exp, arm, seed, overrides, out=out, scale=scale)
             run = RunDir(out / arm / f"seed{seed}")
             resume = False
             if run.config_path.is_file():
@@ -199,6 +236,16 @@ def format_table(exp: Experiment, rows: list[dict[str, Any]], n_seeds: int) -> s
 def _signed(values: list[float]) -> str:
     s = _mean_std(values)
     return s if s.startswith("-") else "+" + s
+
+
+def comparison_report(exp: Experiment, results: list[RunResult], out: Path, scale: float) -> str:
+    """The default report: every arm vs the baseline, per peer and for the ensemble."""
+    rows = comparison_rows(exp, results)
+    table = format_table(exp, rows, len({r.seed for r in results}))
+    if scale != 1.0:
+        table = f"Smoke run at --scale {scale:g} (epochs and data x {scale:g}).\n\n{table}"
+    write_results(exp, rows, out, table)
+    return table
 
 
 def write_results(exp: Experiment, rows: list[dict[str, Any]], out: Path, table: str) -> None:

@@ -1,0 +1,31 @@
+"""Named experiments for ``dml reproduce``: one module per dataset registers its grids."""
+
+# Importing the modules registers their experiments.
+from dmlkit.experiments import digits  # noqa: E402,F401,I001
+from dmlkit.experiments.core import (
+    EXPERIMENTS,
+    Experiment,
+    RunResult,
+    arm_config,
+    comparison_report,
+    comparison_rows,
+    format_table,
+    register_experiment,
+    run_experiment,
+    scale_config,
+    write_results,
+)
+
+__all__ = [
+    "EXPERIMENTS",
+    "Experiment",
+    "RunResult",
+    "arm_config",
+    "comparison_report",
+    "comparison_rows",
+    "format_table",
+    "register_experiment",
+    "run_experiment",
+    "scale_config",
+    "write_results",
+]
