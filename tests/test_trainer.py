@@ -85,3 +85,25 @@ def test_unwritable_out_dir_is_a_user_error(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert "cannot write the run directory" in err and len(err.splitlines()) == 1
     assert blocker.read_text() == "not a folder"
+
+
+def test_mimicry_rampup_scales_the_weight_linearly():
+    from dmlkit.cohort import Cohort, PeerSpec
+    from dmlkit.config import MethodConfig
+    from dmlkit.methods import DML
+
+    specs = [PeerSpec(f"p{i}", "mlp", 3, 1, seed=i, image_size=(2, 2)) for i in range(2)]
+    cohort = Cohort(specs, [OptimConfig()] * 2, total_epochs=10)
+    method = DML(cohort, MethodConfig(mimicry_weight=2.0, mimicry_rampup=4.0))
+    weights = []
+    for epoch in (0.0, 1.0, 3.0, 4.0, 9.0):
+        method.set_progress(epoch)
+        weights.append(method.mimicry_weight)
+    assert weights == pytest.approx([0.0, 0.5, 1.5, 2.0, 2.0])
+    # at epoch 0 the step is pure cross-entropy: the log's loss equals its ce
+    method.set_progress(0.0)
+    import torch
+
+    logs = method.train_step(torch.randn(8, 1, 2, 2), torch.randint(0, 3, (8,)))
+    assert all(float(log["loss"]) == pytest.approx(float(log["ce"])) for log in logs)
+    assert all(float(log["mimicry"]) > 0 for log in logs)

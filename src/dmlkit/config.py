@@ -61,6 +61,9 @@ class MethodConfig:
     update: Literal["sequential", "simultaneous"] = "simultaneous"
     temperature: float = 1.0  # paper: 1 (kd: softmax temperature of the soft targets)
     mimicry_weight: float = 1.0  # paper: 1
+    # Epochs over which the mimicry weight rises linearly from 0 to mimicry_weight (0 = the
+    # paper's constant weight from the first step).
+    mimicry_rampup: float = 0.0
     teacher: str | None = None  # kd: a run directory or checkpoint file of an earlier run
     teacher_peer: int = 0  # kd: which peer of the teacher checkpoint
     alpha: float = 0.9  # kd: weight of the soft-target term
@@ -416,6 +419,7 @@ def validate(cfg: Config) -> None:
     m = cfg.method
     _check(m.temperature > 0, f"method.temperature must be > 0, got {m.temperature}")
     _check(m.mimicry_weight >= 0, f"method.mimicry_weight must be >= 0, got {m.mimicry_weight}")
+    _check(m.mimicry_rampup >= 0, f"method.mimicry_rampup must be >= 0, got {m.mimicry_rampup}")
     _check(0 <= m.alpha <= 1, f"method.alpha must be in [0, 1], got {m.alpha}")
     if m.name == "kd":
         _check(

@@ -36,6 +36,18 @@ class Method:
     def __init__(self, cohort: Cohort, cfg: MethodConfig) -> None:
         self.cohort = cohort
         self.cfg = cfg
+        self.epoch = 0.0  # fractional epoch of the next step, set by the trainer
+
+    def set_progress(self, epoch: float) -> None:
+        """Tell the method where training stands (fractional epoch) before a step."""
+        self.epoch = epoch
+
+    @property
+    def mimicry_weight(self) -> float:
+        """The mimicry weight of the next step: ``cfg.mimicry_weight``, ramped up if configured."""
+        ramp = self.cfg.mimicry_rampup
+        scale = 1.0 if ramp <= 0 else min(1.0, self.epoch / ramp)
+        return self.cfg.mimicry_weight * scale
 
     def train_step(self, x: Tensor, y: Tensor) -> list[PeerLog]:
         """One step for every peer on the batch ``x: [B, ...]``, ``y: [B]`` (-1 = unlabelled)."""
@@ -84,7 +96,8 @@ class DML(Method):
 
     def _simultaneous(self, x: Tensor, y: Tensor) -> list[PeerLog]:
         terms = dml_terms(self.cohort(x), y, mode=self.mode, temperature=self.cfg.temperature)
-        losses = [c + self.cfg.mimicry_weight * m for c, m in zip(terms.ce, terms.mimicry)]
+        w = self.mimicry_weight
+        losses = [c + w * m for c, m in zip(terms.ce, terms.mimicry)]
         self._step_all(losses)
         return [_log(*t) for t in zip(losses, terms.ce, terms.mimicry)]
 
@@ -97,7 +110,7 @@ class DML(Method):
             others = current[:k] + current[k + 1 :]
             ce = cross_entropy(logits[k], y)
             mim = mimicry_term(logits[k], others, mode=self.mode, temperature=self.cfg.temperature)
-            loss = ce + self.cfg.mimicry_weight * mim
+            loss = ce + self.mimicry_weight * mim
             opt = cohort.optimizers[k]
             opt.zero_grad(set_to_none=True)
             loss.backward()

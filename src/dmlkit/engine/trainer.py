@@ -230,7 +230,9 @@ class Trainer:
         for x, y in loader:
             if self.iteration >= self.total_steps:
                 break
-            cohort.set_lr(self.iteration / self.steps_per_epoch)
+            progress = self.iteration / self.steps_per_epoch
+            cohort.set_lr(progress)
+            method.set_progress(progress)
             logs = method.train_step(x, y)
             sums = (
                 logs
