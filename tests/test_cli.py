@@ -85,7 +85,10 @@ def test_train_writes_a_complete_run_dir(tmp_path, capsys):
     assert summary["peers"][0]["metrics"]["top1"] == test_by_peer["peer0_small_cnn"]["top1"]
 
     ckpts = sorted(p.name for p in (run / "checkpoints").iterdir())
-    assert ckpts == ["epoch_0001.pt", "epoch_0002.pt", "last.pt"]
+    assert ckpts == [
+        "epoch_0001.pt", "epoch_0001.pt.sha256", "epoch_0002.pt", "epoch_0002.pt.sha256",
+        "last.pt", "last.pt.sha256",
+    ]
     state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
     assert state["epoch"] == 2 and len(state["cohort"]["optimizers"]) == 2
 
@@ -93,11 +96,9 @@ def test_train_writes_a_complete_run_dir(tmp_path, capsys):
 def test_keep_checkpoints_prunes_old_epochs(tmp_path):
     run = tmp_path / "run"
     assert _train(run, "train.epochs=4", "train.keep_checkpoints=1") == 0
-    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == [
-        "epoch_0003.pt",
-        "epoch_0004.pt",
-        "last.pt",
-    ]
+    names = sorted(p.name for p in (run / "checkpoints").iterdir())
+    assert [n for n in names if n.endswith(".pt")] == ["epoch_0003.pt", "epoch_0004.pt", "last.pt"]
+    assert len(names) == 6  # each with its .sha256
 
 
 def test_eval_reproduces_the_summary(tmp_path, capsys):

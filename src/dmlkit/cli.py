@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 import time
 import warnings
@@ -21,6 +22,18 @@ EXIT_USER_ERROR = 2
 
 def _format_warning(message, category, filename, lineno, line=None) -> str:  # noqa: ANN001
     return f"dml: warning: {message}\n"
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at the time (it may be swapped, e.g. by tests)."""
+
+    @property
+    def stream(self):  # noqa: ANN201
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:  # noqa: ANN001
+        pass
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -215,6 +228,12 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     warnings.formatwarning = _format_warning
+    logger = logging.getLogger("dmlkit")
+    if not logger.handlers:  # messages of the library (resume choices, skipped steps)
+        handler = _StderrHandler()
+        handler.setFormatter(logging.Formatter("dml: %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
     parser = _parser()
     args = parser.parse_args(argv)
     if args.command is None:

@@ -100,6 +100,9 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     deterministic: bool = True
     progress: bool = True
+    # A NaN/inf loss: stop the run (keeping the last good checkpoint) or skip that step (with
+    # the sequential update, peers that already stepped in it keep their step).
+    nonfinite: Literal["stop", "skip"] = "stop"
 
 
 def _default_peers() -> list[PeerConfig]:

@@ -28,6 +28,15 @@ METHODS: Registry = Registry("method", "method.name")
 PeerLog = dict[str, Tensor]
 
 
+class NonFiniteLoss(RuntimeError):
+    """A peer's loss is NaN or infinite; raised *before* that peer's optimizer step."""
+
+    def __init__(self, peer: str, values: dict[str, float]) -> None:
+        super().__init__(f"peer {peer!r}: {values}")
+        self.peer = peer
+        self.values = values
+
+
 class Method:
     """Base class: holds the cohort and the method's config."""
 
@@ -53,12 +62,21 @@ class Method:
         """One step for every peer on the batch ``x: [B, ...]``, ``y: [B]`` (-1 = unlabelled)."""
         raise NotImplementedError
 
+    def _check_finite(self, losses: list[Tensor], first: int = 0) -> None:
+        """Raise NonFiniteLoss naming the first peer whose loss is not finite (one host sync)."""
+        values = torch.stack([loss.detach().float() for loss in losses])
+        if bool(torch.isfinite(values).all()):
+            return
+        k = int((~torch.isfinite(values)).nonzero()[0, 0])
+        raise NonFiniteLoss(self.cohort.names[first + k], {"loss": float(values[k])})
+
     def _step_all(self, losses: list[Tensor]) -> None:
         """Step every peer on its own loss with a single backward pass.
 
         Valid because each loss reaches only its own peer's parameters (mimicry targets are
         detached), so the gradient of the sum is each peer's own gradient.
         """
+        self._check_finite(losses)
         for opt in self.cohort.optimizers:
             opt.zero_grad(set_to_none=True)
         torch.stack(losses).sum().backward()
@@ -111,6 +129,7 @@ class DML(Method):
             ce = cross_entropy(logits[k], y)
             mim = mimicry_term(logits[k], others, mode=self.mode, temperature=self.cfg.temperature)
             loss = ce + self.mimicry_weight * mim
+            self._check_finite([loss], first=k)
             opt = cohort.optimizers[k]
             opt.zero_grad(set_to_none=True)
             loss.backward()

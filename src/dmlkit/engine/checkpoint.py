@@ -2,22 +2,27 @@
 
 A checkpoint holds only tensors and plain values: the peers' specs (to rebuild the networks),
 their weights and optimizer states, the epoch and iteration reached, the RNG state and the
-resolved config. Files: ``checkpoints/epoch_NNNN.pt`` and ``checkpoints/last.pt`` (the newest,
-a hard link where the filesystem allows).
+resolved config. Files: ``checkpoints/epoch_NNNN.pt``, each with an ``.sha256`` file (digest and
+size), and ``checkpoints/last.pt`` (the newest, a hard link where the filesystem allows). Loading
+a run picks its newest checkpoint that verifies.
 """
 
 from __future__ import annotations
 
+import errno
+import hashlib
+import io
 import os
 import re
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 from torch import nn
 
+from dmlkit.engine.faults import fault, maybe_kill
 from dmlkit.errors import UserError
 
 FORMAT = "dmlkit-cohort"
@@ -61,8 +66,32 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes_with(path, lambda f: f.write(text.encode("utf-8")))
 
 
+def _write_payload(f: BinaryIO, payload: bytes, epoch: int) -> None:
+    """Write the serialised checkpoint; the one place where write failures can be injected.
+
+    ``DMLKIT_FAULT=kill-in-checkpoint@E`` (SIGKILL this process half-way through epoch E's
+    checkpoint) and ``DMLKIT_FAULT=enospc-in-checkpoint@E`` (a full disk there) exist so the
+    tests can prove that a crash or a full disk during a write loses nothing.
+    """
+    if fault("kill-in-checkpoint", epoch) or fault("enospc-in-checkpoint", epoch):
+        f.write(payload[: len(payload) // 2])
+        f.flush()
+        os.fsync(f.fileno())
+        maybe_kill("kill-in-checkpoint", epoch)
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    f.write(payload)
+
+
+def _checksum_path(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256")
+
+
 def save_checkpoint(ckpt_dir: Path, state: dict[str, Any], epoch: int, keep: int) -> Path:
-    """Save ``state`` as ``epoch_{epoch}.pt``, point ``last.pt`` at it, prune old epochs.
+    """Save ``state`` as ``epoch_{epoch}.pt`` with its checksum, point ``last.pt`` at it, prune.
+
+    The order makes every crash safe: the payload is renamed into place only when complete, its
+    ``.sha256`` file after that (a payload without one never verifies), ``last.pt`` after that,
+    and older epochs are deleted last.
 
     Args:
         ckpt_dir: the run's ``checkpoints/`` folder.
@@ -71,27 +100,68 @@ def save_checkpoint(ckpt_dir: Path, state: dict[str, Any], epoch: int, keep: int
         keep: epoch checkpoints kept besides the newest one.
     """
     ckpt_dir.mkdir(parents=True, exist_ok=True)
-    state = {"format": FORMAT, "version": VERSION, **state}
+    for stale in ckpt_dir.glob(".*.tmp"):  # left by a write that a crash interrupted
+        stale.unlink(missing_ok=True)
+    buf = io.BytesIO()
+    torch.save({"format": FORMAT, "version": VERSION, **state}, buf)
+    payload = buf.getvalue()
+    digest = f"{hashlib.sha256(payload).hexdigest()}  {len(payload)}\n"
     path = ckpt_dir / f"epoch_{epoch:04d}.pt"
-    atomic_write_bytes_with(path, lambda f: torch.save(state, f))
+    atomic_write_bytes_with(path, lambda f: _write_payload(f, payload, epoch))
+    atomic_write_text(_checksum_path(path), digest)
     _point_last(ckpt_dir, path)
-    epochs = sorted(
-        (int(m.group(1)), p) for p in ckpt_dir.iterdir() if (m := _EPOCH_FILE.match(p.name))
-    )
-    for _, old in epochs[: max(len(epochs) - 1 - keep, 0)]:
+    for old in epoch_checkpoints(ckpt_dir)[keep + 1 :]:
         old.unlink(missing_ok=True)
+        _checksum_path(old).unlink(missing_ok=True)
     return path
+
+
+def epoch_checkpoints(ckpt_dir: Path) -> list[Path]:
+    """The ``epoch_NNNN.pt`` files of a run, newest first."""
+    if not ckpt_dir.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in ckpt_dir.iterdir() if (m := _EPOCH_FILE.match(p.name))]
+    return [p for _, p in sorted(found, reverse=True)]
+
+
+def verify_checkpoint(path: Path) -> str | None:
+    """None if ``path`` matches its ``.sha256`` file, else the reason it does not."""
+    sidecar = _checksum_path(path)
+    if not sidecar.is_file():
+        return "no checksum file (the write was interrupted)"
+    try:
+        digest, size = sidecar.read_text().split()
+        data = path.read_bytes()
+    except (OSError, ValueError) as exc:
+        return f"unreadable ({exc})"
+    if len(data) != int(size):
+        return f"truncated ({len(data)} of {size} bytes)"
+    if hashlib.sha256(data).hexdigest() != digest:
+        return "checksum mismatch (corrupted)"
+    return None
+
+
+def newest_valid_checkpoint(ckpt_dir: Path) -> tuple[Path | None, list[tuple[Path, str]]]:
+    """The newest epoch checkpoint that verifies, and the newer ones skipped with the reason."""
+    skipped = []
+    for path in epoch_checkpoints(ckpt_dir):
+        reason = verify_checkpoint(path)
+        if reason is None:
+            return path, skipped
+        skipped.append((path, reason))
+    return None, skipped
 
 
 def _point_last(ckpt_dir: Path, target: Path) -> None:
     """Atomically make ``last.pt`` the same file as ``target`` (hard link, else a copy)."""
-    tmp = ckpt_dir / ".last.pt.tmp"
-    tmp.unlink(missing_ok=True)
-    try:
-        os.link(target, tmp)
-    except OSError:
-        shutil.copyfile(target, tmp)
-    os.replace(tmp, ckpt_dir / "last.pt")
+    for src, name in ((_checksum_path(target), "last.pt.sha256"), (target, "last.pt")):
+        tmp = ckpt_dir / f".{name}.tmp"
+        tmp.unlink(missing_ok=True)
+        try:
+            os.link(src, tmp)
+        except OSError:
+            shutil.copyfile(src, tmp)
+        os.replace(tmp, ckpt_dir / name)
     _fsync_dir(ckpt_dir)
 
 
@@ -111,6 +181,9 @@ def resolve_checkpoint(path: str | Path) -> Path:
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load a dmlkit checkpoint safely (``weights_only=True``: no code runs while loading)."""
     path = resolve_checkpoint(path)
+    reason = verify_checkpoint(path) if _checksum_path(path).exists() else None
+    if reason is not None:
+        raise UserError(f"{path}: {reason}; use an earlier checkpoint of the run")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any failure here means an unusable file

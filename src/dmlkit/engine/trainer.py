@@ -8,6 +8,7 @@ that is what ``summary.json`` reports.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import time
@@ -21,11 +22,14 @@ from tqdm.auto import tqdm
 from dmlkit.cohort import Cohort, PeerSpec, peer_specs
 from dmlkit.config import Config
 from dmlkit.data import DataBundle, build_data
-from dmlkit.engine.checkpoint import load_checkpoint, save_checkpoint
+from dmlkit.engine.checkpoint import load_checkpoint, newest_valid_checkpoint, save_checkpoint
 from dmlkit.engine.evaluation import ENSEMBLE, evaluate
+from dmlkit.engine.faults import maybe_kill
 from dmlkit.engine.rundir import RunDir
 from dmlkit.errors import UserError
-from dmlkit.methods import Method, build_method
+from dmlkit.methods import Method, NonFiniteLoss, build_method
+
+log = logging.getLogger("dmlkit")
 
 # Keys whose change does not alter what a resumed run computes.
 RESUMABLE_CHANGES = (
@@ -117,6 +121,7 @@ class Trainer:
         self.method: Method = build_method(cfg, self.cohort, device=self.device)
         self.epoch = 0  # completed epochs
         self.iteration = 0  # completed steps
+        self.skipped_steps = 0  # steps skipped for a non-finite loss (train.nonfinite=skip)
 
     # -- set-up ---------------------------------------------------------------------------------
     def _check_run_dir(self) -> None:
@@ -138,11 +143,21 @@ class Trainer:
             )
 
     def _load_checkpoint(self) -> None:
-        last = self.run.checkpoints / "last.pt"
-        if not last.is_file():
-            return  # crashed before its first checkpoint: start from scratch
-        state = load_checkpoint(last, map_location=self.device)
-        self.cohort.load_training_state(state["cohort"])
+        found, skipped = newest_valid_checkpoint(self.run.checkpoints)
+        for path, reason in skipped:
+            log.warning("skipping checkpoint %s: %s", path.name, reason)
+        if found is None:
+            log.warning("no valid checkpoint in %s: starting from scratch", self.run.checkpoints)
+            return
+        log.info("resuming from %s", found)
+        state = load_checkpoint(found, map_location=self.device)
+        try:
+            self.cohort.load_training_state(state["cohort"])
+        except (RuntimeError, KeyError, ValueError) as exc:
+            raise UserError(
+                f"{found}: does not fit this cohort ({str(exc).splitlines()[0][:160]}); "
+                f"resume with the run's own config"
+            ) from None
         self.epoch, self.iteration = state["epoch"], state["iteration"]
         torch.set_rng_state(state["rng"]["torch"])
         if self.device.type == "cuda" and state["rng"].get("cuda") is not None:
@@ -210,9 +225,8 @@ class Trainer:
                     records += self._records(epoch, "val", evaluate(self.cohort, self.data.val))
                 self.run.log(records)
                 if epoch % cfg.train.checkpoint_every == 0 or last:
-                    save_checkpoint(
-                        self.run.checkpoints, self._state(), epoch, cfg.train.keep_checkpoints
-                    )
+                    self._save()
+                    maybe_kill("kill-after-checkpoint", epoch)
                 bar.set_postfix_str(_postfix(records))
                 if on_epoch is not None:
                     on_epoch(epoch, {r["peer"]: r for r in records})
@@ -230,28 +244,67 @@ class Trainer:
         for x, y in loader:
             if self.iteration >= self.total_steps:
                 break
+            maybe_kill("kill-at-step", self.iteration + 1)
             progress = self.iteration / self.steps_per_epoch
             cohort.set_lr(progress)
             method.set_progress(progress)
-            logs = method.train_step(x, y)
-            sums = (
-                logs
-                if sums is None
-                else [{k: s[k] + v for k, v in log.items()} for s, log in zip(sums, logs)]
-            )
+            try:
+                logs = method.train_step(x, y)
+            except NonFiniteLoss as exc:
+                if self.cfg.train.nonfinite == "stop":
+                    raise TrainingError(
+                        f"non-finite loss at step {self.iteration + 1} (epoch {self.epoch + 1}) "
+                        f"for peer {exc.peer!r}: {exc.values}; {self._kept()}; lower optim.lr, "
+                        f"or set train.nonfinite=skip"
+                    ) from None
+                self.skipped_steps += 1
+                log.warning("step %d: skipped, non-finite loss for peer %r %s",
+                            self.iteration + 1, exc.peer, exc.values)
+                self.iteration += 1
+                bar.update(1)
+                continue
+            sums = logs if sums is None else [
+                {k: acc[k] + v for k, v in peer_log.items()} for acc, peer_log in zip(sums, logs)
+            ]
             n += 1
             self.iteration += 1
             bar.update(1)
-        assert sums is not None  # an epoch always has at least one step
-        out = [{k: float(v) / n for k, v in s.items()} for s in sums]
-        for name, log in zip(cohort.names, out):
-            bad = {k: v for k, v in log.items() if not math.isfinite(v)}
+        if sums is None:
+            raise TrainingError(
+                f"every step of epoch {self.epoch + 1} had a non-finite loss and was skipped; "
+                f"{self._kept()}; lower optim.lr"
+            )
+        return [{k: float(v) / n for k, v in acc.items()} for acc in sums]
+
+    def _save(self) -> None:
+        """Checkpoint the cohort; a failed write (full disk...) stops the run, losing nothing."""
+        for spec, peer in zip(self.cohort.specs, self.cohort.peers):
+            bad = [
+                n
+                for n, p in peer.state_dict().items()
+                if p.is_floating_point() and not bool(torch.isfinite(p).all())
+            ]
             if bad:
                 raise TrainingError(
-                    f"non-finite loss for peer {name!r} in epoch {self.epoch + 1} ({bad}); the "
-                    f"last good checkpoint is kept in {self.run.checkpoints}; lower optim.lr"
+                    f"non-finite weights in peer {spec.name!r} ({bad[0]}) after epoch "
+                    f"{self.epoch}, not checkpointed; {self._kept()}; lower optim.lr"
                 )
-        return out
+        try:
+            save_checkpoint(
+                self.run.checkpoints, self._state(), self.epoch, self.cfg.train.keep_checkpoints
+            )
+        except OSError as exc:
+            raise TrainingError(
+                f"cannot write the checkpoint of epoch {self.epoch} in {self.run.checkpoints} "
+                f"({exc.strerror or exc}); {self._kept()}; free space and resume with "
+                f"dml train --resume {self.run.path}"
+            ) from None
+
+    def _kept(self) -> str:
+        previous = newest_valid_checkpoint(self.run.checkpoints)[0]
+        if previous is None:
+            return "no checkpoint was written before this"
+        return f"the last good checkpoint {previous} is intact"
 
     @staticmethod
     def _records(
