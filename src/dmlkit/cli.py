@@ -8,6 +8,7 @@ and says how to resume.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
@@ -55,6 +56,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     t.add_argument("--out", help="run directory to create (default: runs/<method>-<time>)")
     t.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run")
+    _add_data_flags(t)
 
     e = sub.add_parser("eval", help="re-evaluate a run from its last checkpoint")
     e.add_argument("run_dir", help="run directory (or a checkpoint .pt file inside one)")
@@ -83,12 +85,49 @@ def _parser() -> argparse.ArgumentParser:
         help="override a config value in every run of the grid",
     )
     r.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    r.add_argument(
+        "--arms",
+        metavar="ARM,ARM",
+        help="run only these arms of the grid (e.g. skip the ImageNet-pretrained arms of "
+        "market1501-table: --arms independent,dml)",
+    )
+    r.add_argument(
+        "--docs",
+        metavar="DIR",
+        help="also write the experiment's report page to DIR/<name>.md (figures in DIR/<name>/)",
+    )
+    _add_data_flags(r)
 
+    _add_analysis_parsers(sub)
     sub.add_parser("list", help="list the registered models, datasets, methods and experiments")
     return p
 
 
+def _add_data_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--strict-data",
+        action="store_true",
+        help="stop when a dataset file's MD5 differs from the published one, instead of "
+        "warning (data.strict=true)",
+    )
+    parser.add_argument(
+        "--download",
+        action="store_true",
+        help="download a missing dataset into data.root where the network allows "
+        "(data.download=true; cifar100)",
+    )
+
+
+def _data_overrides(args: argparse.Namespace) -> list[str]:
+    """--strict-data / --download as config overrides (an explicit --set still wins)."""
+    flags = [("data.strict=true", args.strict_data), ("data.download=true", args.download)]
+    return [assignment for assignment, given in flags if given]
+
+
 def _print_summary(summary: dict) -> None:
+    if "mAP" in summary["ensemble"]["metrics"]:
+        _print_reid_summary(summary)
+        return
     print(
         f"test top-1 / top-5 after {summary['epochs']} epochs ({summary['method']}"
         + (f", {summary['update']}" if summary.get("update") else "")
@@ -101,11 +140,31 @@ def _print_summary(summary: dict) -> None:
     print(f"  {'ensemble':<24} {100 * m['top1']:6.2f}%  {100 * m['top5']:6.2f}%")
 
 
+def _print_reid_summary(summary: dict) -> None:
+    """Re-id: mAP and CMC Rank-1/5/10/20 per peer and for the ensemble (concatenated features)."""
+    split = summary.get("split", "test")
+    print(
+        f"{split} retrieval after {summary['epochs']} epochs ({summary['method']}"
+        + (f", {summary['update']}" if summary.get("update") else "")
+        + "), %:"
+    )
+    keys = ["mAP", "rank1", "rank5", "rank10", "rank20"]
+    multi = "mq_mAP" in summary["ensemble"]["metrics"]
+    header = ["mAP", "Rank-1", "Rank-5", "Rank-10", "Rank-20"] + (["MQ mAP", "MQ R-1"] * multi)
+    keys += ["mq_mAP", "mq_rank1"] * multi
+    print(f"  {'':<24}" + "".join(f"{h:>9}" for h in header))
+    members = [(p["name"], p["metrics"]) for p in summary["peers"]]
+    members.append(("ensemble", summary["ensemble"]["metrics"]))
+    for name, m in members:
+        print(f"  {name:<24}" + "".join(f"{100 * m[k]:9.2f}" for k in keys))
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from dmlkit.config import apply_override, config_from_dict, load_config, load_yaml, merge_dicts
     from dmlkit.engine.rundir import RunDir
     from dmlkit.engine.trainer import Trainer
 
+    args.overrides = [*_data_overrides(args), *args.overrides]
     if args.resume:
         if args.out and Path(args.out).resolve() != Path(args.resume).resolve():
             raise UserError(
@@ -144,7 +203,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from dmlkit.cohort import Cohort, PeerSpec
     from dmlkit.data import build_data
     from dmlkit.engine.checkpoint import load_checkpoint
-    from dmlkit.engine.evaluation import evaluate
+    from dmlkit.engine.evaluation import evaluate_split, without_pretrained
     from dmlkit.engine.rundir import RunDir
     from dmlkit.engine.trainer import make_summary, resolve_device
 
@@ -156,7 +215,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     device = resolve_device(args.device or cfg.train.device)
     state = load_checkpoint(path, map_location=device)
     specs = [PeerSpec(**s) for s in state["peers"]]
-    cohort = Cohort(specs, [cfg.peer_optim(i) for i in range(len(specs))], 1.0, device)
+    # The checkpoint holds the weights: pretrained files need not be there any more.
+    builds = [without_pretrained(s) for s in specs]
+    cohort = Cohort(builds, [cfg.peer_optim(i) for i in range(len(specs))], 1.0, device)
     cohort.load_training_state(state["cohort"], optimizers=False)
     data = build_data(cfg.data, seed=cfg.seed, device=device)
     loader = {"test": data.test, "val": data.val, "train": data.train}[args.split]
@@ -166,7 +227,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         )
     if args.split == "train":
         loader.train = False  # evaluate on the plain, unaugmented, unshuffled images
-    metrics = evaluate(cohort, loader)
+    metrics = evaluate_split(cohort, loader)  # re-id test split: mAP and CMC
     summary = make_summary(cfg, specs, metrics, state["epoch"], state["iteration"])
     summary["split"] = args.split
     from dmlkit.engine.checkpoint import atomic_write_text
@@ -181,11 +242,20 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     from dmlkit.experiments import EXPERIMENTS, comparison_report, run_experiment
 
     exp = EXPERIMENTS.get(args.name)
+    if args.arms:
+        chosen = [a.strip() for a in args.arms.split(",") if a.strip()]
+        unknown = [a for a in chosen if a not in exp.arms]
+        if unknown or not chosen:
+            raise UserError(
+                f"--arms {args.arms}: {exp.name} has no arm {', '.join(unknown) or '(none given)'}"
+                f"; its arms: {', '.join(exp.arms)}"
+            )
+        exp = dataclasses.replace(exp, arms={a: exp.arms[a] for a in exp.arms if a in chosen})
     if args.seeds is not None and args.seeds < 1:
         raise UserError(f"--seeds must be >= 1, got {args.seeds}")
     if not 0 < args.scale <= 1:
         raise UserError(f"--scale must be in (0, 1], got {args.scale}")
-    overrides = list(args.overrides)
+    overrides = [*_data_overrides(args), *args.overrides]
     if args.data_root:
         overrides.insert(0, f"data.root={args.data_root}")
     elif exp.needs_data_root:
@@ -206,7 +276,106 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     text = report(exp, results, out, args.scale)
     print()
     print(text)
+    if args.docs:
+        from dmlkit.analysis.report import publish_experiment
+
+        page = publish_experiment(exp, results, out, Path(args.docs))
+        print(f"\nreport page: {page}")
     print(f"\n{len(results)} runs in {time.perf_counter() - start:.0f} s; results in {out}")
+    return 0
+
+
+def _add_analysis_parsers(sub: argparse._SubParsersAction) -> None:
+    a = sub.add_parser(
+        "analyze",
+        help="the paper's analysis of finished runs: loss curves, wide minima, entropy, agreement",
+    )
+    a.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories or grid folders")
+    a.add_argument(
+        "--out",
+        help="write everything (runs overlaid) here (default: RUN/analysis/ per run, and the "
+        "comparison of several runs in <their common parent>/analysis/)",
+    )
+    a.add_argument(
+        "--sigmas",
+        help="comma-separated weight-noise levels (default: 0,0.01,...,0.05 absolute; "
+        "0,0.05,...,0.25 with --relative)",
+    )
+    a.add_argument(
+        "--relative", action="store_true", help="noise relative to each weight tensor's std"
+    )
+    a.add_argument("--draws", type=int, default=5, help="noise draws per sigma (default 5)")
+    a.add_argument(
+        "--samples",
+        type=int,
+        default=1000,
+        help="training images of the noise probe (default 1000; fixed, unaugmented)",
+    )
+    a.add_argument("--seed", type=int, default=0, help="seed of the noise draws (default 0)")
+    a.add_argument("--device", default="cpu", help="where to evaluate (default cpu)")
+
+    rep = sub.add_parser("report", help="one Markdown page for an experiment's runs")
+    rep.add_argument(
+        "runs", nargs="+", metavar="RUN_DIR|GRID_DIR", help="run directories or grid folders"
+    )
+    rep.add_argument("--out", help="the page (.md; default: DIR/report.md for a single DIR)")
+    rep.add_argument("--title", help="page title")
+    rep.add_argument(
+        "--analysis", metavar="DIR", help="a dml analyze output (default: DIR/analysis if any)"
+    )
+    rep.add_argument(
+        "--analyze",
+        action="store_true",
+        help="run dml analyze first (into --analysis, else next to the page)",
+    )
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    from dmlkit.analysis.analyze import AnalysisOptions, analyze
+
+    try:
+        sigmas = [float(s) for s in args.sigmas.split(",")] if args.sigmas else None
+    except ValueError:
+        raise UserError(f"--sigmas {args.sigmas!r}: give numbers separated by commas") from None
+    options = AnalysisOptions(
+        sigmas=sigmas,
+        relative=args.relative,
+        draws=args.draws,
+        probe_samples=args.samples,
+        seed=args.seed,
+        device=args.device,
+    )
+    result = analyze(args.runs, args.out, options)
+    n, seconds = len(result["runs"]), result["seconds"]
+    print(f"analysis of {n} run(s) in {seconds:.0f} s -> {result['out']}")
+    print((result["out"] / "summary.md").read_text(encoding="utf-8"))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    import shlex
+
+    from dmlkit.analysis.analyze import analyze
+    from dmlkit.analysis.report import write_report
+
+    if args.out:
+        out = Path(args.out)
+    elif len(args.runs) == 1:
+        out = Path(args.runs[0]) / "report.md"
+    else:
+        raise UserError("several folders given: name the page with --out report.md")
+    analysis = Path(args.analysis) if args.analysis else None
+    if args.analyze:
+        analysis = analysis or out.parent / f"{out.stem}_analysis"
+        analyze(args.runs, analysis)
+    write_report(
+        args.runs,
+        out,
+        title=args.title,
+        analysis_dir=analysis,
+        commands=[shlex.join(["dml", *sys.argv[1:]])] if Path(sys.argv[0]).name == "dml" else [],
+    )
+    print(f"report: {out}")
     return 0
 
 
@@ -242,6 +411,7 @@ def main(argv: list[str] | None = None) -> int:
     from dmlkit.engine.trainer import TrainingError
 
     commands = {"train": cmd_train, "eval": cmd_eval, "reproduce": cmd_reproduce, "list": cmd_list}
+    commands.update(analyze=cmd_analyze, report=cmd_report)
     try:
         return commands[args.command](args)
     except UserError as exc:

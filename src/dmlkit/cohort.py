@@ -6,6 +6,7 @@ reference every faster path must match.
 
 from __future__ import annotations
 
+import copy
 import itertools
 import math
 import warnings
@@ -16,8 +17,10 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.func import functional_call, stack_module_state, vmap
 
 from dmlkit.config import Config, OptimConfig
+from dmlkit.errors import ConfigError
 from dmlkit.models import build_model
 
 
@@ -108,13 +111,15 @@ def preserved_buffers(module: nn.Module) -> Iterator[None]:
 
 
 class Cohort(nn.Module):
-    """K peers with their optimizers and schedules.
+    """K peers with their optimizers and schedules (the loop implementation).
 
     Args:
         specs: one :class:`PeerSpec` per peer (K >= 1).
         optim: one :class:`OptimConfig` per peer.
         total_epochs: length of the run, for the cosine schedule.
         device: where the peers live.
+        compile: run each peer's forward through ``torch.compile``.
+        channels_last: keep conv weights in channels-last layout (faster convs on CUDA).
     """
 
     def __init__(
@@ -123,15 +128,23 @@ class Cohort(nn.Module):
         optim: list[OptimConfig],
         total_epochs: float,
         device: torch.device | str = "cpu",
+        *,
+        compile: bool = False,
+        channels_last: bool = False,
     ) -> None:
         super().__init__()
         if not specs:
             raise ValueError("a cohort needs at least one peer")
         self.specs = specs
         self.peers = nn.ModuleList([s.build() for s in specs]).to(device)
+        if channels_last:
+            self.peers.to(memory_format=torch.channels_last)
         self.optimizers = [build_optimizer(p.parameters(), o) for p, o in zip(self.peers, optim)]
         self.schedules = [LRSchedule(o, total_epochs) for o in optim]
-        self._warn_identical()
+        # Compiled callables share the peers' parameters; the peers themselves stay plain
+        # modules so that state_dict keys do not change.
+        self._forwards = [torch.compile(p) if compile else p for p in self.peers]
+        _warn_identical(self.specs, [p.state_dict() for p in self.peers])
 
     @property
     def names(self) -> list[str]:
@@ -142,13 +155,13 @@ class Cohort(nn.Module):
 
     def forward(self, x: Tensor) -> list[Tensor]:
         """x: ``[B, ...]`` -> K logits ``[B, C]``."""
-        return [peer(x) for peer in self.peers]
+        return [f(x) for f in self._forwards]
 
     @torch.no_grad()
     def repredict(self, k: int, x: Tensor) -> Tensor:
         """Peer k's current prediction on ``x`` (train mode, no grad, running stats untouched)."""
         with preserved_buffers(self.peers[k]):
-            return self.peers[k](x)
+            return self._forwards[k](x)
 
     def set_lr(self, epoch: float) -> None:
         """Set every peer's learning rate for the (fractional) epoch about to be trained."""
@@ -157,19 +170,6 @@ class Cohort(nn.Module):
 
     def lrs(self) -> list[float]:
         return [opt.param_groups[0]["lr"] for opt in self.optimizers]
-
-    def _warn_identical(self) -> None:
-        for (i, a), (j, b) in itertools.combinations(enumerate(self.peers), 2):
-            sa, sb = a.state_dict(), b.state_dict()
-            if sa.keys() == sb.keys() and all(
-                sa[key].shape == sb[key].shape and torch.equal(sa[key], sb[key]) for key in sa
-            ):
-                warnings.warn(
-                    f"peers {self.specs[i].name!r} and {self.specs[j].name!r} start with "
-                    f"IDENTICAL weights: mimicry between identical peers is zero at the start. "
-                    f"Give them different seeds (peers.N.seed).",
-                    stacklevel=3,
-                )
 
     # -- checkpoint state ---------------------------------------------------------------------
     def training_state(self) -> dict[str, Any]:
@@ -185,6 +185,215 @@ class Cohort(nn.Module):
         if optimizers:
             for opt, sd in zip(self.optimizers, state["optimizers"]):
                 opt.load_state_dict(sd)
+
+
+def _warn_identical(specs: list[PeerSpec], states: list[dict[str, Tensor]]) -> None:
+    for (i, sa), (j, sb) in itertools.combinations(enumerate(states), 2):
+        if sa.keys() == sb.keys() and all(
+            sa[key].shape == sb[key].shape and torch.equal(sa[key], sb[key]) for key in sa
+        ):
+            warnings.warn(
+                f"peers {specs[i].name!r} and {specs[j].name!r} start with "
+                f"IDENTICAL weights: mimicry between identical peers is zero at the start. "
+                f"Give them different seeds (peers.N.seed).",
+                stacklevel=4,
+            )
+
+
+class StackedCohort(nn.Module):
+    """K peers of one architecture run as one batched model: the fast path.
+
+    Parameters and buffers of the K peers are stacked along a new leading dimension and the
+    architecture is called once through ``torch.func.functional_call`` under ``vmap``: each layer
+    becomes one kernel for the whole cohort (a grouped convolution, a batched matmul) instead of K
+    small launches. BatchNorm running statistics stay per peer (they are stacked buffers, updated
+    in place through vmap). One optimizer steps the stacked tensors; SGD and Adam act element by
+    element, so this is exactly K per-peer optimizers with per-peer state. Checkpoints use the
+    loop cohort's per-peer format, so the two are interchangeable.
+
+    Requirements: identical architecture and constructor arguments, identical optimizer
+    settings, and an update that steps every peer against one forward (simultaneous, independent,
+    kd). Dropout masks differ per peer (``randomness="different"``) but are not the loop path's.
+
+    Args:
+        specs: K :class:`PeerSpec` that differ only in name and seed.
+        optim: K equal :class:`OptimConfig`.
+        total_epochs: length of the run, for the cosine schedule.
+        device: where the stacked tensors live.
+        compile: run the batched forward through ``torch.compile``.
+    """
+
+    def __init__(
+        self,
+        specs: list[PeerSpec],
+        optim: list[OptimConfig],
+        total_epochs: float,
+        device: torch.device | str = "cpu",
+        *,
+        compile: bool = False,
+    ) -> None:
+        super().__init__()
+        problem = stacking_problem(specs, optim)
+        if problem:
+            raise ValueError(f"cannot stack this cohort: {problem}")
+        self.specs = specs
+        models = [s.build().to(device) for s in specs]
+        _warn_identical(specs, [m.state_dict() for m in models])
+        # The architecture without storage; kept out of the module tree (a plain list) so it
+        # has no parameters of its own. Its train/eval flag is set by train() below.
+        self._template = [copy.deepcopy(models[0]).to("meta")]
+        self._state_keys = list(models[0].state_dict().keys())
+        params, buffers = stack_module_state(models)
+        self._param_names = list(params)
+        self._buffer_names = list(buffers)
+        self.stacked_params = nn.ParameterList([nn.Parameter(params[n].detach()) for n in params])
+        for i, name in enumerate(self._buffer_names):
+            self.register_buffer(f"stacked_buffer_{i}", buffers[name].detach().clone())
+        self.optimizers = [build_optimizer(iter(self.stacked_params), optim[0])]
+        self.schedules = [LRSchedule(optim[0], total_epochs)]
+        self._batched = vmap(self._call, in_dims=(0, 0, None), randomness="different")
+        self._forward_fn = torch.compile(self._batched) if compile else self._batched
+
+    def _call(self, params: dict[str, Tensor], buffers: dict[str, Tensor], x: Tensor) -> Tensor:
+        return functional_call(self._template[0], (params, buffers), (x,))
+
+    def _buffers_dict(self) -> dict[str, Tensor]:
+        return {n: getattr(self, f"stacked_buffer_{i}") for i, n in enumerate(self._buffer_names)}
+
+    def train(self, mode: bool = True) -> StackedCohort:
+        super().train(mode)
+        self._template[0].train(mode)
+        return self
+
+    @property
+    def names(self) -> list[str]:
+        return [s.name for s in self.specs]
+
+    def __len__(self) -> int:
+        return len(self.specs)
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        """x: ``[B, ...]`` -> K logits ``[B, C]`` (views of one ``[K, B, C]`` tensor)."""
+        params = dict(zip(self._param_names, self.stacked_params))
+        return list(self._forward_fn(params, self._buffers_dict(), x).unbind(0))
+
+    def repredict(self, k: int, x: Tensor) -> Tensor:
+        raise NotImplementedError("the stacked cohort steps every peer at once (no sequential)")
+
+    def set_lr(self, epoch: float) -> None:
+        self.schedules[0].apply(self.optimizers[0], epoch)
+
+    def lrs(self) -> list[float]:
+        return [self.optimizers[0].param_groups[0]["lr"]] * len(self)
+
+    # -- checkpoint state, in the loop cohort's per-peer format ---------------------------------
+    def training_state(self) -> dict[str, Any]:
+        stacked = {**dict(zip(self._param_names, self.stacked_params)), **self._buffers_dict()}
+        models = [
+            {key: stacked[key][k].detach().clone() for key in self._state_keys}
+            for k in range(len(self))
+        ]
+        sd = self.optimizers[0].state_dict()
+        optimizers = []
+        for k in range(len(self)):
+            state = {
+                i: {key: _peer_slice(v, self.stacked_params[i], k) for key, v in per_param.items()}
+                for i, per_param in sd["state"].items()
+            }
+            optimizers.append({"state": state, "param_groups": copy.deepcopy(sd["param_groups"])})
+        return {"models": models, "optimizers": optimizers}
+
+    def load_training_state(self, state: dict[str, Any], *, optimizers: bool = True) -> None:
+        models = state["models"]
+        if len(models) != len(self):
+            raise ValueError(f"{len(models)} peers in the state, {len(self)} in the cohort")
+        with torch.no_grad():
+            targets = {
+                **dict(zip(self._param_names, self.stacked_params)),
+                **self._buffers_dict(),
+            }
+            for sd in models:
+                if set(sd) != set(self._state_keys):
+                    raise KeyError(
+                        f"state keys differ: {sorted(set(sd) ^ set(self._state_keys))[:3]}"
+                    )
+            for key, target in targets.items():
+                target.copy_(torch.stack([sd[key] for sd in models]).to(target.device))
+        if not optimizers:
+            return
+        per = state["optimizers"]
+        merged: dict[int, dict[str, Any]] = {}
+        for i, _ in enumerate(self.stacked_params):
+            if i not in per[0]["state"]:
+                continue
+            merged[i] = {}
+            for key, v in per[0]["state"][i].items():
+                if isinstance(v, Tensor) and v.dim() > 0:
+                    merged[i][key] = torch.stack([p["state"][i][key] for p in per])
+                else:
+                    merged[i][key] = v
+        self.optimizers[0].load_state_dict(
+            {"state": merged, "param_groups": per[0]["param_groups"]}
+        )
+
+
+def _peer_slice(value: Any, stacked_param: Tensor, k: int) -> Any:
+    """Peer k's part of an optimizer state entry (per-element tensors are sliced)."""
+    if isinstance(value, Tensor) and value.shape == stacked_param.shape:
+        return value[k].clone()
+    return copy.deepcopy(value)
+
+
+def stacking_problem(specs: list[PeerSpec], optim: list[OptimConfig]) -> str | None:
+    """Why these peers cannot run as a :class:`StackedCohort` (None if they can)."""
+    if len(specs) < 2:
+        return "a single peer gains nothing from stacking"
+    first = specs[0]
+    for s in specs[1:]:
+        if (s.arch, s.kwargs, s.num_classes, s.in_channels, s.image_size) != (
+            first.arch,
+            first.kwargs,
+            first.num_classes,
+            first.in_channels,
+            first.image_size,
+        ):
+            return f"peers {first.name!r} and {s.name!r} differ in architecture or arguments"
+    if any(o != optim[0] for o in optim[1:]):
+        return "peers have different optimizer settings"
+    return None
+
+
+def build_cohort(
+    impl: str,
+    specs: list[PeerSpec],
+    optim: list[OptimConfig],
+    total_epochs: float,
+    device: torch.device,
+    *,
+    update: str = "simultaneous",
+    compile: bool = False,
+) -> Cohort | StackedCohort:
+    """The cohort implementation for ``train.cohort_impl`` (loop | stacked | auto).
+
+    ``auto`` stacks on CUDA when the cohort allows it (identical peers and optimizers, every
+    peer stepping against one forward); on the CPU the loop is as fast (see benchmarks/).
+    """
+    problem = stacking_problem(specs, optim)
+    if update == "sequential":
+        problem = problem or "the sequential update steps the peers one at a time"
+    if impl == "stacked" and problem:
+        raise ConfigError(f"train.cohort_impl=stacked: {problem}; use train.cohort_impl=loop")
+    stacked = impl == "stacked" or (impl == "auto" and not problem and device.type == "cuda")
+    if stacked:
+        return StackedCohort(specs, optim, total_epochs, device, compile=compile)
+    return Cohort(
+        specs,
+        optim,
+        total_epochs,
+        device,
+        compile=compile,
+        channels_last=device.type == "cuda",
+    )
 
 
 def peer_specs(

@@ -86,6 +86,18 @@ class DataConfig:
     crop_padding: int = 1  # random crop from the image padded by this many pixels
     hflip: bool = False  # random horizontal flip
     image_size: int | None = None  # imagefolder: resize to a square of this size
+    # Re-id (market1501): network input height x width (default 256 x 128; the DML authors'
+    # code used 224 x 224). Both or neither; if neither, a square image_size is used if set.
+    image_height: int | None = None
+    image_width: int | None = None
+    # Re-id test protocol: distance between features, L2-normalised features, and whether to
+    # also report the multiple-query setting (Market-1501: query + gt_bbox crops averaged).
+    reid_distance: Literal["euclidean", "sqeuclidean", "cosine"] = "euclidean"
+    reid_normalize: bool = True
+    multi_query: bool = False
+    # Files whose MD5 differs from the published one: a warning (false) or an error (true).
+    strict: bool = False
+    download: bool = False  # fetch a missing dataset into data.root (cifar100)
 
 
 @dataclass
@@ -100,6 +112,11 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     deterministic: bool = True
     progress: bool = True
+    # loop: one module per peer; stacked: one batched (vmap) model for identical peers;
+    # auto: stacked on CUDA when the cohort allows it.
+    cohort_impl: Literal["auto", "loop", "stacked"] = "auto"
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # autocast; fp16 adds loss scaling
+    compile: bool = False  # torch.compile the peers' forward
     # A NaN/inf loss: stop the run (keeping the last good checkpoint) or skip that step (with
     # the sequential update, peers that already stepped in it keep their step).
     nonfinite: Literal["stop", "skip"] = "stop"
@@ -287,13 +304,33 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 
 
 def apply_override(data: dict[str, Any], assignment: str) -> dict[str, Any]:
-    """Apply one ``a.b.c=value`` (value parsed as YAML; list items addressed by index)."""
+    """Apply one ``a.b.c=value`` (value parsed as YAML; list items addressed by index).
+
+    ``*`` as a list index applies the value to every item, e.g.
+    ``peers.*.kwargs.pretrained=imagenet`` for a cohort of any size.
+    """
     if "=" not in assignment:
         raise ConfigError(f"--set {assignment!r}: expected KEY=VALUE, e.g. --set train.epochs=5")
     dotted, raw = assignment.split("=", 1)
     parts = dotted.strip().split(".")
     if not all(parts):
         raise ConfigError(f"--set {assignment!r}: empty key part in {dotted!r}")
+    if "*" in parts:
+        star = parts.index("*")
+        node: Any = data
+        for part in parts[:star]:
+            if isinstance(node, dict):
+                node = node.get(part)
+            elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+                node = node[int(part)]
+            else:
+                node = None
+        if not isinstance(node, list):
+            raise ConfigError(f"--set {dotted}: '*' needs a list at '{'.'.join(parts[:star])}'")
+        for i in range(len(node)):
+            item = ".".join([*parts[:star], str(i), *parts[star + 1 :]])
+            data = apply_override(data, f"{item}={raw}")
+        return data
     try:
         value = parse_yaml(raw) if raw.strip() else ""
     except yaml.YAMLError:
@@ -449,6 +486,17 @@ def validate(cfg: Config) -> None:
     _check(
         d.image_size is None or d.image_size >= 1,
         f"data.image_size must be >= 1 or null, got {d.image_size}",
+    )
+    for key in ("image_height", "image_width"):
+        value = getattr(d, key)
+        _check(value is None or value >= 1, f"data.{key} must be >= 1 or null, got {value}")
+    _check(
+        (d.image_height is None) == (d.image_width is None),
+        "data.image_height and data.image_width: set both (e.g. 256 and 128) or neither",
+    )
+    _check(
+        not d.download or d.root is not None,
+        "data.download needs data.root, the folder to download into (--data-root PATH)",
     )
 
     t = cfg.train

@@ -12,6 +12,7 @@ cohort on a batch, returning one dict of detached scalars per peer (``loss``, ``
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager, nullcontext
 from typing import ClassVar
 
 import torch
@@ -37,14 +38,51 @@ class NonFiniteLoss(RuntimeError):
         self.values = values
 
 
+class Precision:
+    """Mixed precision of a training step: autocast around forward + loss, loss scaling for fp16.
+
+    Args:
+        precision: ``"fp32"`` (no autocast), ``"bf16"`` or ``"fp16"``.
+        device_type: ``"cpu"`` or ``"cuda"``.
+    """
+
+    def __init__(self, precision: str = "fp32", device_type: str = "cpu") -> None:
+        self.dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+        self.device_type = device_type
+        # fp16 gradients underflow without loss scaling; bf16 has fp32's range and needs none.
+        self.scaler = torch.amp.GradScaler(device_type) if precision == "fp16" else None
+
+    def autocast(self) -> AbstractContextManager:
+        if self.dtype is None:
+            return nullcontext()
+        return torch.autocast(self.device_type, dtype=self.dtype)
+
+    def backward(self, loss: Tensor) -> None:
+        (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+
+    def step(self, optimizer: torch.optim.Optimizer) -> None:
+        if self.scaler is not None:
+            self.scaler.step(optimizer)  # skipped when the scaled gradients overflowed
+        else:
+            optimizer.step()
+
+    def update(self) -> None:
+        """Once per training step, after every optimizer stepped."""
+        if self.scaler is not None:
+            self.scaler.update()
+
+
 class Method:
-    """Base class: holds the cohort and the method's config."""
+    """Base class: holds the cohort, the method's config and the step's precision."""
 
     name: ClassVar[str]
 
-    def __init__(self, cohort: Cohort, cfg: MethodConfig) -> None:
+    def __init__(
+        self, cohort: Cohort, cfg: MethodConfig, precision: Precision | None = None
+    ) -> None:
         self.cohort = cohort
         self.cfg = cfg
+        self.precision = precision or Precision()
         self.epoch = 0.0  # fractional epoch of the next step, set by the trainer
 
     def set_progress(self, epoch: float) -> None:
@@ -79,9 +117,10 @@ class Method:
         self._check_finite(losses)
         for opt in self.cohort.optimizers:
             opt.zero_grad(set_to_none=True)
-        torch.stack(losses).sum().backward()
+        self.precision.backward(torch.stack(losses).sum())
         for opt in self.cohort.optimizers:
-            opt.step()
+            self.precision.step(opt)
+        self.precision.update()
 
 
 def _log(loss: Tensor, ce: Tensor, mimicry: Tensor) -> PeerLog:
@@ -95,7 +134,8 @@ class Independent(Method):
     name = "independent"
 
     def train_step(self, x: Tensor, y: Tensor) -> list[PeerLog]:
-        ce = [cross_entropy(z, y) for z in self.cohort(x)]
+        with self.precision.autocast():
+            ce = [cross_entropy(z, y) for z in self.cohort(x)]
         self._step_all(ce)
         return [_log(c, c, torch.zeros_like(c)) for c in ce]
 
@@ -113,30 +153,37 @@ class DML(Method):
         return self._simultaneous(x, y)
 
     def _simultaneous(self, x: Tensor, y: Tensor) -> list[PeerLog]:
-        terms = dml_terms(self.cohort(x), y, mode=self.mode, temperature=self.cfg.temperature)
-        w = self.mimicry_weight
-        losses = [c + w * m for c, m in zip(terms.ce, terms.mimicry)]
+        with self.precision.autocast():
+            terms = dml_terms(self.cohort(x), y, mode=self.mode, temperature=self.cfg.temperature)
+            w = self.mimicry_weight
+            losses = [c + w * m for c, m in zip(terms.ce, terms.mimicry)]
         self._step_all(losses)
         return [_log(*t) for t in zip(losses, terms.ce, terms.mimicry)]
 
     def _sequential(self, x: Tensor, y: Tensor) -> list[PeerLog]:
-        cohort, k_peers = self.cohort, len(self.cohort)
-        logits = cohort(x)  # every peer's graph, built before any peer moves
+        cohort, k_peers, amp = self.cohort, len(self.cohort), self.precision
+        with amp.autocast():
+            logits = cohort(x)  # every peer's graph, built before any peer moves
         current = [z.detach() for z in logits]  # the predictions the next peer mimics
         logs = []
         for k in range(k_peers):
             others = current[:k] + current[k + 1 :]
-            ce = cross_entropy(logits[k], y)
-            mim = mimicry_term(logits[k], others, mode=self.mode, temperature=self.cfg.temperature)
-            loss = ce + self.mimicry_weight * mim
+            with amp.autocast():
+                ce = cross_entropy(logits[k], y)
+                mim = mimicry_term(
+                    logits[k], others, mode=self.mode, temperature=self.cfg.temperature
+                )
+                loss = ce + self.mimicry_weight * mim
             self._check_finite([loss], first=k)
             opt = cohort.optimizers[k]
             opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            amp.backward(loss)
+            amp.step(opt)
             if k < k_peers - 1:  # the last peer's new prediction is not used in this step
-                current[k] = cohort.repredict(k, x)
+                with amp.autocast():
+                    current[k] = cohort.repredict(k, x)
             logs.append(_log(loss, ce, mim))
+        amp.update()
         return logs
 
 
@@ -160,18 +207,25 @@ class KnowledgeDistillation(Method):
 
     name = "kd"
 
-    def __init__(self, cohort: Cohort, cfg: MethodConfig, teacher: nn.Module) -> None:
-        super().__init__(cohort, cfg)
+    def __init__(
+        self,
+        cohort: Cohort,
+        cfg: MethodConfig,
+        teacher: nn.Module,
+        precision: Precision | None = None,
+    ) -> None:
+        super().__init__(cohort, cfg, precision)
         self.teacher = teacher.eval().requires_grad_(False)
 
     def train_step(self, x: Tensor, y: Tensor) -> list[PeerLog]:
-        with torch.no_grad():
+        with torch.no_grad(), self.precision.autocast():
             self.teacher.eval()  # the trainer's cohort.train() must not reach the teacher
             teacher_logits = self.teacher(x)
-        logits = self.cohort(x)
-        losses = [
-            kd_loss(z, teacher_logits, y, self.cfg.temperature, self.cfg.alpha) for z in logits
-        ]
+        with self.precision.autocast():
+            logits = self.cohort(x)
+            losses = [
+                kd_loss(z, teacher_logits, y, self.cfg.temperature, self.cfg.alpha) for z in logits
+            ]
         self._step_all(losses)
         t = self.cfg.temperature
         return [
@@ -183,8 +237,9 @@ class KnowledgeDistillation(Method):
 def build_method(cfg: Config, cohort: Cohort, *, device: torch.device | str = "cpu") -> Method:
     """The configured method over ``cohort`` (kd also loads its frozen teacher)."""
     cls = METHODS.get(cfg.method.name)
+    precision = Precision(cfg.train.precision, torch.device(device).type)
     if cls is not KnowledgeDistillation:
-        return cls(cohort, cfg.method)
+        return cls(cohort, cfg.method, precision)
     from dmlkit.engine.checkpoint import load_peer
 
     teacher, spec = load_peer(cfg.method.teacher, cfg.method.teacher_peer, device)
@@ -194,4 +249,4 @@ def build_method(cfg: Config, cohort: Cohort, *, device: torch.device | str = "c
             f"method.teacher: the teacher {spec.name!r} predicts {spec.num_classes} classes but "
             f"the data has {student_classes}; distil from a teacher trained on the same data"
         )
-    return KnowledgeDistillation(cohort, cfg.method, teacher)
+    return KnowledgeDistillation(cohort, cfg.method, teacher, precision)

@@ -8,8 +8,13 @@ unlabelled samples (semi-supervised DML) are ``-1``.
 from __future__ import annotations
 
 # Importing the modules registers the datasets.
-from dmlkit.data import digits, imagefolder  # noqa: E402,F401,I001
+from dmlkit.data import (  # noqa: E402,F401,I001
+    cifar100,  # noqa: E402,F401,I001
+    digits,
+    imagefolder,
+)
 from dmlkit.data.core import DataBundle, TensorLoader, build_data, random_crop_flip
 from dmlkit.data.registry import DATASETS
 
 __all__ = ["DATASETS", "DataBundle", "TensorLoader", "build_data", "random_crop_flip"]
+from dmlkit.data import market1501  # noqa: E402,F401,I001

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -19,6 +20,9 @@ from torch import Tensor
 from dmlkit.config import DataConfig
 from dmlkit.errors import ConfigError
 from dmlkit.losses import UNLABELLED
+
+if TYPE_CHECKING:
+    from dmlkit.data.reid import RetrievalSplit
 
 
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:
@@ -146,11 +150,14 @@ class DataBundle:
 
     train: TensorLoader
     val: TensorLoader | None
-    test: TensorLoader
+    test: TensorLoader | RetrievalSplit  # RetrievalSplit (query + gallery) when task == "reid"
     num_classes: int
     in_channels: int
     image_size: tuple[int, int]
     class_names: list[str]
+    # "classification": test is scored by top-k accuracy; "reid": test is a retrieval split
+    # (dmlkit.data.reid), scored by mAP and CMC on the features of the last pooling layer.
+    task: str = "classification"
 
 
 def stratified_split(y: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

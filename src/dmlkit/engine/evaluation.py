@@ -1,15 +1,30 @@
-"""Evaluation of every peer and of the cohort ensemble (mean of the peers' probabilities)."""
+"""Evaluation of every peer and of the cohort ensemble.
+
+Classification: top-k accuracy, the ensemble is the mean of the peers' probabilities.
+Re-identification (:func:`evaluate_reid`): retrieval by the pooled features, mAP and CMC; the
+ensemble concatenates the peers' features. :func:`evaluate_split` picks one by the split's type.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
-from dmlkit.cohort import Cohort
+from dmlkit.cohort import Cohort, PeerSpec
+from dmlkit.data.reid import RetrievalSplit
+from dmlkit.errors import UserError
 from dmlkit.metrics.classification import topk_correct
+from dmlkit.metrics.reid import (
+    RANKS,
+    average_by_identity_camera,
+    pairwise_distance,
+    rank_queries,
+)
 
 ENSEMBLE = "ensemble"
 
@@ -50,4 +65,172 @@ def evaluate(
     for name in names:
         top1, top5, ce = (torch.stack(acc[name]).sum(0) / total).tolist()
         out[name] = {"top1": top1, "top5": top5, "ce": ce}
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+# re-identification
+
+
+def evaluate_split(cohort: Any, split: Any) -> dict[str, dict[str, float]]:
+    """Evaluate a test/val split: retrieval metrics for a :class:`RetrievalSplit`, else top-k."""
+    if isinstance(split, RetrievalSplit):
+        return evaluate_reid(cohort, split)
+    return evaluate(cohort, split)
+
+
+def without_pretrained(spec: PeerSpec) -> PeerSpec:
+    """The spec minus its ``pretrained`` kwarg (the weights are overwritten anyway)."""
+    kwargs = {k: v for k, v in spec.kwargs.items() if k != "pretrained"}
+    return dataclasses.replace(spec, kwargs=kwargs)
+
+
+def check_reid_support(cohort: Any) -> None:
+    """Fail early (before training) when a peer cannot give re-id features.
+
+    Builds each architecture on the meta device (no memory, no weights read) and checks for a
+    ``features(x) -> [B, D]`` method.
+    """
+    for spec in cohort.specs:
+        with torch.device("meta"):
+            probe = without_pretrained(spec).build()
+        if not callable(getattr(probe, "features", None)):
+            raise UserError(
+                f"peer {spec.name!r} ({spec.arch}) has no features() method, so it cannot be "
+                f"evaluated by retrieval; use a re-id backbone such as mobilenet_v1"
+            )
+
+
+def peer_modules(cohort: Any) -> list[nn.Module]:
+    """One module per peer: the loop cohort's own, or rebuilt from the stacked cohort's state."""
+    peers = getattr(cohort, "peers", None)
+    if peers is not None:
+        return list(peers)
+    device = next(iter(cohort.parameters())).device
+    modules = []
+    for spec, state in zip(cohort.specs, cohort.training_state()["models"]):
+        module = without_pretrained(spec).build().to(device)
+        module.load_state_dict(state)
+        modules.append(module)
+    return modules
+
+
+@torch.no_grad()
+def _extract(
+    peers: list[nn.Module], loader: Iterable[tuple[Tensor, Tensor]]
+) -> tuple[list[Tensor], list[Tensor], Tensor, Tensor]:
+    """Features and posterior entropies of every peer over a loader (peers in eval mode).
+
+    Returns:
+        ``(features: K x [N, D_k], entropy: K x [N], ensemble entropy [N], labels [N])``; the
+        ensemble's posterior is the mean of the peers' probabilities.
+    """
+    feats: list[list[Tensor]] = [[] for _ in peers]
+    ents: list[list[Tensor]] = [[] for _ in peers]
+    ens_ent, labels = [], []
+    for x, y in loader:
+        probs = []
+        for k, peer in enumerate(peers):
+            f = peer.features(x).float()
+            head = getattr(peer, "classifier", None)
+            logits = head(f) if isinstance(head, nn.Module) else peer(x)
+            p = F.softmax(logits.float(), dim=1)
+            feats[k].append(f)
+            ents[k].append(_entropy(p))
+            probs.append(p)
+        ens_ent.append(_entropy(torch.stack(probs).mean(0)))
+        labels.append(y)
+    if not labels:
+        raise ValueError("evaluate_reid() got an empty loader")
+    return (
+        [torch.cat(f) for f in feats],
+        [torch.cat(e) for e in ents],
+        torch.cat(ens_ent),
+        torch.cat(labels),
+    )
+
+
+def _entropy(p: Tensor) -> Tensor:
+    """Entropy in nats of each row of ``p: [B, C]`` -> ``[B]``."""
+    return -(p * p.clamp_min(1e-12).log()).sum(1)
+
+
+def _retrieval(
+    query: Tensor,
+    gallery: Tensor,
+    q_pids: Tensor,
+    g_pids: Tensor,
+    q_cams: Tensor,
+    g_cams: Tensor,
+    split: RetrievalSplit,
+    prefix: str = "",
+) -> dict[str, float]:
+    dist = pairwise_distance(query, gallery, split.distance)
+    try:
+        res = rank_queries(dist, q_pids, g_pids, q_cams, g_cams, max(RANKS))
+    except ValueError as exc:
+        raise UserError(f"re-id evaluation: {exc}") from None
+    out = {f"{prefix}mAP": res.mAP}
+    out.update({f"{prefix}rank{k}": float(res.cmc[k - 1]) for k in RANKS})
+    return out
+
+
+@torch.no_grad()
+def evaluate_reid(cohort: Any, split: RetrievalSplit) -> dict[str, dict[str, float]]:
+    """Retrieval metrics of every peer and of the ensemble (Market-1501 protocol).
+
+    Each peer describes an image by its pooled feature (``peer.features(x)``: the last
+    pooling layer, as in Zhang et al. CVPR 2018, Sec. 4.1); the ensemble by the concatenation of
+    the peers' features (each L2-normalised first when ``split.normalize``). Queries rank the
+    gallery by ``split.distance``; see :mod:`dmlkit.metrics.reid` for the protocol.
+
+    Returns:
+        ``{peer name or "ensemble": {"mAP", "rank1", "rank5", "rank10", "rank20", "entropy"}}``
+        (fractions in [0, 1]; ``entropy``: mean posterior entropy in nats over the query images,
+        of the peer's softmax over the training identities, or of the peers' mean probability).
+        With ``split.multi_query`` also ``mq_mAP``, ``mq_rank1``, ...
+    """
+    check_reid_support(cohort)
+    peers = peer_modules(cohort)
+    modes = [p.training for p in peers]
+    for p in peers:
+        p.eval()
+    try:
+        q_feats, q_ents, q_ens_ent, q_pids = _extract(peers, split.query)
+        g_feats, _, _, g_pids = _extract(peers, split.gallery)
+        e_feats: list[Tensor] | None = None
+        if split.multi_query and split.extra_query is not None:
+            e_feats, _, _, e_pids = _extract(peers, split.extra_query)
+    finally:
+        for p, mode in zip(peers, modes):
+            p.train(mode)
+
+    def prepare(f: Tensor) -> Tensor:
+        return F.normalize(f, dim=1) if split.normalize else f
+
+    dev = q_pids.device
+    q_cams, g_cams = split.query_cams.to(dev), split.gallery_cams.to(dev)
+    names = [*cohort.names, ENSEMBLE]
+    q_sets = [prepare(f) for f in q_feats]
+    g_sets = [prepare(f) for f in g_feats]
+    q_sets.append(torch.cat(q_sets, dim=1))
+    g_sets.append(torch.cat(g_sets, dim=1))
+    entropies = [*q_ents, q_ens_ent]
+    out: dict[str, dict[str, float]] = {}
+    for i, name in enumerate(names):
+        metrics = _retrieval(q_sets[i], g_sets[i], q_pids, g_pids, q_cams, g_cams, split)
+        if split.multi_query:
+            mq, mq_pids, mq_cams = q_sets[i], q_pids, q_cams
+            if e_feats is not None and split.extra_query_cams is not None:
+                extra = [prepare(f) for f in e_feats]
+                extra.append(torch.cat(extra, dim=1))
+                mq = torch.cat([mq, extra[i]])
+                mq_pids = torch.cat([q_pids, e_pids])
+                mq_cams = torch.cat([q_cams, split.extra_query_cams.to(dev)])
+            mq, mq_pids, mq_cams = average_by_identity_camera(mq, mq_pids, mq_cams)
+            metrics.update(
+                _retrieval(mq, g_sets[i], mq_pids, g_pids, mq_cams, g_cams, split, "mq_")
+            )
+        metrics["entropy"] = float(entropies[i].mean())
+        out[name] = metrics
     return out

@@ -19,11 +19,11 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from dmlkit.cohort import Cohort, PeerSpec, peer_specs
+from dmlkit.cohort import PeerSpec, build_cohort, peer_specs
 from dmlkit.config import Config
 from dmlkit.data import DataBundle, build_data
 from dmlkit.engine.checkpoint import load_checkpoint, newest_valid_checkpoint, save_checkpoint
-from dmlkit.engine.evaluation import ENSEMBLE, evaluate
+from dmlkit.engine.evaluation import ENSEMBLE, check_reid_support, evaluate, evaluate_split
 from dmlkit.engine.faults import maybe_kill
 from dmlkit.engine.rundir import RunDir
 from dmlkit.errors import UserError
@@ -112,13 +112,18 @@ class Trainer:
         self.total_steps = t.iterations if t.iterations else t.epochs * self.steps_per_epoch
         self.num_epochs = math.ceil(self.total_steps / self.steps_per_epoch)
         specs = peer_specs(cfg, self.data.num_classes, self.data.in_channels, self.data.image_size)
-        self.cohort = Cohort(
+        self.cohort = build_cohort(
+            cfg.train.cohort_impl,
             specs,
             [cfg.peer_optim(i) for i in range(len(specs))],
             total_epochs=self.total_steps / self.steps_per_epoch,
             device=self.device,
+            update=cfg.method.update if cfg.method.name in ("dml", "dml_e") else "simultaneous",
+            compile=cfg.train.compile,
         )
         self.method: Method = build_method(cfg, self.cohort, device=self.device)
+        if self.data.task == "reid":  # fail now, not after training, if a peer has no features
+            check_reid_support(self.cohort)
         self.epoch = 0  # completed epochs
         self.iteration = 0  # completed steps
         self.skipped_steps = 0  # steps skipped for a non-finite loss (train.nonfinite=skip)
@@ -258,14 +263,23 @@ class Trainer:
                         f"or set train.nonfinite=skip"
                     ) from None
                 self.skipped_steps += 1
-                log.warning("step %d: skipped, non-finite loss for peer %r %s",
-                            self.iteration + 1, exc.peer, exc.values)
+                log.warning(
+                    "step %d: skipped, non-finite loss for peer %r %s",
+                    self.iteration + 1,
+                    exc.peer,
+                    exc.values,
+                )
                 self.iteration += 1
                 bar.update(1)
                 continue
-            sums = logs if sums is None else [
-                {k: acc[k] + v for k, v in peer_log.items()} for acc, peer_log in zip(sums, logs)
-            ]
+            sums = (
+                logs
+                if sums is None
+                else [
+                    {k: acc[k] + v for k, v in peer_log.items()}
+                    for acc, peer_log in zip(sums, logs)
+                ]
+            )
             n += 1
             self.iteration += 1
             bar.update(1)
@@ -278,10 +292,11 @@ class Trainer:
 
     def _save(self) -> None:
         """Checkpoint the cohort; a failed write (full disk...) stops the run, losing nothing."""
-        for spec, peer in zip(self.cohort.specs, self.cohort.peers):
+        state = self._state()
+        for spec, peer_state in zip(self.cohort.specs, state["cohort"]["models"]):
             bad = [
                 n
-                for n, p in peer.state_dict().items()
+                for n, p in peer_state.items()
                 if p.is_floating_point() and not bool(torch.isfinite(p).all())
             ]
             if bad:
@@ -291,7 +306,7 @@ class Trainer:
                 )
         try:
             save_checkpoint(
-                self.run.checkpoints, self._state(), self.epoch, self.cfg.train.keep_checkpoints
+                self.run.checkpoints, state, self.epoch, self.cfg.train.keep_checkpoints
             )
         except OSError as exc:
             raise TrainingError(
@@ -314,7 +329,7 @@ class Trainer:
 
     def finish(self) -> dict[str, Any]:
         """Evaluate the final cohort on the test split; write and return summary.json."""
-        test = evaluate(self.cohort, self.data.test)
+        test = evaluate_split(self.cohort, self.data.test)  # top-k, or re-id mAP/CMC
         self.run.log(self._records(self.epoch, "test", test))
         summary = make_summary(self.cfg, self.cohort.specs, test, self.epoch, self.iteration)
         self.run.write_summary(summary)

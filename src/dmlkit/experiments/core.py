@@ -160,8 +160,9 @@ def run_experiment(
                 resume = True
             trainer = Trainer(cfg, run.path, resume=resume, desc=f"{arm} seed {seed}")
             summary = trainer.fit()
-            top1 = ", ".join(f"{100 * p['metrics']['top1']:.2f}" for p in summary["peers"])
-            log(f"[{arm} seed {seed}] test top-1 per peer: {top1}")
+            key = "top1" if "top1" in summary["peers"][0]["metrics"] else "mAP"  # re-id: mAP
+            shown = ", ".join(f"{100 * p['metrics'][key]:.2f}" for p in summary["peers"])
+            log(f"[{arm} seed {seed}] test {key.replace('top1', 'top-1')} per peer: {shown}")
             results.append(RunResult(arm, seed, run.path, summary))
     return results
 

@@ -48,3 +48,5 @@ def list_models() -> list[str]:
 
 # Importing the modules registers their models.
 from dmlkit.models import small  # noqa: E402,F401
+from dmlkit.models import cifar  # noqa: E402,F401
+from dmlkit.models import mobilenet_v1  # noqa: E402,F401

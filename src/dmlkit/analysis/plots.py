@@ -1,0 +1,213 @@
+"""PNG figures of the analysis (matplotlib's object API: no pyplot, no global backend change).
+
+Every figure compares *labels* (e.g. the arms ``independent``, ``dml``, ``dml_e`` of a grid),
+one colour per label, aggregated over the runs that share the label (seeds).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib.figure import Figure
+
+# One colour per label, in label order (matplotlib's default cycle, without the grey).
+COLOURS = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2"]
+
+
+def colour(i: int) -> str:
+    return COLOURS[i % len(COLOURS)]
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    return path
+
+
+def _mean_band(series: Sequence[Sequence[float]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean, min and max over runs of equally long series (shorter ones are NaN-padded)."""
+    n = max(len(s) for s in series)
+    arr = np.full((len(series), n), np.nan)
+    for i, s in enumerate(series):
+        arr[i, : len(s)] = s
+    with np.errstate(all="ignore"):
+        return np.nanmean(arr, 0), np.nanmin(arr, 0), np.nanmax(arr, 0)
+
+
+def plot_curves(
+    curves: dict[str, dict[str, list[dict[str, list[float]]]]],
+    val: dict[str, dict[str, list[dict[str, list[float]]]]],
+    peers: list[str],
+    labels: list[str],
+    path: Path,
+) -> Path:
+    """Training CE per epoch (top row) and validation error (bottom row), one column per peer.
+
+    Args:
+        curves: ``{label: {peer: [per-run {"epoch": [...], "ce": [...]}]}}``.
+        val: the same for validation curves (``"top1"``); may be empty.
+        peers: the columns.
+        labels: the lines, in legend order.
+        path: the PNG to write.
+    """
+    has_val = any(val.get(lab, {}).get(p) for lab in labels for p in peers)
+    rows = 2 if has_val else 1
+    fig = Figure(figsize=(3.6 * len(peers) + 0.6, 3.0 * rows + 0.4))
+    axes = fig.subplots(rows, len(peers), squeeze=False)
+    for j, peer in enumerate(peers):
+        ax = axes[0][j]
+        for i, lab in enumerate(labels):
+            runs = curves.get(lab, {}).get(peer, [])
+            if not runs:
+                continue
+            mean, lo, hi = _mean_band([r["ce"] for r in runs])
+            epochs = np.arange(1, len(mean) + 1)
+            ax.plot(epochs, mean, color=colour(i), label=f"{lab} (n={len(runs)})", lw=1.4)
+            if len(runs) > 1:
+                ax.fill_between(epochs, lo, hi, color=colour(i), alpha=0.18, lw=0)
+        ax.set_yscale("log")
+        ax.set_title(peer, fontsize=9)
+        ax.set_xlabel("epoch")
+        if j == 0:
+            ax.set_ylabel("training cross-entropy")
+        ax.grid(alpha=0.3, which="both")
+        if has_val:
+            ax = axes[1][j]
+            for i, lab in enumerate(labels):
+                runs = val.get(lab, {}).get(peer, [])
+                if not runs:
+                    continue
+                series = [[100 * (1 - v) for v in r["top1"]] for r in runs]
+                mean, lo, hi = _mean_band(series)
+                epochs = runs[0]["epoch"][: len(mean)]
+                ax.plot(epochs, mean, "o-", color=colour(i), ms=3, lw=1.2)
+                if len(runs) > 1:
+                    ax.fill_between(epochs, lo, hi, color=colour(i), alpha=0.18, lw=0)
+            ax.set_xlabel("epoch")
+            if j == 0:
+                ax.set_ylabel("validation error %")
+            ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    fig.suptitle("Training loss (mean, band = min..max over runs)", fontsize=10)
+    return _save(fig, path)
+
+
+def plot_noise(
+    increase: dict[str, dict[str, np.ndarray]],
+    sigmas: list[float],
+    relative: bool,
+    peers: list[str],
+    labels: list[str],
+    path: Path,
+) -> Path:
+    """Rise of the training loss vs weight-noise sigma, one column per peer.
+
+    Args:
+        increase: ``{label: {peer: [R*D, S] loss increases}}`` (all runs and draws stacked).
+        sigmas: the S noise levels.
+        relative: for the axis label.
+        peers, labels: columns and lines.
+        path: the PNG to write.
+    """
+    fig = Figure(figsize=(3.6 * len(peers) + 0.6, 3.3))
+    axes = fig.subplots(1, len(peers), squeeze=False)[0]
+    n = max(len(labels), 1)
+    for j, peer in enumerate(peers):
+        ax = axes[j]
+        # Small horizontal offsets keep the error bars of different labels apart.
+        span = (max(sigmas) - min(sigmas)) or 1.0
+        for i, lab in enumerate(labels):
+            arr = increase.get(lab, {}).get(peer)
+            if arr is None or len(arr) == 0:
+                continue
+            offset = (i - (n - 1) / 2) * 0.008 * span
+            ax.errorbar(
+                np.asarray(sigmas) + offset,
+                arr.mean(0),
+                yerr=arr.std(0),
+                fmt="o-",
+                ms=3,
+                lw=1.2,
+                capsize=2,
+                color=colour(i),
+                label=f"{lab} ({len(arr)} draws)",
+            )
+        ax.set_title(peer, fontsize=9)
+        ax.set_xlabel("sigma (x tensor std)" if relative else "sigma (absolute)")
+        if j == 0:
+            ax.set_ylabel("training loss increase")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle("Wide-minima probe: Gaussian noise on every weight (mean ± std)", fontsize=10)
+    return _save(fig, path)
+
+
+def _bars(
+    ax: Any,
+    values: dict[str, dict[str, list[float]]],
+    labels: list[str],
+    groups: list[str],
+    ylabel: str,
+    title: str,
+    hline: float | None,
+) -> None:
+    width = 0.8 / max(len(groups), 1)
+    hatches = ["", "//", "..", "xx"]
+    for i, lab in enumerate(labels):
+        for g, group in enumerate(groups):
+            vals = [v for v in values.get(lab, {}).get(group, []) if v is not None]
+            vals = [v for v in vals if not math.isnan(v)]
+            if not vals:
+                continue
+            x = i + (g - (len(groups) - 1) / 2) * width
+            ax.bar(
+                x,
+                float(np.mean(vals)),
+                width * 0.92,
+                yerr=float(np.std(vals)) if len(vals) > 1 else None,
+                capsize=3,
+                color=colour(i),
+                hatch=hatches[g % len(hatches)],
+                edgecolor="black",
+                lw=0.5,
+                label=group if i == 0 else None,
+            )
+    if hline is not None:
+        ax.axhline(hline, color="grey", ls="--", lw=0.8)
+    ax.set_xticks(range(len(labels)), labels, fontsize=8)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
+    if len(groups) > 1:
+        ax.legend(fontsize=8)
+    ax.grid(alpha=0.3, axis="y")
+
+
+def plot_bars(panels: list[dict[str, Any]], labels: list[str], path: Path) -> Path:
+    """Side-by-side panels of grouped bars: one group per label, mean ± std (std over samples).
+
+    Args:
+        panels: each ``{"values": {label: {group: [samples]}}, "groups": [bar names],
+            "ylabel": str, "title": str, "hline": float | None}``; bars within a group are
+            told apart by hatching, labels by colour.
+        labels: the x-axis groups, in order.
+        path: the PNG to write.
+    """
+    width = 1.2 + 0.9 * len(labels) * max(len(p["groups"]) for p in panels) ** 0.5
+    fig = Figure(figsize=(width * len(panels), 3.3))
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    for ax, panel in zip(axes, panels):
+        _bars(
+            ax,
+            panel["values"],
+            labels,
+            panel["groups"],
+            panel["ylabel"],
+            panel["title"],
+            panel.get("hline"),
+        )
+    fig.tight_layout()
+    return _save(fig, path)
