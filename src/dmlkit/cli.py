@@ -100,6 +100,10 @@ def _parser() -> argparse.ArgumentParser:
 
     _add_analysis_parsers(sub)
     sub.add_parser("list", help="list the registered models, datasets, methods and experiments")
+    b = sub.add_parser(
+        "bench", help="measure DML step throughput (dml bench --help)", add_help=False
+    )
+    b.add_argument("bench_args", nargs=argparse.REMAINDER)
     return p
 
 
@@ -189,13 +193,16 @@ def cmd_train(args: argparse.Namespace) -> int:
             else Path("runs") / f"{cfg.method.name}-{time.strftime('%Y%m%d-%H%M%S')}"
         )
     trainer = Trainer(cfg, out, resume=bool(args.resume))
-    print(f"run directory: {out}")
+    main_process = trainer.dist.is_main  # under torchrun, rank 0 alone reports
+    if main_process:
+        print(f"run directory: {out}")
     try:
         summary = trainer.fit()
     except KeyboardInterrupt:
         print(f"\ninterrupted; continue with: dml train --resume {out}", file=sys.stderr)
         return 130
-    _print_summary(summary)
+    if main_process:
+        _print_summary(summary)
     return 0
 
 
@@ -395,6 +402,12 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from dmlkit.bench import main as bench_main
+
+    return bench_main(args.bench_args)
+
+
 def main(argv: list[str] | None = None) -> int:
     warnings.formatwarning = _format_warning
     logger = logging.getLogger("dmlkit")
@@ -408,10 +421,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return EXIT_USER_ERROR
+    from dmlkit.distributed import DistributedError
     from dmlkit.engine.trainer import TrainingError
 
     commands = {"train": cmd_train, "eval": cmd_eval, "reproduce": cmd_reproduce, "list": cmd_list}
-    commands.update(analyze=cmd_analyze, report=cmd_report)
+    commands.update(analyze=cmd_analyze, report=cmd_report, bench=cmd_bench)
     try:
         return commands[args.command](args)
     except UserError as exc:
@@ -419,6 +433,9 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USER_ERROR
     except TrainingError as exc:
         print(f"dml: training stopped: {exc}", file=sys.stderr)
+        return 1
+    except DistributedError as exc:  # another process of a torchrun job died or hung
+        print(f"dml: distributed training stopped: {exc}", file=sys.stderr)
         return 1
 
 
