@@ -402,12 +402,6 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_bench(args: argparse.Namespace) -> int:
-    from dmlkit.bench import main as bench_main
-
-    return bench_main(args.bench_args)
-
-
 def main(argv: list[str] | None = None) -> int:
     warnings.formatwarning = _format_warning
     logger = logging.getLogger("dmlkit")
@@ -416,6 +410,11 @@ def main(argv: list[str] | None = None) -> int:
         handler.setFormatter(logging.Formatter("dml: %(message)s"))
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)
+    raw = sys.argv[1:] if argv is None else argv
+    if raw[:1] == ["bench"]:  # its own parser, options and --help included
+        from dmlkit.bench import main as bench_main
+
+        return bench_main(raw[1:])
     parser = _parser()
     args = parser.parse_args(argv)
     if args.command is None:
@@ -425,7 +424,7 @@ def main(argv: list[str] | None = None) -> int:
     from dmlkit.engine.trainer import TrainingError
 
     commands = {"train": cmd_train, "eval": cmd_eval, "reproduce": cmd_reproduce, "list": cmd_list}
-    commands.update(analyze=cmd_analyze, report=cmd_report, bench=cmd_bench)
+    commands.update(analyze=cmd_analyze, report=cmd_report)
     try:
         return commands[args.command](args)
     except UserError as exc:
