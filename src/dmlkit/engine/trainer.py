@@ -22,10 +22,10 @@ from tqdm.auto import tqdm
 from dmlkit.cohort import PeerSpec, build_cohort, peer_specs
 from dmlkit.config import Config
 from dmlkit.data import DataBundle, build_data
+from dmlkit.distributed import DistContext, DistributedError, init_distributed, run_dir_for
 from dmlkit.engine.checkpoint import load_checkpoint, newest_valid_checkpoint, save_checkpoint
 from dmlkit.engine.evaluation import ENSEMBLE, check_reid_support, evaluate, evaluate_split
 from dmlkit.engine.faults import maybe_kill
-from dmlkit.engine.rundir import RunDir
 from dmlkit.errors import UserError
 from dmlkit.methods import Method, NonFiniteLoss, build_method
 
@@ -40,6 +40,8 @@ RESUMABLE_CHANGES = (
     "train.checkpoint_every",
     "train.keep_checkpoints",
     "train.device",
+    "distributed.timeout_s",
+    "distributed.backend",
 )
 
 
@@ -90,17 +92,28 @@ class Trainer:
         run_dir: where everything is written.
         resume: continue from the run directory's last checkpoint.
         desc: label of the progress bar.
+        dist: this process's place in a ``torchrun`` job; by default joined from the
+            environment as ``cfg.distributed`` says (a one-process context when ``mode=none``).
     """
 
     def __init__(
-        self, cfg: Config, run_dir: str | Path, *, resume: bool = False, desc: str = ""
+        self,
+        cfg: Config,
+        run_dir: str | Path,
+        *,
+        resume: bool = False,
+        desc: str = "",
+        dist: DistContext | None = None,
     ) -> None:
         self.cfg = cfg
-        self.run = RunDir(run_dir)
         self.resume = resume
         self.desc = desc or cfg.method.name
-        self.device = resolve_device(cfg.train.device)
-        self._check_run_dir()
+        if dist is None:
+            dist = init_distributed(cfg.distributed, resolve_device(cfg.train.device))
+        self.dist = dist
+        self.device = dist.device
+        self.run = run_dir_for(dist, run_dir)  # rank 0 writes, the other ranks only read
+        dist.on_main(self._check_run_dir)
         seed_everything(cfg.seed, cfg.train.deterministic)
         self.data: DataBundle = build_data(cfg.data, seed=cfg.seed, device=self.device)
         self.steps_per_epoch = len(self.data.train)
@@ -112,16 +125,21 @@ class Trainer:
         self.total_steps = t.iterations if t.iterations else t.epochs * self.steps_per_epoch
         self.num_epochs = math.ceil(self.total_steps / self.steps_per_epoch)
         specs = peer_specs(cfg, self.data.num_classes, self.data.in_channels, self.data.image_size)
-        self.cohort = build_cohort(
+        optims = [cfg.peer_optim(i) for i in range(len(specs))]
+        total_epochs = self.total_steps / self.steps_per_epoch
+        mine = dist.peer_slice(len(specs))  # all peers, or this process's share (cohort mode)
+        cohort = build_cohort(
             cfg.train.cohort_impl,
-            specs,
-            [cfg.peer_optim(i) for i in range(len(specs))],
-            total_epochs=self.total_steps / self.steps_per_epoch,
+            specs[mine],
+            optims[mine],
+            total_epochs=total_epochs,
             device=self.device,
             update=cfg.method.update if cfg.method.name in ("dml", "dml_e") else "simultaneous",
             compile=cfg.train.compile,
         )
+        self.cohort = dist.wrap_cohort(cohort, specs, optims, total_epochs)  # the whole cohort
         self.method: Method = build_method(cfg, self.cohort, device=self.device)
+        dist.attach(self.method, cfg.data.batch_size)  # data mode: losses and gradients averaged
         if self.data.task == "reid":  # fail now, not after training, if a peer has no features
             check_reid_support(self.cohort)
         self.epoch = 0  # completed epochs
@@ -147,15 +165,29 @@ class Trainer:
                 f"or choose another --out"
             )
 
-    def _load_checkpoint(self) -> None:
+    def _newest_checkpoint(self) -> tuple[Path | None, dict[str, Any] | None]:
         found, skipped = newest_valid_checkpoint(self.run.checkpoints)
         for path, reason in skipped:
             log.warning("skipping checkpoint %s: %s", path.name, reason)
         if found is None:
             log.warning("no valid checkpoint in %s: starting from scratch", self.run.checkpoints)
+            return None, None
+        # On the CPU when it is sent to the other processes; load_state_dict moves it.
+        where = self.device if self.dist.world == 1 else "cpu"
+        return found, load_checkpoint(found, map_location=where)
+
+    def _load_checkpoint(self) -> None:
+        found, state = self.dist.on_main(self._newest_checkpoint)  # rank 0 reads, all load
+        if found is None:
             return
-        log.info("resuming from %s", found)
-        state = load_checkpoint(found, map_location=self.device)
+        self.dist.check_resume(state, self.run.path)  # same number of processes
+        saved = [(p["name"], p["arch"]) for p in state["peers"]]
+        ours = [(self.cfg.peer_name(i), p.arch) for i, p in enumerate(self.cfg.peers)]
+        if saved != ours:
+            raise UserError(
+                f"{found}: holds peers {saved}, the config has {ours}; resume with the run's "
+                f"own config"
+            )
         try:
             self.cohort.load_training_state(state["cohort"])
         except (RuntimeError, KeyError, ValueError) as exc:
@@ -163,10 +195,12 @@ class Trainer:
                 f"{found}: does not fit this cohort ({str(exc).splitlines()[0][:160]}); "
                 f"resume with the run's own config"
             ) from None
+        log.info("resuming from %s", found)
         self.epoch, self.iteration = state["epoch"], state["iteration"]
-        torch.set_rng_state(state["rng"]["torch"])
-        if self.device.type == "cuda" and state["rng"].get("cuda") is not None:
-            torch.cuda.set_rng_state(state["rng"]["cuda"], self.device)
+        rng = self.dist.rng_state(state)  # this process's own
+        torch.set_rng_state(rng["torch"])
+        if self.device.type == "cuda" and rng.get("cuda") is not None:
+            torch.cuda.set_rng_state(rng["cuda"], self.device)
 
     def _state(self) -> dict[str, Any]:
         return {
@@ -183,6 +217,7 @@ class Trainer:
                 else None,
             },
             "config": self.cfg.to_dict(),
+            "distributed": self.dist.checkpoint_info(),  # world size, every rank's RNG state
         }
 
     # -- the loop -------------------------------------------------------------------------------
@@ -193,7 +228,7 @@ class Trainer:
             self.run.truncate_metrics(self.epoch)
         else:
             try:
-                self.run.create(self.cfg, self.device)
+                self.dist.on_main(self.run.create, self.cfg, self.device)
             except OSError as exc:
                 raise UserError(
                     f"--out {self.run.path}: cannot write the run directory ({exc.strerror}); "
@@ -204,7 +239,7 @@ class Trainer:
             total=self.total_steps,
             initial=self.iteration,
             desc=self.desc,
-            disable=not cfg.train.progress,
+            disable=not cfg.train.progress or not self.dist.is_main,
             leave=False,
             dynamic_ncols=True,
         )
@@ -212,7 +247,8 @@ class Trainer:
         try:
             while self.epoch < self.num_epochs:
                 start = time.perf_counter()
-                train_logs = self._train_epoch(bar)
+                # data mode: logs and BatchNorm statistics averaged over the processes
+                train_logs = self.dist.end_epoch(self.cohort, self._train_epoch(bar))
                 epoch = self.epoch = self.epoch + 1
                 records = [
                     {
@@ -235,6 +271,10 @@ class Trainer:
                 bar.set_postfix_str(_postfix(records))
                 if on_epoch is not None:
                     on_epoch(epoch, {r["peer"]: r for r in records})
+        except DistributedError as exc:  # another process died or hung: say how to go on
+            raise DistributedError(
+                f"{exc}; {self._kept()}; resume with: {self.dist.resume_command(self.run.path)}"
+            ) from None
         finally:
             bar.close()
         return self.finish()
@@ -250,6 +290,7 @@ class Trainer:
             if self.iteration >= self.total_steps:
                 break
             maybe_kill("kill-at-step", self.iteration + 1)
+            x, y = self.dist.shard(x, y)  # data mode: this process's share of the batch
             progress = self.iteration / self.steps_per_epoch
             cohort.set_lr(progress)
             method.set_progress(progress)
@@ -305,8 +346,12 @@ class Trainer:
                     f"{self.epoch}, not checkpointed; {self._kept()}; lower optim.lr"
                 )
         try:
-            save_checkpoint(
-                self.run.checkpoints, state, self.epoch, self.cfg.train.keep_checkpoints
+            self.dist.on_main(
+                save_checkpoint,
+                self.run.checkpoints,
+                state,
+                self.epoch,
+                self.cfg.train.keep_checkpoints,
             )
         except OSError as exc:
             raise TrainingError(
