@@ -122,6 +122,23 @@ class TrainConfig:
     nonfinite: Literal["stop", "skip"] = "stop"
 
 
+@dataclass
+class DistributedConfig:
+    """torch.distributed under ``torchrun`` (see :mod:`dmlkit.distributed`).
+
+    ``cohort``: the K peers are spread over the processes (K / world each), every process sees
+    the whole batch and the peers' logits are exchanged. ``data``: every process holds the whole
+    cohort and a shard of each batch; gradients are averaged. ``none``: one process.
+    """
+
+    mode: Literal["none", "cohort", "data"] = "none"
+    backend: Literal["auto", "gloo", "nccl"] = "auto"  # auto: nccl on CUDA, gloo on the CPU
+    # Longest wait for another process in any exchange (and at start-up); a rank that died or
+    # hung makes the others stop with an error after this. Must exceed the longest time one
+    # rank works alone (rank 0 writing a checkpoint).
+    timeout_s: float = 300.0
+
+
 def _default_peers() -> list[PeerConfig]:
     return [PeerConfig(), PeerConfig()]
 
@@ -136,6 +153,7 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -515,4 +533,8 @@ def validate(cfg: Config) -> None:
     _check(
         t.device == "auto" or t.device == "cpu" or t.device.startswith("cuda") or t.device == "mps",
         f"train.device must be auto, cpu, cuda or cuda:N, got {t.device!r}",
+    )
+    _check(
+        cfg.distributed.timeout_s > 0,
+        f"distributed.timeout_s must be > 0 seconds, got {cfg.distributed.timeout_s}",
     )

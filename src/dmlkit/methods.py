@@ -72,6 +72,24 @@ class Precision:
             self.scaler.update()
 
 
+class StepSync:
+    """What a training step shares with other processes; in one process, nothing.
+
+    :mod:`dmlkit.distributed` replaces it in data-parallel runs, where every process computes
+    the losses of its shard of the batch: the loss values are averaged (so that every process
+    takes the same stop/skip decision on a non-finite loss) and so are the gradients, after the
+    backward pass and before any optimizer step (fp16 loss scaling then sees the same gradients
+    everywhere).
+    """
+
+    def losses(self, values: Tensor) -> Tensor:
+        """values: ``[n]`` detached loss values -> the values every process agrees on."""
+        return values
+
+    def gradients(self, optimizers: list[torch.optim.Optimizer]) -> None:
+        """Make the gradients of these optimizers' parameters those of the global batch."""
+
+
 class Method:
     """Base class: holds the cohort, the method's config and the step's precision."""
 
@@ -84,6 +102,7 @@ class Method:
         self.cfg = cfg
         self.precision = precision or Precision()
         self.epoch = 0.0  # fractional epoch of the next step, set by the trainer
+        self.sync = StepSync()  # replaced by dmlkit.distributed in data-parallel runs
 
     def set_progress(self, epoch: float) -> None:
         """Tell the method where training stands (fractional epoch) before a step."""
@@ -102,7 +121,7 @@ class Method:
 
     def _check_finite(self, losses: list[Tensor], first: int = 0) -> None:
         """Raise NonFiniteLoss naming the first peer whose loss is not finite (one host sync)."""
-        values = torch.stack([loss.detach().float() for loss in losses])
+        values = self.sync.losses(torch.stack([loss.detach().float() for loss in losses]))
         if bool(torch.isfinite(values).all()):
             return
         k = int((~torch.isfinite(values)).nonzero()[0, 0])
@@ -115,10 +134,13 @@ class Method:
         detached), so the gradient of the sum is each peer's own gradient.
         """
         self._check_finite(losses)
-        for opt in self.cohort.optimizers:
+        # None: a peer held by another process (dmlkit.distributed, cohort mode), stepped there.
+        optimizers = [opt for opt in self.cohort.optimizers if opt is not None]
+        for opt in optimizers:
             opt.zero_grad(set_to_none=True)
         self.precision.backward(torch.stack(losses).sum())
-        for opt in self.cohort.optimizers:
+        self.sync.gradients(optimizers)
+        for opt in optimizers:
             self.precision.step(opt)
         self.precision.update()
 
@@ -176,9 +198,11 @@ class DML(Method):
                 loss = ce + self.mimicry_weight * mim
             self._check_finite([loss], first=k)
             opt = cohort.optimizers[k]
-            opt.zero_grad(set_to_none=True)
-            amp.backward(loss)
-            amp.step(opt)
+            if opt is not None:  # None: peer k lives in another process, which steps it
+                opt.zero_grad(set_to_none=True)
+                amp.backward(loss)
+                self.sync.gradients([opt])
+                amp.step(opt)
             if k < k_peers - 1:  # the last peer's new prediction is not used in this step
                 with amp.autocast():
                     current[k] = cohort.repredict(k, x)

@@ -6,8 +6,8 @@ runs are compared by *label*: the arm of a grid (``GRID/<arm>/seed<N>`` -> ``<ar
 run directory's name; runs sharing a label are aggregated (mean ± std over seeds).
 
 Outputs (``OUT/``): ``curves.csv``, ``noise.csv``, ``entropy.csv``, ``agreement.csv``,
-``loss_curves.png``, ``noise.png``, ``entropy.png``, ``agreement.png``, ``summary.md`` (the
-tables) and ``analysis.json`` (every number, read back by ``dml report``).
+``units.csv``, ``loss_curves.png``, ``noise.png``, ``entropy.png``, ``agreement.png``,
+``summary.md`` (the tables) and ``analysis.json`` (every number, read back by ``dml report``).
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from dmlkit.analysis.agreement import agreement
 from dmlkit.analysis.curves import eval_curves, train_curves
 from dmlkit.analysis.entropy import entropy
 from dmlkit.analysis.minima import noise_probe
+from dmlkit.analysis.units import dead_units
 from dmlkit.engine.checkpoint import atomic_write_text
 from dmlkit.engine.evaluation import ENSEMBLE
 from dmlkit.engine.rundir import RunDir
@@ -169,7 +170,7 @@ def analyze_run(
         ``{"path", "label", "method", "update", "seed", "peers", "archs", "num_classes",
         "curves": {peer: {...}}, "val": {peer: {...}}, "noise": {...},
         "entropy": {split: {peer|"ensemble": nats}}, "agreement": {split: {...}},
-        "test": {peer|"ensemble": {"top1", ...}}}``
+        "dead_units": {peer: fraction}, "test": {peer|"ensemble": {"top1", ...}}}``
     """
     from dmlkit.cohort import PeerSpec
     from dmlkit.data import build_data
@@ -223,6 +224,8 @@ def analyze_run(
         )
         noise["peers"][name] = {"base": probe.base_loss, "losses": probe.losses.tolist()}
 
+    dead = {n: dead_units(m, x_train[: options.probe_samples]) for n, m in zip(names, models)}
+
     test_metrics: dict[str, dict[str, float]] = {}
     if run.is_finished():
         summary = json.loads(run.summary_path.read_text(encoding="utf-8"))
@@ -244,6 +247,7 @@ def analyze_run(
         "noise": noise,
         "entropy": ent,
         "agreement": agree,
+        "dead_units": dead,
         "test": test_metrics,
     }
 
@@ -259,6 +263,11 @@ def _mean_std(values: Sequence[float], scale: float = 1.0, digits: int = 3) -> s
     if len(vals) == 1:
         return f"{vals[0]:.{digits}f}"
     return f"{statistics.fmean(vals):.{digits}f} ± {statistics.stdev(vals):.{digits}f}"
+
+
+def _pct(values: Sequence[float]) -> str:
+    text = _mean_std(values, 100, 2)
+    return text if text == "-" else f"{text} %"
 
 
 @dataclass
@@ -297,19 +306,29 @@ def summary_tables(results: list[dict[str, Any]]) -> dict[str, str]:
     g = Grouped.of(results)
     out = {}
     lines = [
-        "| label | runs | final training CE | final training mimicry KL | test top-1 % |",
-        "|---|---|---|---|---|",
+        "| label | runs | final training CE | final training mimicry KL | max mimicry KL "
+        "(epoch mean) | dead ReLU units % | test top-1 % |",
+        "|---|---|---|---|---|---|---|",
     ]
     for lab in g.labels:
         runs = g.by_label[lab]
-        ce = [c["ce"][-1] for r in runs for c in r["curves"].values() if c["ce"]]
-        mim = [c["mimicry"][-1] for r in runs for c in r["curves"].values() if c["mimicry"]]
+        curves = [c for r in runs for c in r["curves"].values()]
+        ce = [c["ce"][-1] for c in curves if c["ce"]]
+        mim = [c["mimicry"][-1] for c in curves if c["mimicry"]]
+        peak = [max(c["mimicry"]) for c in curves if c["mimicry"]]
+        dead = [v for r in runs for v in r.get("dead_units", {}).values()]
         top1 = [m["top1"] for r in runs for p, m in r["test"].items() if p != ENSEMBLE]
         lines.append(
             f"| {lab} | {len(runs)} | {_mean_std(ce, digits=4)} | {_mean_std(mim, digits=4)} "
+            f"| {_mean_std(peak, digits=3)} | {_mean_std(dead, 100, 1)} "
             f"| {_mean_std(top1, 100, 2)} |"
         )
-    out["loss"] = "\n".join(lines)
+    out["loss"] = (
+        "Per peer, mean ± std over runs and peers: the last epoch's training CE and mimicry "
+        "term, the largest epoch-mean mimicry term of the run, the ReLU units that never "
+        "fire on the probe images (a peer with 100 % dead units in a layer is collapsed), "
+        "and the test top-1.\n\n" + "\n".join(lines)
+    )
 
     first = results[0]["noise"]
     sigmas = first["sigmas"]
@@ -366,8 +385,8 @@ def summary_tables(results: list[dict[str, Any]]) -> dict[str, str]:
             return [r["agreement"][split][key] for r in runs]
 
         lines.append(
-            f"| {lab} | {_mean_std(col('test', 'all_agree'), 100, 2)} % | "
-            f"{_mean_std(col('test', 'pairwise_agree'), 100, 2)} % | "
+            f"| {lab} | {_pct(col('test', 'all_agree'))} | "
+            f"{_pct(col('test', 'pairwise_agree'))} | "
             f"{_mean_std(col('test', 'pairwise_kl'), digits=4)} | "
             f"{_mean_std(col('train', 'pairwise_kl'), digits=4)} |"
         )
@@ -440,6 +459,13 @@ def write_outputs(results: list[dict[str, Any]], out: Path) -> list[Path]:
     ]
     header = ["label", "run", "split", "all_agree", "pairwise_agree", "pairwise_kl"]
     text("agreement.csv", _csv(rows, header))
+
+    rows = [
+        [r["label"], r["path"], peer, v]
+        for r in results
+        for peer, v in r.get("dead_units", {}).items()
+    ]
+    text("units.csv", _csv(rows, ["label", "run", "peer", "dead_relu_fraction"]))
 
     tables = summary_tables(results)
     text(
@@ -545,6 +571,8 @@ def analyze(
     options.validate()
     runs = find_runs(paths)
     results = [analyze_run(p, options, log=log) for p in runs]
+    for hint in collapse_hints(results):
+        log(hint)
     files: list[Path] = []
     if out is not None:
         target = Path(out)
@@ -558,6 +586,31 @@ def analyze(
     meta = {"options": asdict(options), "seconds": seconds, "runs": [str(p) for p in runs]}
     atomic_write_text(target / "options.json", json.dumps(meta, indent=1))
     return {"runs": results, "out": target, "files": files, "seconds": seconds}
+
+
+def collapse_hints(results: list[dict[str, Any]]) -> list[str]:
+    """One line per peer that looks collapsed, with what to change.
+
+    A peer is flagged when at least half of its ReLU units never fire on the probe images, or
+    when its last-epoch training cross-entropy is still above 90 % of ``log C`` (chance).
+    """
+    hints = []
+    for r in results:
+        chance = math.log(r["num_classes"])
+        for peer in r["peers"]:
+            dead = r.get("dead_units", {}).get(peer, float("nan"))
+            ce = r["curves"].get(peer, {}).get("ce") or [float("nan")]
+            if dead >= 0.5 or ce[-1] > 0.9 * chance:
+                fix = (
+                    "lower optim.lr or warm the mimicry up (method.mimicry_rampup=5)"
+                    if r["method"] in ("dml", "dml_e")
+                    else "lower optim.lr"
+                )
+                hints.append(
+                    f"hint: {peer} of {r['path']} looks collapsed ({100 * dead:.0f} % dead ReLU "
+                    f"units, final training CE {ce[-1]:.2f} vs chance {chance:.2f}); {fix}"
+                )
+    return hints
 
 
 def _common_parent(paths: list[Path]) -> Path:

@@ -14,12 +14,18 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-# One colour per label, in label order (matplotlib's default cycle, without the grey).
+# One colour per label, in label order (matplotlib's default cycle, without the grey); past
+# the colours, the line style changes too, so that up to 28 labels stay apart.
 COLOURS = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2"]
+STYLES = ["-", "--", ":", "-."]
 
 
 def colour(i: int) -> str:
     return COLOURS[i % len(COLOURS)]
+
+
+def style(i: int) -> str:
+    return STYLES[(i // len(COLOURS)) % len(STYLES)]
 
 
 def _save(fig: Figure, path: Path) -> Path:
@@ -55,6 +61,7 @@ def plot_curves(
         path: the PNG to write.
     """
     has_val = any(val.get(lab, {}).get(p) for lab in labels for p in peers)
+    bands = len(labels) <= 4  # with more labels the min..max bands hide the lines
     rows = 2 if has_val else 1
     fig = Figure(figsize=(3.6 * len(peers) + 0.6, 3.0 * rows + 0.4))
     axes = fig.subplots(rows, len(peers), squeeze=False)
@@ -66,8 +73,10 @@ def plot_curves(
                 continue
             mean, lo, hi = _mean_band([r["ce"] for r in runs])
             epochs = np.arange(1, len(mean) + 1)
-            ax.plot(epochs, mean, color=colour(i), label=f"{lab} (n={len(runs)})", lw=1.4)
-            if len(runs) > 1:
+            ax.plot(
+                epochs, mean, color=colour(i), ls=style(i), label=f"{lab} (n={len(runs)})", lw=1.4
+            )
+            if len(runs) > 1 and bands:
                 ax.fill_between(epochs, lo, hi, color=colour(i), alpha=0.18, lw=0)
         ax.set_yscale("log")
         ax.set_title(peer, fontsize=9)
@@ -84,15 +93,16 @@ def plot_curves(
                 series = [[100 * (1 - v) for v in r["top1"]] for r in runs]
                 mean, lo, hi = _mean_band(series)
                 epochs = runs[0]["epoch"][: len(mean)]
-                ax.plot(epochs, mean, "o-", color=colour(i), ms=3, lw=1.2)
-                if len(runs) > 1:
+                ax.plot(epochs, mean, marker="o", ls=style(i), color=colour(i), ms=3, lw=1.2)
+                if len(runs) > 1 and bands:
                     ax.fill_between(epochs, lo, hi, color=colour(i), alpha=0.18, lw=0)
             ax.set_xlabel("epoch")
             if j == 0:
                 ax.set_ylabel("validation error %")
             ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=8)
-    fig.suptitle("Training loss (mean, band = min..max over runs)", fontsize=10)
+    axes[0][0].legend(fontsize=7 if len(labels) > 6 else 8)
+    title = "Training loss (mean" + (", band = min..max over runs)" if bands else " over runs)")
+    fig.suptitle(title, fontsize=10)
     return _save(fig, path)
 
 
@@ -129,7 +139,8 @@ def plot_noise(
                 np.asarray(sigmas) + offset,
                 arr.mean(0),
                 yerr=arr.std(0),
-                fmt="o-",
+                marker="o",
+                ls=style(i),
                 ms=3,
                 lw=1.2,
                 capsize=2,
@@ -141,7 +152,7 @@ def plot_noise(
         if j == 0:
             ax.set_ylabel("training loss increase")
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
+    axes[0].legend(fontsize=7 if len(labels) > 6 else 8)
     fig.suptitle("Wide-minima probe: Gaussian noise on every weight (mean ± std)", fontsize=10)
     return _save(fig, path)
 
@@ -178,7 +189,10 @@ def _bars(
             )
     if hline is not None:
         ax.axhline(hline, color="grey", ls="--", lw=0.8)
-    ax.set_xticks(range(len(labels)), labels, fontsize=8)
+    if len(labels) > 4:  # long arm names: slant them
+        ax.set_xticks(range(len(labels)), labels, fontsize=7, rotation=35, ha="right")
+    else:
+        ax.set_xticks(range(len(labels)), labels, fontsize=8)
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=9)
     if len(groups) > 1:

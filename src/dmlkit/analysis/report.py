@@ -238,23 +238,22 @@ def _ms(values: Sequence[float | None], digits: int = 2, signed: bool = False) -
     return f"{sign}{mean:.{digits}f} ± {statistics.stdev(vals):.{digits}f}"
 
 
+# Two-sided 95 % quantiles of Student's t for 1..30 degrees of freedom (then ~1.96).
+_T975 = (
+    12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
+    2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086,
+    2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042,
+)  # fmt: skip
+
+
 def _ci(diffs: Sequence[float]) -> tuple[float, float]:
-    """Mean and the half-width of an approximate 95 % interval (1.96 standard errors)."""
+    """Mean and the half-width of its 95 % confidence interval (Student's t over seeds)."""
     mean = statistics.fmean(diffs)
-    if len(diffs) < 2:
+    n = len(diffs)
+    if n < 2:
         return mean, math.inf
-    return mean, 1.96 * statistics.stdev(diffs) / math.sqrt(len(diffs))
-
-
-def _verdict(mean: float, half: float, expected_sign: int) -> str:
-    """Whether a paired difference agrees with the sign the paper expects."""
-    if not math.isfinite(half):
-        return "too few seeds to tell"
-    if mean * expected_sign > half:
-        return "**yes**"
-    if -mean * expected_sign > half:
-        return "**no, the opposite**"
-    return "not resolved (interval includes 0)"
+    t = _T975[n - 2] if n - 2 < len(_T975) else 1.96
+    return mean, t * statistics.stdev(diffs) / math.sqrt(n)
 
 
 def metrics_section(groups: list[Group]) -> str:
@@ -300,7 +299,43 @@ def metrics_section(groups: list[Group]) -> str:
                     cells.append(f"{_ms(d, signed=True)} [{pos}/{len(d) - pos - neg}/{neg}]")
                 lines.append(f"| {m} | " + " | ".join(cells) + " |")
             parts.append("\n".join(lines))
+    collapsed = _collapsed(groups)
+    if collapsed:
+        parts.append(collapsed)
     return "\n\n".join(parts)
+
+
+def _collapsed(groups: list[Group]) -> str | None:
+    """A line per group with peers that ended near chance (top-1 below twice 1/C)."""
+    lines = []
+    for g in groups:
+        hits = []
+        for r in g.runs:
+            for m in r.members[:-1]:
+                v = r.metric(m, "top1")
+                # Only a poor peer costs a look at the checkpoint (for the number of classes).
+                if v is not None and v < 50 and v < 200.0 / max(_num_classes(r), 1):
+                    hits.append(f"{m} of seed {r.seed} ({v:.1f} %)")
+        if hits:
+            lines.append(
+                f"- **{g.label}**: {len(hits)} peer(s) ended at chance level: " + ", ".join(hits)
+            )
+    if not lines:
+        return None
+    return "Collapsed peers (test top-1 below twice the chance level):\n\n" + "\n".join(lines)
+
+
+def _num_classes(r: RunInfo) -> int:
+    """The number of classes, from the run's checkpointed peer specs (0 if unknown)."""
+    ckpt = r.path / "checkpoints" / "last.pt"
+    if not ckpt.is_file():
+        return 0
+    from dmlkit.engine.checkpoint import load_checkpoint
+
+    try:
+        return int(load_checkpoint(ckpt)["peers"][0]["num_classes"])
+    except (UserError, KeyError, IndexError):
+        return 0
 
 
 def _paired(g: Group, b: Group, member: str, key: str) -> list[float]:
@@ -340,8 +375,10 @@ def paper_section(groups: list[Group]) -> str | None:
                     for r in g.runs
                     if (v := [x for m in r.members[:-1] if (x := r.metric(m, key)) is not None])
                 ]
+                init = "ImageNet init" if "pretrained" in flat.get("peers", "") else "scratch"
                 rows.append(
-                    f"| Market-1501 {' / '.join(archs)} | {g.method} | mean of peers | {key} % "
+                    f"| Market-1501 {' / '.join(archs)} (ours: {init}; paper: ImageNet init, "
+                    f"single query) | {g.method} | mean of peers | {key} % "
                     f"| {paper_value:.2f} | {_ms(vals)} |"
                 )
     if not rows:
@@ -363,26 +400,40 @@ def _split_peers(text: str) -> list[str]:
 
 
 def claims_section(analysis: list[dict[str, Any]], groups: list[Group]) -> str | None:
-    """The paper's Sec. 4.5 claims, each checked against this experiment's measurements.
+    """The paper's Sec. 4.5 claims, checked for every DML arm against its independent baseline.
 
     Every comparison is paired by seed (the arms of a seed share initialisations and data
-    order): the per-seed difference is averaged over peers (and noise draws), and the verdict
-    needs the approximate 95 % interval of the mean difference to exclude 0.
+    order): the per-seed difference is averaged over the peers (and noise draws), and a claim
+    holds only when the 95 % confidence interval of the mean difference (Student's t over
+    seeds) excludes 0 on the paper's side.
     """
-    by_label: dict[str, dict[int, dict[str, Any]]] = {}
+    where = {str(r.path.resolve()): g for g in groups for r in g.runs}
+    by_group: dict[str, dict[int, dict[str, Any]]] = {}
+    group_of: dict[str, Group] = {}
     for r in analysis:
-        by_label.setdefault(r["label"], {})[r["seed"]] = r
-    methods = {r["label"]: r["method"] for r in analysis}
-    ind = [lab for lab, m in methods.items() if m == "independent"]
-    dml = [lab for lab, m in methods.items() if m == "dml"]
-    dml_e = [lab for lab, m in methods.items() if m == "dml_e"]
-    if not ind or not dml:
+        g = where.get(str(Path(r["path"]).resolve()))
+        if g is not None:
+            by_group.setdefault(g.label, {})[r["seed"]] = r
+            group_of[g.label] = g
+    pairs = []  # (arm, baseline, kind)
+    for label, g in group_of.items():
+        base = _baseline(g, groups)
+        if g.method in ("dml", "dml_e") and base is not None and base.label in by_group:
+            pairs.append((label, base.label))
+    e_pairs = []
+    for label, g in group_of.items():
+        if g.method != "dml_e":
+            continue
+        for other, h in group_of.items():
+            diff = [k for k in g.key.keys() | h.key.keys() if g.key.get(k) != h.key.get(k)]
+            if h.method == "dml" and diff == ["method.name"]:
+                e_pairs.append((label, other))
+    if not pairs:
         return None
-    rows = []
 
     def paired(a: str, b: str, fn: Any) -> list[float]:
-        seeds = sorted(by_label[a].keys() & by_label[b].keys())
-        return [fn(by_label[a][s]) - fn(by_label[b][s]) for s in seeds]
+        seeds = sorted(by_group[a].keys() & by_group[b].keys())
+        return [fn(by_group[a][s]) - fn(by_group[b][s]) for s in seeds]
 
     def peers_mean(fn: Any) -> Any:
         return lambda r: statistics.fmean(fn(r, p) for p in r["peers"])
@@ -397,81 +448,69 @@ def claims_section(analysis: list[dict[str, Any]], groups: list[Group]) -> str |
             statistics.fmean(rec["losses"][i]) - rec["base"] for rec in r["noise"]["peers"].values()
         )
 
-    a, b = dml[0], ind[0]
-    sigma = analysis[0]["noise"]["sigmas"][-1]
-    checks = [
-        (
-            "DML reaches a training loss similar to independent training's",
-            final_ce,
-            0,
-            "final-epoch training CE",
-            4,
-        ),
-        ("DML peers test better than independent ones", test_top1, +1, "test top-1 %", 2),
-        (
-            f"weight noise raises DML's training loss less (σ={sigma:g})",
-            noise_rise,
-            -1,
-            "training-loss rise",
-            4,
-        ),
-        ("DML's posteriors have higher entropy", test_ent, +1, "test entropy (nats)", 4),
-    ]
-    for claim, fn, sign, what, digits in checks:
+    def cell(a: str, b: str, fn: Any, sign: int, digits: int) -> str:
         d = paired(a, b, fn)
         if not d:
-            continue
+            return "-"
         mean, half = _ci(d)
-        if sign:
-            verdict = _verdict(mean, half, sign)
-        else:
-            # "Similar" has no threshold in the paper: state the relative difference.
-            ref = statistics.fmean(fn(r) for r in by_label[b].values())
-            rel = 100 * mean / ref if ref else math.inf
-            verdict = (
-                f"{'**yes**' if abs(rel) <= 10 else 'no'}: {a}'s is {abs(rel):.0f} % "
-                f"{'higher' if mean > 0 else 'lower'}"
-                + (" (not resolved: interval includes 0)" if abs(mean) <= half else "")
-            )
-        rows.append(
-            f"| {claim} | {what}: {a} − {b} = {mean:+.{digits}f} ± {half:.{digits}f} "
-            f"(n={len(d)}) | {verdict} |"
+        return f"{mean:+.{digits}f} ± {half:.{digits}f} {_mark(mean, half, sign)}"
+
+    def ce_cell(a: str, b: str) -> str:
+        d = paired(a, b, final_ce)
+        if not d:
+            return "-"
+        mean, half = _ci(d)
+        ref = statistics.fmean(final_ce(r) for r in by_group[b].values())
+        rel = 100 * mean / ref if ref else math.inf
+        # "Similar" has no threshold in the paper: within 10 % counts as similar here.
+        return f"{rel:+.0f} % ({mean:+.4f} ± {half:.4f}) {'✓' if abs(rel) <= 10 else '✗'}"
+
+    sigma = analysis[0]["noise"]["sigmas"][-1]
+    lines = [
+        "The paper's claims (Sec. 4.5), for each DML arm against its independent baseline: "
+        "(1) DML tests better, (2) with a similar training loss, (3) weight noise raises its "
+        f"training loss less (here σ = {sigma:g}), (4) its posteriors have higher entropy. "
+        "Each cell: the paired per-seed difference *arm − baseline*, averaged over the peers, "
+        "mean ± the half-width of its 95 % confidence interval (Student's t over seeds); "
+        "✓ the claim holds here (interval excludes 0 on the paper's side), ✗ the opposite holds, "
+        "~ not resolved (interval includes 0). Similar training loss: ✓ within 10 %.",
+        "",
+        "| arm − baseline | seeds | (1) test top-1, points | (2) final training CE, relative "
+        "| (3) training-loss rise under noise | (4) test entropy, nats |",
+        "|---|---|---|---|---|---|",
+    ]
+    for a, b in pairs:
+        n = len(by_group[a].keys() & by_group[b].keys())
+        lines.append(
+            f"| {a} − {b} | {n} | {cell(a, b, test_top1, +1, 2)} | {ce_cell(a, b)} "
+            f"| {cell(a, b, noise_rise, -1, 4)} | {cell(a, b, test_ent, +1, 4)} |"
         )
-    if dml_e:
-        e = dml_e[0]
-        for claim, fn, sign, what, digits in (
-            (
-                "DML_e's posteriors have lower entropy than DML's",
-                test_ent,
-                -1,
-                "test entropy (nats)",
-                4,
-            ),
-            ("DML_e tests worse than DML", test_top1, -1, "test top-1 %", 2),
-        ):
-            d = paired(e, a, fn)
-            if not d:
-                continue
-            mean, half = _ci(d)
-            rows.append(
-                f"| {claim} | {what}: {e} − {a} = {mean:+.{digits}f} ± {half:.{digits}f} "
-                f"(n={len(d)}) | {_verdict(mean, half, sign)} |"
-            )
-    if not rows:
-        return None
-    del groups
-    return "\n".join(
-        [
-            "Each row pairs the arms by seed, averages the per-seed difference over the peers, "
-            "and gives its mean ± an approximate 95 % interval (1.96 standard errors over "
-            "seeds). *Holds here?* is **yes** only when the interval excludes 0 on the paper's "
-            "side.",
+    if e_pairs:
+        lines += [
             "",
-            "| the paper's claim | measured here | holds here? |",
-            "|---|---|---|",
-            *rows,
+            "DML_e against DML (paper: DML_e tests worse, with lower posterior entropy):",
+            "",
+            "| arm − arm | seeds | test top-1, points | test entropy, nats |",
+            "|---|---|---|---|",
         ]
-    )
+        for a, b in e_pairs:
+            n = len(by_group[a].keys() & by_group[b].keys())
+            lines.append(
+                f"| {a} − {b} | {n} | {cell(a, b, test_top1, -1, 2)} "
+                f"| {cell(a, b, test_ent, -1, 4)} |"
+            )
+    return "\n".join(lines)
+
+
+def _mark(mean: float, half: float, expected_sign: int) -> str:
+    """✓ / ✗ / ~: whether a paired difference agrees with the sign the paper expects."""
+    if not math.isfinite(half):
+        return "(1 seed)"
+    if mean * expected_sign > half:
+        return "✓"
+    if -mean * expected_sign > half:
+        return "✗"
+    return "~"
 
 
 def config_section(groups: list[Group]) -> str:
@@ -688,7 +727,6 @@ def write_report(
         if opts.is_file():
             analysis_seconds = json.loads(opts.read_text(encoding="utf-8")).get("seconds")
     title = title or f"Report: {', '.join(str(p) for p in paths)}"
-    base = out.parent
 
     parts = [f"# {title}"]
     if description:
@@ -733,8 +771,10 @@ def write_report(
                 parts.append(f"![{alt}]({figures[fig_for[key]]})")
             parts.append(tables[key])
         parts.append(
-            f"CSV of every number: `{_rel(adir, base)}/` (curves.csv, noise.csv, entropy.csv, "
-            f"agreement.csv)."
+            f"Every number above, per run and peer: `{_rel(adir, Path.cwd())}/` (curves.csv, "
+            f"noise.csv, entropy.csv, agreement.csv, units.csv, analysis.json), written by "
+            f"`dml analyze` (run directories are not part of the repository: the command at the "
+            f"top regenerates them)."
         )
     else:
         parts.append(

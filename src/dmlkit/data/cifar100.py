@@ -57,6 +57,11 @@ class DataIntegrityWarning(UserWarning):
 # ------------------------------------------------------------------------------------------------
 # restricted unpickling
 
+
+class RefusedPickle(pickle.UnpicklingError):
+    """The pickle asks for something a CIFAR file never needs (a global, an object array)."""
+
+
 _RECONSTRUCT = np.ndarray.__reduce__(np.zeros(0))[0]  # numpy's _reconstruct, wherever it lives
 
 
@@ -65,13 +70,13 @@ def _plain_dtype(spec: Any, align: Any = False, copy: Any = False) -> np.dtype:
     arbitrary Python objects from the array's payload)."""
     dtype = np.dtype(spec.decode("ascii") if isinstance(spec, bytes) else spec, align, copy)
     if dtype.hasobject:
-        raise pickle.UnpicklingError(f"object dtype {dtype} is not allowed")
+        raise RefusedPickle(f"object dtype {dtype} is not allowed")
     return dtype
 
 
 def _plain_reconstruct(cls: Any, shape: Any, dtype_code: Any) -> np.ndarray:
     if cls is not np.ndarray:
-        raise pickle.UnpicklingError("only numpy.ndarray may be reconstructed")
+        raise RefusedPickle("only numpy.ndarray may be reconstructed")
     return _RECONSTRUCT(cls, shape, dtype_code)
 
 
@@ -81,7 +86,8 @@ class RestrictedUnpickler(pickle.Unpickler):
     A CIFAR pickle holds dicts, lists, byte strings and ints (no globals needed) and one numpy
     array, rebuilt from ``numpy.core.multiarray._reconstruct`` (``numpy._core`` in numpy 2),
     ``numpy.ndarray`` and ``numpy.dtype``. Every other global (``os.system``,
-    ``builtins.eval``, ...) raises ``pickle.UnpicklingError`` before anything is called.
+    ``builtins.eval``, ...) raises :class:`RefusedPickle` (an ``UnpicklingError``) before
+    anything is called.
     """
 
     ALLOWED: dict[tuple[str, str], Any] = {
@@ -95,12 +101,12 @@ class RestrictedUnpickler(pickle.Unpickler):
         try:
             return self.ALLOWED[(module, name)]
         except KeyError:
-            raise pickle.UnpicklingError(
+            raise RefusedPickle(
                 f"global '{module}.{name}' is not allowed in a CIFAR file"
             ) from None
 
     def persistent_load(self, pid: Any) -> Any:
-        raise pickle.UnpicklingError("persistent ids are not allowed in a CIFAR file")
+        raise RefusedPickle("persistent ids are not allowed in a CIFAR file")
 
 
 def load_pickle(path: Path) -> dict[str, Any]:
@@ -117,12 +123,20 @@ def load_pickle(path: Path) -> dict[str, Any]:
     try:
         with path.open("rb") as f:
             obj = RestrictedUnpickler(f, encoding="bytes").load()
-    except pickle.UnpicklingError as exc:
+    except RefusedPickle as exc:
         raise UserError(
             f"{path}: refused to load ({exc}); this is not a genuine CIFAR-100 file, replace "
             f"it ({HOW_TO_GET})"
         ) from None
-    except (OSError, EOFError, ValueError, TypeError, AttributeError, IndexError) as exc:
+    except (
+        pickle.UnpicklingError,
+        OSError,
+        EOFError,
+        ValueError,
+        TypeError,
+        AttributeError,
+        IndexError,
+    ) as exc:
         raise UserError(
             f"{path}: unreadable ({type(exc).__name__}: {exc}); replace it ({HOW_TO_GET})"
         ) from None
@@ -137,12 +151,23 @@ def load_pickle(path: Path) -> dict[str, Any]:
 # integrity and download
 
 
+# (path, size, mtime) -> MD5: a grid of runs reads the same 180 MB many times in one process.
+_MD5_CACHE: dict[tuple[str, int, int], str] = {}
+# (path, MD5) already warned about in this process: one warning per file, not one per run.
+_WARNED: set[tuple[str, str]] = set()
+
+
 def md5sum(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.md5(usedforsecurity=False)
-    with path.open("rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
+    """The file's MD5 (hex), cached while its size and modification time stay the same."""
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _MD5_CACHE:
+        digest = hashlib.md5(usedforsecurity=False)
+        with path.open("rb") as f:
+            while block := f.read(chunk):
+                digest.update(block)
+        _MD5_CACHE[key] = digest.hexdigest()
+    return _MD5_CACHE[key]
 
 
 def verify_files(folder: Path, *, strict: bool) -> list[str]:
@@ -172,11 +197,13 @@ def verify_files(folder: Path, *, strict: bool) -> list[str]:
         )
         if strict:
             raise UserError(f"{message} (data.strict is set); replace it ({HOW_TO_GET})")
-        warnings.warn(
-            f"{message}; results may not be comparable (--strict-data makes this an error)",
-            DataIntegrityWarning,
-            stacklevel=2,
-        )
+        if (str(path.resolve()), actual) not in _WARNED:
+            _WARNED.add((str(path.resolve()), actual))
+            warnings.warn(
+                f"{message}; results may not be comparable (--strict-data makes this an error)",
+                DataIntegrityWarning,
+                stacklevel=2,
+            )
         differ.append(name)
     return differ
 

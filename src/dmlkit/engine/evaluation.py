@@ -92,8 +92,11 @@ def check_reid_support(cohort: Any) -> None:
     ``features(x) -> [B, D]`` method.
     """
     for spec in cohort.specs:
-        with torch.device("meta"):
-            probe = without_pretrained(spec).build()
+        try:
+            with torch.device("meta"):
+                probe = without_pretrained(spec).build()
+        except Exception:  # noqa: BLE001 - a model that cannot be built on meta: check at eval
+            continue
         if not callable(getattr(probe, "features", None)):
             raise UserError(
                 f"peer {spec.name!r} ({spec.arch}) has no features() method, so it cannot be "
@@ -128,12 +131,18 @@ def _extract(
     feats: list[list[Tensor]] = [[] for _ in peers]
     ents: list[list[Tensor]] = [[] for _ in peers]
     ens_ent, labels = [], []
+    # Logits from the features through peer.classifier (one forward pass) when that is what
+    # forward() computes -- checked on the first batch -- else from a second pass.
+    use_head: list[bool | None] = [None] * len(peers)
     for x, y in loader:
         probs = []
         for k, peer in enumerate(peers):
-            f = peer.features(x).float()
-            head = getattr(peer, "classifier", None)
-            logits = head(f) if isinstance(head, nn.Module) else peer(x)
+            f = peer.features(x)
+            if use_head[k] is None:
+                use_head[k] = _head_matches(peer, f, x)
+            logits = peer.classifier(f) if use_head[k] else peer(x)
+            # A convolutional trunk's [B, C, H, W] map: average-pool it into the descriptor.
+            f = (f.mean(dim=(2, 3)) if f.ndim == 4 else f.flatten(1)).float()
             p = F.softmax(logits.float(), dim=1)
             feats[k].append(f)
             ents[k].append(_entropy(p))
@@ -147,6 +156,21 @@ def _extract(
         [torch.cat(e) for e in ents],
         torch.cat(ens_ent),
         torch.cat(labels),
+    )
+
+
+def _head_matches(peer: nn.Module, features: Tensor, x: Tensor) -> bool:
+    """Whether ``peer.classifier(features) == peer(x)`` (eval mode) on this batch."""
+    head = getattr(peer, "classifier", None)
+    if not isinstance(head, nn.Module):
+        return False
+    try:
+        via_head = head(features)
+    except (RuntimeError, TypeError, ValueError):
+        return False
+    direct = peer(x)
+    return via_head.shape == direct.shape and torch.allclose(
+        via_head.float(), direct.float(), rtol=1e-4, atol=1e-5
     )
 
 

@@ -3,6 +3,9 @@
 Kinds: ``kill-at-step@N`` (SIGKILL before step N), ``kill-after-checkpoint@E`` (SIGKILL right
 after epoch E's checkpoint), ``kill-in-checkpoint@E`` and ``enospc-in-checkpoint@E`` (half-way
 through writing epoch E's checkpoint; see :func:`dmlkit.engine.checkpoint.save_checkpoint`).
+Each ``kill-...`` point also answers to ``stop-...`` (``stop-at-step@N``): SIGSTOP instead, a
+process that hangs without dying (the distributed timeout tests). With ``DMLKIT_FAULT_RANK=R``
+only the process of torch.distributed rank R (``RANK``) is affected.
 Unset in normal use: then every check is one dictionary lookup.
 """
 
@@ -15,10 +18,18 @@ import signal
 def fault(kind: str, at: int) -> bool:
     """True when ``DMLKIT_FAULT`` asks for ``kind`` at ``at``."""
     want, _, n = os.environ.get("DMLKIT_FAULT", "").partition("@")
-    return want == kind and n == str(at)
+    if want != kind or n != str(at):
+        return False
+    only = os.environ.get("DMLKIT_FAULT_RANK")
+    return only is None or os.environ.get("RANK", "0") == only
 
 
 def maybe_kill(kind: str, at: int) -> None:
-    """SIGKILL this process (no cleanup, like a power cut) if the fault is asked for here."""
+    """SIGKILL this process (no cleanup, like a power cut) if the fault is asked for here.
+
+    The ``stop-`` twin of ``kind`` freezes the process instead (SIGSTOP: a hung rank).
+    """
     if fault(kind, at):
         os.kill(os.getpid(), signal.SIGKILL)
+    if kind.startswith("kill-") and fault("stop-" + kind[5:], at):
+        os.kill(os.getpid(), signal.SIGSTOP)

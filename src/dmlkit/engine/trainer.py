@@ -195,7 +195,8 @@ class Trainer:
                 f"{found}: does not fit this cohort ({str(exc).splitlines()[0][:160]}); "
                 f"resume with the run's own config"
             ) from None
-        log.info("resuming from %s", found)
+        if self.dist.is_main:
+            log.info("resuming from %s", found)
         self.epoch, self.iteration = state["epoch"], state["iteration"]
         rng = self.dist.rng_state(state)  # this process's own
         torch.set_rng_state(rng["torch"])

@@ -31,3 +31,4 @@ __all__ = [
     "scale_config",
     "write_results",
 ]
+from dmlkit.experiments import market1501  # noqa: E402,F401,I001

@@ -19,7 +19,9 @@ device of the distance matrix. No compiled extension.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -29,11 +31,12 @@ from torch import Tensor
 DISTANCES = ("euclidean", "sqeuclidean", "cosine")
 RANKS = (1, 5, 10, 20)  # the CMC ranks reported (Rank-1/5/10/20)
 
-ArrayLike = Tensor | np.ndarray
+ArrayLike = Tensor | np.ndarray | Sequence[Any]
 
 
 def _as_tensor(x: ArrayLike, device: torch.device | None = None) -> Tensor:
-    t = torch.as_tensor(np.asarray(x)) if isinstance(x, np.ndarray) else x
+    """A tensor view of ``x`` (tensor, numpy array or nested sequence of numbers)."""
+    t = x if isinstance(x, Tensor) else torch.as_tensor(np.asarray(x))
     return t.to(device) if device is not None else t
 
 
@@ -69,9 +72,10 @@ def pairwise_distance(
         q, g = F.normalize(q, dim=1), F.normalize(g, dim=1)
     if metric == "cosine":
         return (1.0 - q @ g.T).clamp_(0.0, 2.0)
-    # ||q||^2 + ||g||^2 - 2 q.g in one fused call; rounding can make it slightly negative.
-    sq = (q * q).sum(1, keepdim=True) + (g * g).sum(1)[None, :]
-    dist = torch.addmm(sq, q, g.T, beta=1.0, alpha=-2.0).clamp_(min=0.0)
+    # ||g||^2 - 2 q.g in one fused call, then + ||q||^2 in place: one [Nq, Ng] buffer in all.
+    # Rounding can make it slightly negative.
+    dist = torch.addmm((g * g).sum(1)[None, :], q, g.T, beta=1.0, alpha=-2.0)
+    dist.add_((q * q).sum(1, keepdim=True)).clamp_(min=0.0)
     return dist if metric == "sqeuclidean" else dist.sqrt_()
 
 
@@ -84,10 +88,13 @@ def _order_keys(dist: Tensor, g_index: Tensor) -> Tensor:
     The float32 distance's bits become an order-preserving int32 (negative floats flipped), in
     the high half; the gallery index, in the low half, breaks ties as a stable sort would.
     """
-    d = dist.float() + 0.0  # -0.0 -> +0.0, so that the two zeros tie
-    bits = d.contiguous().view(torch.int32)
-    bits = torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits)
-    return (bits.to(torch.int64) << 32) | g_index
+    d = dist.float() + 0.0  # -0.0 -> +0.0, so that the two zeros tie (and a fresh copy)
+    bits = d.view(torch.int32)
+    negative = bits < 0
+    if bool(negative.any()):  # distances are usually >= 0: skip the flip then
+        bits = torch.where(negative, bits ^ 0x7FFFFFFF, bits)
+    key = bits.to(torch.int64)
+    return key.bitwise_left_shift_(32).bitwise_or_(g_index)
 
 
 @dataclass
@@ -143,8 +150,9 @@ def rank_queries(
         raise ValueError(f"distmat must be [Nq, Ng], got shape {tuple(dist.shape)}")
     nq, ng = dist.shape
     dev = dist.device
-    qp, gp = _as_tensor(q_pids, dev).long(), _as_tensor(g_pids, dev).long()
-    qc, gc = _as_tensor(q_camids, dev).long(), _as_tensor(g_camids, dev).long()
+    qp, gp, qc, gc = (
+        _as_tensor(x, dev).long().contiguous() for x in (q_pids, g_pids, q_camids, g_camids)
+    )
     for name, t in (("q_pids", qp), ("q_camids", qc)):
         if t.shape != (nq,):
             raise ValueError(
@@ -263,7 +271,7 @@ def average_by_identity_camera(
     sums = torch.zeros(len(uniq), features.shape[1], dtype=torch.float32, device=features.device)
     sums.index_add_(0, inverse, features.float())
     counts = torch.bincount(inverse, minlength=len(uniq)).clamp_min(1)
-    return sums / counts[:, None], uniq[:, 0], uniq[:, 1]
+    return sums / counts[:, None], uniq[:, 0].contiguous(), uniq[:, 1].contiguous()
 
 
 def retrieval_metrics(

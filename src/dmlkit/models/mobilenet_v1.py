@@ -244,7 +244,8 @@ def load_backbone(model: MobileNetV1, path: Path) -> None:
     if all(k in source and source[k].shape == v.shape for k, v in target.items()):
         chosen = {k: source[k] for k in target}
     else:
-        tensors = [v for k, v in source.items() if not k.endswith("num_batches_tracked")]
+        # scalars (BatchNorm's num_batches_tracked, whatever its name) carry no weights
+        tensors = [v for v in source.values() if v.ndim > 0]
         for i, (name, want) in enumerate(target.items()):
             have = tuple(tensors[i].shape) if i < len(tensors) else None
             if have != tuple(want.shape):

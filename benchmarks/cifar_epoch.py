@@ -1,0 +1,250 @@
+"""Seconds per CIFAR-100 epoch: ResNet-32, K = 2, DML, batch 64 (the paper's recipe).
+
+What is timed: ``--steps`` training steps (after ``--warmup`` untimed ones) of the recipe of
+``configs/paper/cifar100_dml_resnet32_resnet32.yaml``, through dmlkit's own path: the trainer
+builds the cifar100 dataset (read from a generated file in the real ``cifar-100-python``
+format), the cohort and the method; each step draws a batch from the on-device loader (random
+crop from the reflection-padded image, flip, normalisation) and calls ``method.train_step``.
+An epoch is extrapolated to the 50,000 training images (781 steps of 64; the data is in
+memory, so a step costs the same whatever the dataset size). Evaluation and checkpoints are
+not included.
+
+Also recorded: peak resident memory of the process (``resource.getrusage``) and, on CUDA,
+``torch.cuda.max_memory_allocated``; the machine, the versions and the command line. A
+table is printed and saved as JSON + Markdown under ``--out`` (default benchmarks/results/).
+
+    python benchmarks/cifar_epoch.py --device cuda --steps 200
+    python benchmarks/cifar_epoch.py --device cpu --steps 20 --set method.update=simultaneous
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import dmlkit
+from dmlkit.data.cifar100 import DataIntegrityWarning
+from dmlkit.data.fixtures import write_cifar100
+from dmlkit.engine.trainer import Trainer
+from dmlkit.experiments import arm_config
+from dmlkit.experiments.cifar100 import CIFAR100_TABLE
+
+TRAIN_IMAGES = 50_000  # CIFAR-100's training split
+RECIPE_ARM = "dml_resnet32_resnet32"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
+    p.add_argument("--steps", type=int, default=100, help="timed training steps (default 100)")
+    p.add_argument("--warmup", type=int, default=5, help="untimed steps first (default 5)")
+    p.add_argument("--batch-size", type=int, default=64, help="default 64 (the paper's)")
+    p.add_argument("--arch", default="resnet32", help="architecture of every peer")
+    p.add_argument("--peers", type=int, default=2, help="cohort size K (default 2)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="any config override, e.g. method.update=simultaneous",
+    )
+    p.add_argument(
+        "--out",
+        default=str(Path(__file__).resolve().parent / "results"),
+        help="folder for the JSON and Markdown results (default benchmarks/results/)",
+    )
+    args = p.parse_args(argv)
+    if args.steps < 1 or args.warmup < 0 or args.batch_size < 1 or args.peers < 1:
+        p.error("--steps, --batch-size and --peers must be >= 1 and --warmup >= 0")
+    return args
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def machine(device: torch.device) -> dict[str, Any]:
+    import numpy
+    import torchvision
+
+    info: dict[str, Any] = {
+        "platform": platform.platform(),
+        "cpu": cpu_name(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "numpy": numpy.__version__,
+        "dmlkit": getattr(dmlkit, "__version__", None),
+        "git_commit": git_commit(),
+        "device": str(device),
+    }
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+        info["cuda"] = torch.version.cuda
+        info["cudnn"] = torch.backends.cudnn.version()
+    return info
+
+
+def peak_rss_mib() -> float:
+    """Peak resident set size of this process (ru_maxrss: KiB on Linux, bytes on macOS)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    n_images = args.batch_size * (args.steps + args.warmup)
+    with tempfile.TemporaryDirectory(prefix="dmlkit-bench-") as tmp:
+        write_cifar100(tmp, n_train=max(n_images, 100), n_test=100, num_classes=100)
+        overrides = [
+            f"data.root={tmp}",
+            f"train.device={args.device}",
+            "train.progress=false",
+            f"data.batch_size={args.batch_size}",
+            f"peers=[{', '.join([args.arch] * args.peers)}]",
+            *args.overrides,
+        ]
+        cfg = arm_config(CIFAR100_TABLE, RECIPE_ARM, 0, overrides)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DataIntegrityWarning)  # a generated file
+            trainer = Trainer(cfg, Path(tmp) / "run")
+        device = trainer.device
+        cuda = device.type == "cuda"
+        loader, cohort, method = trainer.data.train, trainer.cohort, trainer.method
+        cohort.train()
+
+        def batches():
+            epoch = 0
+            while True:
+                loader.set_epoch(epoch)
+                yield from loader
+                epoch += 1
+
+        stream = batches()
+        times: list[float] = []
+        for step in range(args.warmup + args.steps):
+            if step == args.warmup and cuda:
+                torch.cuda.reset_peak_memory_stats(device)
+            start = time.perf_counter()
+            x, y = next(stream)
+            progress = step / max(len(loader), 1)
+            cohort.set_lr(progress)
+            method.set_progress(progress)
+            logs = method.train_step(x, y)
+            if cuda:
+                torch.cuda.synchronize(device)
+            loss = float(logs[0]["loss"])  # forces the step to finish on any device
+            if step >= args.warmup:
+                times.append(time.perf_counter() - start)
+        step_s = statistics.median(times)
+        steps_per_epoch = TRAIN_IMAGES // args.batch_size  # drop_last, as the trainer does
+        result = {
+            "benchmark": "cifar_epoch",
+            "what": f"{args.arch} x {args.peers} {cfg.method.name} ({cfg.method.update}), "
+            f"batch {args.batch_size}, CIFAR-shaped 32x32 data, crop+flip on the device",
+            "command": " ".join([Path(sys.executable).name, *sys.argv]),
+            "time_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "machine": machine(device),
+            "config": {
+                "arch": args.arch,
+                "peers": args.peers,
+                "method": cfg.method.name,
+                "update": cfg.method.update,
+                "batch_size": args.batch_size,
+                "steps": args.steps,
+                "warmup": args.warmup,
+                "overrides": args.overrides,
+            },
+            "step_seconds_median": step_s,
+            "step_seconds_mean": statistics.fmean(times),
+            "step_seconds_min": min(times),
+            "images_per_second": args.batch_size / step_s,
+            "steps_per_epoch": steps_per_epoch,
+            "epoch_seconds": steps_per_epoch * step_s,
+            "peak_rss_mib": peak_rss_mib(),
+            "cuda_max_allocated_mib": torch.cuda.max_memory_allocated(device) / 2**20
+            if cuda
+            else None,
+            "last_loss": loss,
+        }
+    return result
+
+
+def markdown(r: dict[str, Any]) -> str:
+    m = r["machine"]
+    where = m.get("gpu") or f"{m['cpu']} ({m['torch_threads']} threads)"
+    rows = [
+        ("seconds / epoch (50,000 images, extrapolated)", f"{r['epoch_seconds']:.1f}"),
+        ("images / second", f"{r['images_per_second']:.0f}"),
+        ("seconds / step (median)", f"{r['step_seconds_median']:.4f}"),
+        ("peak RSS (MiB)", f"{r['peak_rss_mib']:.0f}"),
+    ]
+    if r["cuda_max_allocated_mib"] is not None:
+        rows.append(("CUDA max allocated (MiB)", f"{r['cuda_max_allocated_mib']:.0f}"))
+    lines = [
+        f"# cifar_epoch: {r['what']}",
+        "",
+        f"{where}; torch {m['torch']}, Python {m['python']}; {r['time_utc']}; "
+        f"{r['config']['steps']} timed steps after {r['config']['warmup']} warm-up steps.",
+        f"Command: `{r['command']}`",
+        "",
+        "| measure | value |",
+        "|---|---|",
+        *[f"| {k} | {v} |" for k, v in rows],
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    result = run(args)
+    text = markdown(result)
+    print(text)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    dev = result["machine"]["device"].replace(":", "")
+    stem = f"cifar_epoch-{args.arch}-k{args.peers}-{dev}-{time.strftime('%Y%m%d-%H%M%S')}"
+    (out / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    (out / f"{stem}.md").write_text(text, encoding="utf-8")
+    print(f"saved {out / stem}.json and .md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
