@@ -282,3 +282,10 @@ def test_crafted_teacher_checkpoint_is_refused(tmp_path, capsys):
     )
     assert code == 2 and not marker.exists()
     assert "not a readable dmlkit checkpoint" in capsys.readouterr().err
+
+
+def test_every_case_is_in_the_docs_table():
+    doc = (Path(__file__).parents[1] / "docs" / "errors.md").read_text()
+    rows = {line.split("|")[1].strip() for line in doc.splitlines() if line.startswith("| ")}
+    assert {c[0] for c in CASES} <= rows
+    assert len(CASES) >= 20
