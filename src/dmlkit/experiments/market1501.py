@@ -158,7 +158,8 @@ def table_report(exp: Experiment, results: list[RunResult], out: Path, scale: fl
         "| " + " | ".join(header) + " |",
         "|" + "|".join("---" for _ in header) + "|",
     ]
-    for arm in exp.arms:
+    scratch_first = sorted(exp.arms, key=lambda a: a.endswith("_pretrained"))  # stable
+    for arm in scratch_first:
         if arm not in arms:
             continue
         runs = arms[arm]
