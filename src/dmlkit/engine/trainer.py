@@ -42,6 +42,8 @@ RESUMABLE_CHANGES = (
     "train.device",
     "distributed.timeout_s",
     "distributed.backend",
+    "data.strict",
+    "data.download",
 )
 
 

@@ -24,7 +24,7 @@ from dmlkit.config import Config, apply_override, config_from_dict, merge_dicts
 from dmlkit.engine.checkpoint import atomic_write_text
 from dmlkit.engine.evaluation import ENSEMBLE
 from dmlkit.engine.rundir import RunDir
-from dmlkit.engine.trainer import Trainer, config_differences
+from dmlkit.engine.trainer import RESUMABLE_CHANGES, Trainer, config_differences
 from dmlkit.errors import UserError
 from dmlkit.registry import Registry
 
@@ -146,7 +146,8 @@ def run_experiment(
             resume = False
             if run.config_path.is_file():
                 diff = config_differences(run.load_config(), cfg)
-                diff = [d for d in diff if d != "train.progress"]
+                # what may change on resume may change between two calls of the grid too
+                diff = [d for d in diff if d not in RESUMABLE_CHANGES]
                 if diff:
                     raise UserError(
                         f"{run.path} holds a run with another config ({', '.join(diff)}); "
