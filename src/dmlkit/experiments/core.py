@@ -146,8 +146,11 @@ def run_experiment(
             resume = False
             if run.config_path.is_file():
                 diff = config_differences(run.load_config(), cfg)
-                # what may change on resume may change between two calls of the grid too
-                diff = [d for d in diff if d not in RESUMABLE_CHANGES]
+                # what may change on resume, except the length (a finished run is reused)
+                diff = [
+                    d for d in diff
+                    if d not in RESUMABLE_CHANGES or d in ("train.epochs", "train.iterations")
+                ]
                 if diff:
                     raise UserError(
                         f"{run.path} holds a run with another config ({', '.join(diff)}); "
