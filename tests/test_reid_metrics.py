@@ -215,3 +215,38 @@ def test_retrieval_metrics_perfect_features():
     gal = torch.cat([torch.eye(3), torch.eye(3)])
     out = retrieval_metrics(q, gal, [1, 2, 3], [1, 2, 3, 1, 2, 3], [1, 1, 1], [2] * 6)
     assert out == {"mAP": 1.0, "rank1": 1.0, "rank5": 1.0, "rank10": 1.0, "rank20": 1.0}
+
+
+# ---------------------------------------------------------------------------------------------
+# property-based: random small problems (hypothesis) against the slow reference
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@st.composite
+def _problems(draw):
+    nq, ng = draw(st.integers(1, 8)), draw(st.integers(1, 15))
+    values = st.integers(0, 3) if draw(st.booleans()) else st.floats(-5, 5, width=32)
+    dist = np.array(draw(st.lists(st.lists(values, min_size=ng, max_size=ng),
+                                  min_size=nq, max_size=nq)), dtype=np.float32)
+    ids = st.integers(-1, 3)
+    return (dist, np.array(draw(st.lists(ids, min_size=nq, max_size=nq))),
+            np.array(draw(st.lists(ids, min_size=ng, max_size=ng))),
+            np.array(draw(st.lists(st.integers(1, 3), min_size=nq, max_size=nq))),
+            np.array(draw(st.lists(st.integers(1, 3), min_size=ng, max_size=ng))))
+
+
+@settings(max_examples=200, deadline=None)
+@given(_problems())
+def test_evaluate_rank_property_against_reference(problem):
+    dist, q_pids, g_pids, q_cams, g_cams = problem
+    try:
+        ref_cmc, ref_map, _ = slow_reference(dist, q_pids, g_pids, q_cams, g_cams, 5)
+    except ZeroDivisionError:  # no query keeps a true match: the protocol is undefined
+        with pytest.raises(ValueError):
+            evaluate_rank(dist, q_pids, g_pids, q_cams, g_cams, max_rank=5)
+        return
+    cmc, mean_ap = evaluate_rank(dist, q_pids, g_pids, q_cams, g_cams, max_rank=5)
+    np.testing.assert_allclose(np.asarray(cmc)[:5], ref_cmc, atol=1e-9)
+    assert float(mean_ap) == pytest.approx(ref_map, abs=1e-9)
