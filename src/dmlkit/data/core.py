@@ -181,12 +181,60 @@ def stratified_split(y: np.ndarray, fraction: float, seed: int) -> tuple[np.ndar
     return np.sort(np.concatenate(kept)), np.sort(np.concatenate(carved))
 
 
-def _subset(idx: np.ndarray, y: np.ndarray, fraction: float, seed: int) -> np.ndarray:
-    """A stratified ``fraction`` of the indices ``idx`` (labels ``y[idx]``), >= 1 per class."""
+def select_training(
+    cfg: DataConfig, labels: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Indices of the training and validation images, and the unlabelled training positions.
+
+    Validation (``data.val_fraction``) is a stratified share of every training identity's
+    images, for classification accuracy: the test identities are never looked at during
+    training. Then ``data.train_size``, ``data.fraction`` (at least one image per identity)
+    and ``data.labelled_fraction`` apply. Shared by every dataset.
+
+    Args:
+        cfg: the data config.
+        labels: ``[N]`` training labels 0..C-1.
+
+    Returns:
+        ``(train_idx, val_idx, unlabelled)``: indices into ``labels``; ``unlabelled`` indexes
+        positions within ``train_idx``.
+    """
+    if cfg.val_fraction > 0:
+        train_idx, val_idx = stratified_split(labels, cfg.val_fraction, cfg.split_seed)
+    else:
+        train_idx, val_idx = np.arange(len(labels)), np.array([], dtype=np.int64)
+    if cfg.train_size is not None:
+        if cfg.train_size > len(train_idx):
+            raise ConfigError(
+                f"data.train_size={cfg.train_size} exceeds the {len(train_idx)} training images "
+                f"left after the validation carve; lower it or set it to null"
+            )
+        rng = np.random.default_rng(cfg.split_seed + 1)
+        train_idx = np.sort(rng.choice(train_idx, size=cfg.train_size, replace=False))
+    if cfg.fraction < 1:
+        train_idx = stratified_subset(train_idx, labels, cfg.fraction, cfg.split_seed + 3)
+        val_idx = stratified_subset(val_idx, labels, cfg.fraction, cfg.split_seed + 4)
+    unlabelled = np.array([], dtype=np.int64)
+    if cfg.labelled_fraction < 1:
+        _, unlabelled = stratified_split(
+            labels[train_idx], 1 - cfg.labelled_fraction, cfg.split_seed + 2
+        )
+    return train_idx, val_idx, unlabelled
+
+
+def stratified_subset(
+    idx: np.ndarray, labels: np.ndarray, fraction: float, seed: int
+) -> np.ndarray:
+    """A stratified ``fraction`` of ``idx`` (by ``labels[idx]``), at least 1 per label."""
     if len(idx) == 0:
         return idx
-    _, kept = stratified_split(y[idx], fraction, seed)
-    return idx[kept] if len(kept) else idx[:1]
+    rng = np.random.default_rng(seed)
+    kept = []
+    for c in np.unique(labels[idx]):
+        members = idx[labels[idx] == c]
+        n = min(max(int(round(fraction * len(members))), 1), len(members))
+        kept.append(rng.choice(members, size=n, replace=False))
+    return np.sort(np.concatenate(kept))
 
 
 def channel_stats(x: Tensor) -> tuple[Tensor, Tensor]:
@@ -216,31 +264,13 @@ def in_memory_bundle(
         class_names: C names.
         seed: the run seed (data order); the splits use ``cfg.split_seed``.
     """
-    y_np = y_trainval.numpy()
-    train_idx, val_idx = (
-        stratified_split(y_np, cfg.val_fraction, cfg.split_seed)
-        if cfg.val_fraction > 0
-        else (np.arange(len(y_np)), np.array([], dtype=np.int64))
-    )
-    if cfg.train_size is not None:
-        if cfg.train_size > len(train_idx):
-            raise ConfigError(
-                f"data.train_size={cfg.train_size} exceeds the {len(train_idx)} training images "
-                f"left after the validation carve; lower it or set it to null"
-            )
-        rng = np.random.default_rng(cfg.split_seed + 1)
-        train_idx = np.sort(rng.choice(train_idx, size=cfg.train_size, replace=False))
+    train_idx, val_idx, unlabelled = select_training(cfg, y_trainval.numpy())
     if cfg.fraction < 1:
-        train_idx = _subset(train_idx, y_np, cfg.fraction, cfg.split_seed + 3)
-        val_idx = _subset(val_idx, y_np, cfg.fraction, cfg.split_seed + 4)
-        test_idx = _subset(np.arange(len(y_test)), y_test.numpy(), cfg.fraction, cfg.split_seed + 5)
+        all_test = np.arange(len(y_test))
+        test_idx = stratified_subset(all_test, y_test.numpy(), cfg.fraction, cfg.split_seed + 5)
         x_test, y_test = x_test[test_idx], y_test[test_idx]
     x_train, y_train = x_trainval[train_idx], y_trainval[train_idx].clone()
-    if cfg.labelled_fraction < 1:
-        _, unlabelled = stratified_split(
-            y_train.numpy(), 1 - cfg.labelled_fraction, cfg.split_seed + 2
-        )
-        y_train[torch.from_numpy(unlabelled)] = UNLABELLED
+    y_train[torch.from_numpy(unlabelled)] = UNLABELLED
     mean, std = channel_stats(x_train)
     aug = BatchTransform(mean, std, cfg.crop_padding, cfg.hflip)
     plain = BatchTransform(mean, std)

@@ -29,7 +29,12 @@ from PIL import Image
 from torch import Tensor
 
 from dmlkit.config import DataConfig
-from dmlkit.data.core import DataBundle, TensorLoader, random_crop_flip, stratified_split
+from dmlkit.data.core import (
+    DataBundle,
+    TensorLoader,
+    random_crop_flip,
+    select_training,
+)
 from dmlkit.errors import ConfigError, UserError
 
 REID_MEAN = (0.5, 0.5, 0.5)
@@ -185,60 +190,6 @@ def decode_images(paths: Sequence[Path], target: tuple[int, int]) -> Tensor:
 
 # --------------------------------------------------------------------------------------------
 # index selection (before decoding: only the images used are decoded)
-
-
-def select_training(
-    cfg: DataConfig, labels: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Indices of the training and validation images, and the unlabelled training positions.
-
-    Validation (``data.val_fraction``) is a stratified share of every training identity's
-    images, for classification accuracy: the test identities are never looked at during
-    training. Then ``data.train_size``, ``data.fraction`` (at least one image per identity)
-    and ``data.labelled_fraction`` apply, as for in-memory classification data.
-
-    Args:
-        cfg: the data config.
-        labels: ``[N]`` training labels 0..C-1.
-
-    Returns:
-        ``(train_idx, val_idx, unlabelled)``: indices into ``labels``; ``unlabelled`` indexes
-        positions within ``train_idx``.
-    """
-    if cfg.val_fraction > 0:
-        train_idx, val_idx = stratified_split(labels, cfg.val_fraction, cfg.split_seed)
-    else:
-        train_idx, val_idx = np.arange(len(labels)), np.array([], dtype=np.int64)
-    if cfg.train_size is not None:
-        if cfg.train_size > len(train_idx):
-            raise ConfigError(
-                f"data.train_size={cfg.train_size} exceeds the {len(train_idx)} training images "
-                f"left after the validation carve; lower it or set it to null"
-            )
-        rng = np.random.default_rng(cfg.split_seed + 1)
-        train_idx = np.sort(rng.choice(train_idx, size=cfg.train_size, replace=False))
-    if cfg.fraction < 1:
-        train_idx = _stratified_subset(train_idx, labels, cfg.fraction, cfg.split_seed + 3)
-        val_idx = _stratified_subset(val_idx, labels, cfg.fraction, cfg.split_seed + 4)
-    unlabelled = np.array([], dtype=np.int64)
-    if cfg.labelled_fraction < 1:
-        _, unlabelled = stratified_split(
-            labels[train_idx], 1 - cfg.labelled_fraction, cfg.split_seed + 2
-        )
-    return train_idx, val_idx, unlabelled
-
-
-def _stratified_subset(idx: np.ndarray, labels: np.ndarray, fraction: float, seed: int):
-    """A stratified ``fraction`` of ``idx`` (by ``labels[idx]``), at least 1 per label."""
-    if len(idx) == 0:
-        return idx
-    rng = np.random.default_rng(seed)
-    kept = []
-    for c in np.unique(labels[idx]):
-        members = idx[labels[idx] == c]
-        n = min(max(int(round(fraction * len(members))), 1), len(members))
-        kept.append(rng.choice(members, size=n, replace=False))
-    return np.sort(np.concatenate(kept))
 
 
 def select_test_identities(
