@@ -97,6 +97,7 @@ def test_analyze_a_grid_overlays_the_arms(analysed):
     summary = (out / "summary.md").read_text()
     # the independent baseline comes first in every table
     assert summary.index("| independent |") < summary.index("| dml |")
+    assert "| label | epoch 1 | epoch 2 | epoch 3 |" in summary  # the first epochs, per arm
 
 
 def test_report_contains_every_run_and_embeds_the_figures(analysed, tmp_path):

@@ -297,6 +297,37 @@ def _noise_increase(runs: list[dict[str, Any]], peer: str | None) -> np.ndarray:
     return np.concatenate(rows) if rows else np.zeros((0, 0))
 
 
+def _early_table(g: Grouped, epochs: Sequence[int] = (1, 2, 3, 5, 10)) -> str:
+    """The first epochs, where a collapse shows: training CE / mimicry term per label."""
+    shown = [
+        e
+        for e in epochs
+        if any(e in c["epoch"] for runs in g.by_label.values() for r in runs
+               for c in r["curves"].values())
+    ]  # fmt: skip
+    lines = [
+        "| label | " + " | ".join(f"epoch {e}" for e in shown) + " |",
+        "|---|" + "---|" * len(shown),
+    ]
+    for lab in g.labels:
+        cells = []
+        for e in shown:
+            ce, mim = [], []
+            for r in g.by_label[lab]:
+                for c in r["curves"].values():
+                    if e in c["epoch"]:
+                        i = c["epoch"].index(e)
+                        ce.append(c["ce"][i])
+                        mim.append(c["mimicry"][i])
+            cells.append(f"{statistics.fmean(ce):.2f} / {statistics.fmean(mim):.2f}" if ce else "-")
+        lines.append(f"| {lab} | " + " | ".join(cells) + " |")
+    return (
+        "The first epochs: training CE / mimicry term, mean over runs and peers (a cohort "
+        "whose CE sits near log C with a mimicry term near 0 has collapsed onto a shared, "
+        "uninformative prediction).\n\n" + "\n".join(lines)
+    )
+
+
 def summary_tables(results: list[dict[str, Any]]) -> dict[str, str]:
     """Markdown tables, aggregated per label over runs and peers (mean ± std).
 
@@ -327,7 +358,7 @@ def summary_tables(results: list[dict[str, Any]]) -> dict[str, str]:
         "Per peer, mean ± std over runs and peers: the last epoch's training CE and mimicry "
         "term, the largest epoch-mean mimicry term of the run, the ReLU units that never "
         "fire on the probe images (a peer with 100 % dead units in a layer is collapsed), "
-        "and the test top-1.\n\n" + "\n".join(lines)
+        "and the test top-1.\n\n" + "\n".join(lines) + "\n\n" + _early_table(g)
     )
 
     first = results[0]["noise"]

@@ -63,7 +63,8 @@ def plot_curves(
     has_val = any(val.get(lab, {}).get(p) for lab in labels for p in peers)
     bands = len(labels) <= 4  # with more labels the min..max bands hide the lines
     rows = 2 if has_val else 1
-    fig = Figure(figsize=(3.6 * len(peers) + 0.6, 3.0 * rows + 0.4))
+    width = 3.6 if len(labels) <= 6 else 5.0  # room for a long legend
+    fig = Figure(figsize=(width * len(peers) + 0.6, 3.0 * rows + 0.4))
     axes = fig.subplots(rows, len(peers), squeeze=False)
     for j, peer in enumerate(peers):
         ax = axes[0][j]
@@ -123,7 +124,8 @@ def plot_noise(
         peers, labels: columns and lines.
         path: the PNG to write.
     """
-    fig = Figure(figsize=(3.6 * len(peers) + 0.6, 3.3))
+    width = 3.6 if len(labels) <= 6 else 5.0
+    fig = Figure(figsize=(width * len(peers) + 0.6, 3.3 if len(labels) <= 6 else 4.2))
     axes = fig.subplots(1, len(peers), squeeze=False)[0]
     n = max(len(labels), 1)
     for j, peer in enumerate(peers):

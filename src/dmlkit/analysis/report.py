@@ -256,7 +256,20 @@ def _ci(diffs: Sequence[float]) -> tuple[float, float]:
     return mean, t * statistics.stdev(diffs) / math.sqrt(n)
 
 
+def _table(corners: tuple[str, str], rows: list[str], cols: list[str], cell: Any) -> list[str]:
+    """A Markdown table of ``cell(row, col)``; with more than 4 columns it is transposed so
+    that a page with many arms grows down rather than sideways (``corners``: the corner cell
+    of the table as given and of the transposed one)."""
+    corner = corners[0]
+    if len(cols) > 4 and len(cols) > len(rows):
+        rows, cols, cell, corner = cols, rows, (lambda c, r, f=cell: f(r, c)), corners[1]
+    lines = ["| " + " | ".join([corner, *cols]) + " |", "|" + "---|" * (len(cols) + 1)]
+    lines += [f"| {r} | " + " | ".join(cell(r, c) for c in cols) + " |" for r in rows]
+    return lines
+
+
 def metrics_section(groups: list[Group]) -> str:
+    """Test metrics per peer and ensemble for every group, and paired gains over baselines."""
     members = list(dict.fromkeys(m for g in groups for r in g.runs for m in r.members))
     metrics = [
         k
@@ -266,38 +279,38 @@ def metrics_section(groups: list[Group]) -> str:
     if not metrics:
         return "No finished run (no summary.json): no test metrics yet."
     parts = []
+    by_name = {f"{g.label} (n={len(g.runs)})": g for g in groups}
+    gains = {
+        f"{g.label} − {b.label}": (g, b) for g in groups if (b := _baseline(g, groups)) is not None
+    }
     for key in metrics:
-        header = ["member", *[f"{g.label} (n={len(g.runs)})" for g in groups]]
         lines = [
             f"Test {_METRIC_NAMES[key]}, mean ± std over seeds (the final epoch; the test split "
             f"is never used for selection).",
             "",
-            "| " + " | ".join(header) + " |",
-            "|" + "---|" * len(header),
+            *_table(
+                ("member", "arm"),
+                members,
+                list(by_name),
+                lambda m, name, key=key: _ms([r.metric(m, key) for r in by_name[name].runs]),
+            ),
         ]
-        for m in members:
-            cells = [_ms([r.metric(m, key) for r in g.runs]) for g in groups]
-            lines.append(f"| {m} | " + " | ".join(cells) + " |")
         parts.append("\n".join(lines))
-        gains = [(g, b) for g in groups if (b := _baseline(g, groups)) is not None]
         if gains:
-            header = ["member", *[f"{g.label} − {b.label}" for g, b in gains]]
+
+            def gain_cell(m: str, name: str, key: str = key) -> str:
+                d = _paired(*gains[name], m, key)
+                pos = sum(x > 1e-9 for x in d)
+                neg = sum(x < -1e-9 for x in d)
+                return f"{_ms(d, signed=True)} [{pos}/{len(d) - pos - neg}/{neg}]"
+
             lines = [
                 f"Paired gain in {_METRIC_NAMES[key]} points (same seed: same initialisations and "
                 f"data order), mean ± std over seeds; in brackets the seeds where the gain is "
                 f"> 0 / = 0 / < 0.",
                 "",
-                "| " + " | ".join(header) + " |",
-                "|" + "---|" * len(header),
+                *_table(("member", "arm − baseline"), members, list(gains), gain_cell),
             ]
-            for m in members:
-                cells = []
-                for g, b in gains:
-                    d = _paired(g, b, m, key)
-                    pos = sum(x > 1e-9 for x in d)
-                    neg = sum(x < -1e-9 for x in d)
-                    cells.append(f"{_ms(d, signed=True)} [{pos}/{len(d) - pos - neg}/{neg}]")
-                lines.append(f"| {m} | " + " | ".join(cells) + " |")
             parts.append("\n".join(lines))
     collapsed = _collapsed(groups)
     if collapsed:
@@ -840,7 +853,7 @@ def publish_experiment(exp: Any, results: Sequence[Any], out: Path, docs: Path) 
         [r.path for r in results],
         page,
         title=f"{exp.name}: {exp.description}",
-        notes=list(exp.notes),
+        description="\n\n".join(exp.notes),
         analysis_dir=adir if (adir / "analysis.json").is_file() else None,
         commands=[shlex.join(argv)] if argv and argv[0] == "dml" else [],
     )
