@@ -42,6 +42,7 @@ from dmlkit.data.fixtures import write_cifar100
 from dmlkit.engine.trainer import Trainer
 from dmlkit.experiments import arm_config
 from dmlkit.experiments.cifar100 import CIFAR100_TABLE
+from dmlkit.machine import cpu_name
 
 TRAIN_IMAGES = 50_000  # CIFAR-100's training split
 RECIPE_ARM = "dml_resnet32_resnet32"
@@ -72,16 +73,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.steps < 1 or args.warmup < 0 or args.batch_size < 1 or args.peers < 1:
         p.error("--steps, --batch-size and --peers must be >= 1 and --warmup >= 0")
     return args
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def git_commit() -> str | None:

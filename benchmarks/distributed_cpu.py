@@ -14,7 +14,9 @@ classes), through dmlkit's own step (``dmlkit.methods.DML.train_step``):
 
 Reported: median and mean milliseconds per step (rank 0's clock; the exchange makes every
 rank wait for the slowest), and the ratio to ``single`` (> 1: the processes are faster).
-With ``--out FILE`` the rows are also written as JSON (keep results out of the repository).
+``--rounds R`` measures every mode R times, round by round (a burst of load on a shared machine
+then hits one round of each mode), and reports the median round. With ``--out FILE.json`` the
+rows are also written as JSON, and the table next to it as ``FILE.md``.
 
 Where to expect a gain: on the CPU, N processes of one thread compete with one process of N
 threads for the same cores, so cohort mode wins only where a peer's kernels do not use the
@@ -44,6 +46,8 @@ from typing import Any
 
 import torch
 
+from dmlkit.machine import cpu_name
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -57,7 +61,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=20, help="timed steps")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.add_argument("--out", help="also write the rows as JSON to this file")
+    p.add_argument("--rounds", type=int, default=3, help="rounds of every mode; median reported")
+    p.add_argument(
+        "--channels-last", action=argparse.BooleanOptionalAction, default=True,
+        help="channels-last peers, as dml train runs them (train.channels_last)",
+    )
+    p.add_argument("--out", help="also write the rows as JSON to this file (and FILE.md)")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)  # single | cohort | data
     p.add_argument("--result", default=None, help=argparse.SUPPRESS)  # where rank 0 writes
     return p.parse_args(argv)
@@ -85,7 +94,7 @@ def measure(args: argparse.Namespace, mode: str) -> dict[str, Any]:
     ]
     optim = [OptimConfig(schedule="constant")] * len(specs)
     mine = ctx.peer_slice(len(specs))
-    local = Cohort(specs[mine], optim[mine], 1.0, ctx.device)
+    local = Cohort(specs[mine], optim[mine], 1.0, ctx.device, channels_last=args.channels_last)
     cohort = ctx.wrap_cohort(local, specs, optim, 1.0)
     method = DML(cohort, MethodConfig(update=args.update))
     ctx.attach(method, args.batch)
@@ -122,6 +131,7 @@ def measure(args: argparse.Namespace, mode: str) -> dict[str, Any]:
         "peers_per_process": len(local),
         "batch_per_process": len(y),
         "update": args.update,
+        "channels_last": args.channels_last,
         "ms_per_step_median": 1000 * statistics.median(times),
         "ms_per_step_mean": 1000 * total / args.steps,
         "device": str(ctx.device),
@@ -142,7 +152,8 @@ def _free_port() -> int:
 
 def _passthrough(args: argparse.Namespace) -> list[str]:
     keys = ["peers", "update", "batch", "classes", "image_size", "steps", "warmup", "device"]
-    return [f"--{k.replace('_', '-')}={getattr(args, k)}" for k in keys]
+    flags = [f"--{k.replace('_', '-')}={getattr(args, k)}" for k in keys]
+    return [*flags, "--channels-last" if args.channels_last else "--no-channels-last"]
 
 
 def run_mode(args: argparse.Namespace, mode: str) -> dict[str, Any]:
@@ -185,31 +196,54 @@ def main(argv: list[str] | None = None) -> int:
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     if "cohort" in modes and k % args.nproc:
         sys.exit(f"cohort mode: {k} peers do not split over {args.nproc} processes")
-    rows = [run_mode(args, m) for m in modes]
+    rounds = []
+    for r in range(args.rounds):
+        rounds.append([run_mode(args, m) for m in modes])
+        print(f"round {r + 1}/{args.rounds}: " + ", ".join(
+            f"{row['mode']} {row['ms_per_step_median']:.1f} ms" for row in rounds[-1]
+        ), file=sys.stderr, flush=True)
+    rows = []
+    for i in range(len(modes)):
+        runs = sorted((rnd[i] for rnd in rounds), key=lambda row: row["ms_per_step_median"])
+        row = dict(runs[(len(runs) - 1) // 2])  # the median round
+        row["round_ms_per_step_median"] = [rnd[i]["ms_per_step_median"] for rnd in rounds]
+        rows.append(row)
     base = next((r for r in rows if r["mode"] == "single"), None)
     for r in rows:
         r["speedup_vs_single"] = (
             base["ms_per_step_median"] / r["ms_per_step_median"] if base else None
         )
-    cpu = platform.processor() or platform.machine()
-    print(
-        f"# {args.peers} ({args.update}), batch {args.batch}, {args.image_size}x{args.image_size}, "
-        f"{args.classes} classes; {args.steps} steps after {args.warmup}; {args.device} "
-        f"({cpu}, {os.cpu_count()} cores), torch {torch.__version__}\n"
-    )
+    cpu = cpu_name()
+    lines = [
+        f"# {args.peers} ({args.update}), batch {args.batch}, {args.image_size}x"
+        f"{args.image_size}, {args.classes} classes, "
+        f"{'channels-last' if args.channels_last else 'NCHW'}; {args.steps} steps after "
+        f"{args.warmup}; median of {args.rounds} round(s); {args.device} ({cpu}, "
+        f"{os.cpu_count()} cores), torch {torch.__version__}",
+        "",
+        "Command: `python benchmarks/distributed_cpu.py "
+        + " ".join(argv if argv is not None else sys.argv[1:]) + "`",
+        "",
+    ]
     head = ["mode", "processes x threads", "peers/process", "batch/process", "ms/step median"]
-    print("| " + " | ".join([*head, "mean", "vs single"]) + " |")
-    print("|---|---|---|---|---|---|---|")
+    lines.append("| " + " | ".join([*head, "mean", "vs single", "every round"]) + " |")
+    lines.append("|---|---|---|---|---|---|---|---|")
     for r in rows:
         ratio = f"{r['speedup_vs_single']:.2f}x" if r["speedup_vs_single"] else "-"
-        print(
+        every = ", ".join(f"{v:.0f}" for v in r["round_ms_per_step_median"])
+        lines.append(
             f"| {r['mode']} | {r['processes']} x {r['threads_per_process']} | "
             f"{r['peers_per_process']} | {r['batch_per_process']} | "
-            f"{r['ms_per_step_median']:.1f} | {r['ms_per_step_mean']:.1f} | {ratio} |"
+            f"{r['ms_per_step_median']:.1f} | {r['ms_per_step_mean']:.1f} | {ratio} | {every} |"
         )
+    print("\n".join(lines))
     if args.out:
-        meta = {"argv": sys.argv, "cpu_count": os.cpu_count(), "torch": torch.__version__}
-        Path(args.out).write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+        meta = {"argv": sys.argv, "cpu": cpu, "cpu_count": os.cpu_count(),
+                "torch": torch.__version__, "python": platform.python_version()}
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+        out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     return 0
 
 

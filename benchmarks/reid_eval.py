@@ -31,6 +31,8 @@ import sys
 import time
 from pathlib import Path
 
+from dmlkit.machine import cpu_name
+
 GOAL_SECONDS = 10.0
 
 
@@ -42,16 +44,6 @@ def _status_kib(field: str) -> int | None:
     except OSError:
         return None
     return None
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _features(args: argparse.Namespace):
@@ -180,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
         "chunk": args.chunk,
         "threads": args.threads,
         "machine": {
-            "cpu": _cpu_model(),
+            "cpu": cpu_name(),
             "cpu_count": os.cpu_count(),
             "python": platform.python_version(),
             "torch": torch.__version__,

@@ -5,11 +5,15 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from dmlkit.bench import VARIANTS, Case, _table, main, plan, run_case
+from dmlkit.cohort import PeerSpec
 
 
-@pytest.mark.parametrize("variant", ["textbook", "loop", "loop+cl", "stacked", "independent"])
+@pytest.mark.parametrize(
+    "variant", ["textbook", "loop", "loop+cl", "stacked", "independent", "independent+cl"]
+)
 def test_run_case_reports_a_step(variant):
     res = run_case(Case("small_cnn", 2, 8, variant, "cpu", steps=2, warmup=1))
     assert res["step_s"] > 0 and len(res["step_s_all"]) == 2
@@ -41,11 +45,15 @@ def test_table_ratios():
             "peak_mem_mb": 1.0,
             "flops_per_s": 1e9,
         }
-        for v, s in (("independent", 0.2), ("pytorch-dml", 0.3), ("loop", 0.15))
+        for v, s in (
+            ("independent", 0.2), ("independent+cl", 0.1), ("pytorch-dml", 0.3), ("loop", 0.15)
+        )
     ]
     table = _table(rows, peak=2e9)
     loop_line = next(line for line in table.splitlines() if "| loop |" in line)
-    assert "0.75x" in loop_line and "2.00x faster" in loop_line and "| 50 |" in loop_line
+    cells = [c.strip() for c in loop_line.strip("|").split("|")]
+    # vs independent, vs independent+cl, vs pytorch-dml, peak MB, % of matmul peak
+    assert cells[6:] == ["0.75x", "1.50x", "2.00x faster", "1", "50"]
 
 
 def test_main_writes_json_and_markdown(tmp_path):
@@ -72,3 +80,25 @@ def test_main_writes_json_and_markdown(tmp_path):
     assert [r["variant"] for r in data["results"]] == ["loop"]
     assert data["matmul_peak_flops"] > 0 and "cpu" in data["environment"]
     assert "| resnet32 | 2 | 64 | loop |" in (tmp_path / "throughput-cpu.md").read_text()
+
+
+def test_flops_count_the_forward_three_times():
+    """FLOPs per step = 3 x the forward's (backward = input + weight gradients); the forward
+    count of a depthwise convolution respects its groups (FlopCounterMode's backward does not)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from dmlkit.bench import _flops_per_peer_step
+
+    x = torch.randn(2, 8, 4, 4)
+    w = torch.randn(8, 1, 3, 3)  # depthwise, 8 groups
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        torch.nn.functional.conv2d(x, w, padding=1, groups=8)
+    assert counter.get_total_flops() == 2 * 2 * 4 * 4 * 8 * 1 * 9
+    case = Case("mobilenet", 1, 2, "loop", "cpu")
+    flops = _flops_per_peer_step(case)
+    model = PeerSpec("p", "mobilenet", 100, 3, seed=1).build()
+    forward = FlopCounterMode(display=False)
+    with forward, torch.no_grad():
+        model(torch.randn(2, 3, 32, 32))
+    assert flops == 3 * forward.get_total_flops()

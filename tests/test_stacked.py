@@ -181,3 +181,50 @@ def test_compile_matches_eager():
         for a, b in zip(eager(x), cohort(x)):
             assert torch.allclose(a, b, atol=1e-5)
         assert "._orig_mod" not in "".join(cohort.training_state()["models"][0])
+
+
+@pytest.mark.parametrize("arch", ["small_cnn", "resnet32"])
+def test_channels_last_trains_like_nchw(arch):
+    """The layout is a speed choice only: logits, losses and every state after 3 DML steps agree,
+    and the channels-last cohort really holds channels-last weights and feeds them so."""
+    kwargs = {"width": 4} if arch == "small_cnn" else {"depth": 8}
+    specs = [
+        PeerSpec(f"p{i}", arch, 5, 3, seed=10 + i, image_size=(8, 8), kwargs=kwargs)
+        for i in range(2)
+    ]
+    optim = [OptimConfig(lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4)] * 2
+    nchw = Cohort(specs, optim, 10, channels_last=False)
+    cl = Cohort(specs, optim, 10, channels_last=True)
+    conv_w = next(p for p in cl.peers[0].parameters() if p.dim() == 4)
+    assert conv_w.is_contiguous(memory_format=torch.channels_last) and not conv_w.is_contiguous()
+    seen = []
+    cl.peers[0].register_forward_pre_hook(lambda _m, args: seen.append(args[0]))
+    m_a, m_b = DML(nchw, MethodConfig()), DML(cl, MethodConfig())
+    g = torch.Generator().manual_seed(3)
+    for _ in range(3):
+        x, y = torch.randn(16, 3, 8, 8, generator=g), torch.randint(0, 5, (16,), generator=g)
+        for la, lb in zip(m_a.train_step(x, y), m_b.train_step(x, y)):
+            assert torch.allclose(la["loss"], lb["loss"], atol=1e-5)
+    assert seen[0].is_contiguous(memory_format=torch.channels_last)
+    _assert_states_close(nchw.training_state(), cl.training_state(), atol=1e-4)
+
+
+def test_channels_last_is_a_resumable_layout_choice(tmp_path):
+    from dmlkit.engine.trainer import RESUMABLE_CHANGES
+
+    assert "train.channels_last" in RESUMABLE_CHANGES
+    assert load_config(None).train.channels_last is True  # the measured-faster default
+
+
+def test_emulated_low_precision_on_the_cpu_warns(monkeypatch):
+    import warnings
+
+    import dmlkit.methods as methods
+
+    monkeypatch.setattr(methods, "_cpu_has_native", lambda precision: False)
+    with pytest.warns(UserWarning, match=r"train.precision=bf16 .* use train.precision=fp32"):
+        Precision("bf16", "cpu")
+    monkeypatch.setattr(methods, "_cpu_has_native", lambda precision: True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        Precision("bf16", "cpu"), Precision("fp32", "cpu"), Precision("fp32", "cuda")

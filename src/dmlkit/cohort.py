@@ -119,7 +119,8 @@ class Cohort(nn.Module):
         total_epochs: length of the run, for the cosine schedule.
         device: where the peers live.
         compile: run each peer's forward through ``torch.compile``.
-        channels_last: keep conv weights in channels-last layout (faster convs on CUDA).
+        channels_last: keep conv weights in channels-last layout and convert 4-d inputs to it
+            (faster convolutions on CUDA and on the CPU; see benchmarks/results/).
     """
 
     def __init__(
@@ -136,6 +137,7 @@ class Cohort(nn.Module):
         if not specs:
             raise ValueError("a cohort needs at least one peer")
         self.specs = specs
+        self.channels_last = channels_last
         self.peers = nn.ModuleList([s.build() for s in specs]).to(device)
         if channels_last:
             self.peers.to(memory_format=torch.channels_last)
@@ -153,15 +155,22 @@ class Cohort(nn.Module):
     def __len__(self) -> int:
         return len(self.peers)
 
+    def _layout(self, x: Tensor) -> Tensor:
+        # One conversion per batch, not one per peer: the peers share the converted input.
+        if self.channels_last and x.dim() == 4:
+            return x.contiguous(memory_format=torch.channels_last)
+        return x
+
     def forward(self, x: Tensor) -> list[Tensor]:
         """x: ``[B, ...]`` -> K logits ``[B, C]``."""
+        x = self._layout(x)
         return [f(x) for f in self._forwards]
 
     @torch.no_grad()
     def repredict(self, k: int, x: Tensor) -> Tensor:
         """Peer k's current prediction on ``x`` (train mode, no grad, running stats untouched)."""
         with preserved_buffers(self.peers[k]):
-            return self._forwards[k](x)
+            return self._forwards[k](self._layout(x))
 
     def set_lr(self, epoch: float) -> None:
         """Set every peer's learning rate for the (fractional) epoch about to be trained."""
@@ -372,6 +381,7 @@ def build_cohort(
     *,
     update: str = "simultaneous",
     compile: bool = False,
+    channels_last: bool = True,
 ) -> Cohort | StackedCohort:
     """The cohort implementation for ``train.cohort_impl`` (loop | stacked | auto).
 
@@ -392,7 +402,7 @@ def build_cohort(
         total_epochs,
         device,
         compile=compile,
-        channels_last=device.type == "cuda",
+        channels_last=channels_last,
     )
 
 

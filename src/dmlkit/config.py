@@ -117,6 +117,9 @@ class TrainConfig:
     cohort_impl: Literal["auto", "loop", "stacked"] = "auto"
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # autocast; fp16 adds loss scaling
     compile: bool = False  # torch.compile the peers' forward
+    # channels-last conv weights and inputs (loop cohort): faster on CUDA and, measured, on the
+    # CPU too (benchmarks/results/throughput-cpu.md); off for bitwise comparison with NCHW runs
+    channels_last: bool = True
     # A NaN/inf loss: stop the run (keeping the last good checkpoint) or skip that step (with
     # the sequential update, peers that already stepped in it keep their step).
     nonfinite: Literal["stop", "skip"] = "stop"

@@ -12,6 +12,7 @@ cohort on a batch, returning one dict of detached scalars per peer (``loss``, ``
 
 from __future__ import annotations
 
+import warnings
 from contextlib import AbstractContextManager, nullcontext
 from typing import ClassVar
 
@@ -38,6 +39,16 @@ class NonFiniteLoss(RuntimeError):
         self.values = values
 
 
+def _cpu_has_native(precision: str) -> bool:
+    """Whether oneDNN has native bf16 / fp16 kernels on this CPU (AVX512-BF16, AMX, ...)."""
+    try:
+        if precision == "bf16":
+            return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        return bool(torch.ops.mkldnn._is_mkldnn_fp16_supported())
+    except (AttributeError, RuntimeError):  # a private op: absent in some builds
+        return True  # no evidence either way: say nothing
+
+
 class Precision:
     """Mixed precision of a training step: autocast around forward + loss, loss scaling for fp16.
 
@@ -49,6 +60,13 @@ class Precision:
     def __init__(self, precision: str = "fp32", device_type: str = "cpu") -> None:
         self.dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
         self.device_type = device_type
+        if self.dtype is not None and device_type == "cpu" and not _cpu_has_native(precision):
+            warnings.warn(
+                f"train.precision={precision} on a CPU without native {precision} instructions "
+                f"is emulated and slow (ResNet-32: 17x slower than fp32 on an AVX2 CPU, "
+                f"benchmarks/results/throughput-cpu.md); use train.precision=fp32 here",
+                stacklevel=2,
+            )
         # fp16 gradients underflow without loss scaling; bf16 has fp32's range and needs none.
         self.scaler = torch.amp.GradScaler(device_type) if precision == "fp16" else None
 

@@ -17,7 +17,6 @@ import contextlib
 import json
 import math
 import os
-import platform
 import shlex
 import shutil
 import statistics
@@ -32,6 +31,7 @@ from dmlkit.engine.checkpoint import atomic_write_text
 from dmlkit.engine.evaluation import ENSEMBLE
 from dmlkit.engine.rundir import RunDir
 from dmlkit.errors import UserError
+from dmlkit.machine import cpu_name
 
 # Paper Table 1 (CIFAR-100 top-1 %): (net1, net2) -> ((independent 1, 2), (DML 1, 2)).
 PAPER_CIFAR100: dict[tuple[str, str], tuple[tuple[float, float], tuple[float, float]]] = {
@@ -591,20 +591,10 @@ def environment_section(runs: list[RunInfo]) -> str:
         vals = list(dict.fromkeys(str(r.env[k]) for r in runs if k in r.env))
         if vals:
             lines.append(f"| {k} | {'; '.join(vals)} |")
-    cpu = _cpu_model()
+    cpu = cpu_name()
     if cpu:
         lines.append(f"| CPU of the machine that wrote this page | {cpu} |")
     return "\n".join(lines)
-
-
-def _cpu_model() -> str | None:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or None
 
 
 def timing_section(runs: list[RunInfo], analysis_seconds: float | None) -> str:

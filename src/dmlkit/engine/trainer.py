@@ -40,6 +40,7 @@ RESUMABLE_CHANGES = (
     "train.checkpoint_every",
     "train.keep_checkpoints",
     "train.device",
+    "train.channels_last",  # a layout, not a state: weights load into either
     "distributed.timeout_s",
     "distributed.backend",
     "data.strict",
@@ -138,6 +139,7 @@ class Trainer:
             device=self.device,
             update=cfg.method.update if cfg.method.name in ("dml", "dml_e") else "simultaneous",
             compile=cfg.train.compile,
+            channels_last=cfg.train.channels_last,
         )
         self.cohort = dist.wrap_cohort(cohort, specs, optims, total_epochs)  # the whole cohort
         self.method: Method = build_method(cfg, self.cohort, device=self.device)

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from dmlkit.errors import ConfigError
 from dmlkit.models import MODELS
+from dmlkit.models.layers import global_avg_pool
 
 
 def _init_weights(model: nn.Module) -> None:
@@ -74,15 +75,20 @@ class BasicBlock(nn.Module):
 
     def shortcut(self, x: Tensor) -> Tensor:
         if self.stride > 1:
-            x = x[:, :, :: self.stride, :: self.stride]
+            # == x[:, :, ::s, ::s], but its gradient keeps x's memory format (the slice's
+            # backward scatters into a contiguous NCHW buffer; see global_avg_pool)
+            x = F.avg_pool2d(x, 1, self.stride)
         if self.pad:
             x = F.pad(x, (0, 0, 0, 0, 0, self.pad))  # zero channels appended
         return x
 
     def forward(self, x: Tensor) -> Tensor:
-        out = F.relu(self.bn1(self.conv1(x)))
+        # In place where autograd allows it (BN backward needs its input, not its output; ReLU
+        # backward needs its output): fewer passes over the largest activations.
+        out = F.relu(self.bn1(self.conv1(x)), inplace=True)
         out = self.bn2(self.conv2(out))
-        return F.relu(out + self.shortcut(x))
+        out += self.shortcut(x)
+        return F.relu(out, inplace=True)
 
 
 class CifarResNet(nn.Module):
@@ -116,8 +122,7 @@ class CifarResNet(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """x: ``[B, C_in, H, W]`` -> logits ``[B, num_classes]``."""
-        x = self.blocks(self.stem(x))
-        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+        return self.fc(global_avg_pool(self.blocks(self.stem(x))))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -142,9 +147,9 @@ class WideBlock(nn.Module):
         )
 
     def forward(self, x: Tensor) -> Tensor:
-        pre = F.relu(self.bn1(x))
+        pre = F.relu(self.bn1(x), inplace=True)
         out = self.conv1(pre)
-        out = self.conv2(self.dropout(F.relu(self.bn2(out))))
+        out = self.conv2(self.dropout(F.relu(self.bn2(out), inplace=True)))
         return out + (self.project(pre) if self.project is not None else x)
 
 
@@ -196,8 +201,8 @@ class WideResNet(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """x: ``[B, C_in, H, W]`` -> logits ``[B, num_classes]``."""
-        x = F.relu(self.bn(self.blocks(self.stem(x))))
-        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+        x = F.relu(self.bn(self.blocks(self.stem(x))), inplace=True)
+        return self.fc(global_avg_pool(x))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -249,8 +254,7 @@ class MobileNetV1(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """x: ``[B, C_in, H, W]`` -> logits ``[B, num_classes]``."""
-        x = F.adaptive_avg_pool2d(self.features(x), 1)
-        return self.fc(self.dropout(torch.flatten(x, 1)))
+        return self.fc(self.dropout(global_avg_pool(self.features(x))))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -336,8 +340,7 @@ class InceptionV1(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """x: ``[B, C_in, H, W]`` -> logits ``[B, num_classes]``."""
-        x = F.adaptive_avg_pool2d(self.inception(self.stem(x)), 1)
-        return self.fc(self.dropout(torch.flatten(x, 1)))
+        return self.fc(self.dropout(global_avg_pool(self.inception(self.stem(x)))))
 
 
 # ------------------------------------------------------------------------------------------------

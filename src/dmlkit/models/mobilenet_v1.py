@@ -31,6 +31,7 @@ from torch import Tensor, nn
 
 from dmlkit.errors import UserError
 from dmlkit.models import MODELS
+from dmlkit.models.layers import global_avg_pool
 
 # (output channels, stride) of the depthwise-separable blocks, grouped in stages as timm does.
 STAGES: list[list[tuple[int, int]]] = [
@@ -110,7 +111,6 @@ class MobileNetV1(nn.Module):
                 cin = _channels(cout, width)
             stages.append(nn.Sequential(*blocks))
         self.blocks = nn.Sequential(*stages)
-        self.pool = nn.AdaptiveAvgPool2d(1)
         self.feature_dim = cin
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(cin, num_classes)
@@ -135,7 +135,7 @@ class MobileNetV1(nn.Module):
     def features(self, x: Tensor) -> Tensor:
         """x: ``[B, C_in, H, W]`` -> the pooled feature ``[B, 1024]`` (the re-id descriptor)."""
         x = self.act(self.bn1(self.conv_stem(x)))
-        return self.pool(self.blocks(x)).flatten(1)
+        return global_avg_pool(self.blocks(x))
 
     def forward(self, x: Tensor) -> Tensor:
         """x: ``[B, C_in, H, W]`` -> logits ``[B, num_classes]``."""
