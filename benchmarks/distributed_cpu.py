@@ -46,6 +46,7 @@ from typing import Any
 
 import torch
 
+from dmlkit.bench import median_round
 from dmlkit.machine import cpu_name
 
 
@@ -202,12 +203,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"round {r + 1}/{args.rounds}: " + ", ".join(
             f"{row['mode']} {row['ms_per_step_median']:.1f} ms" for row in rounds[-1]
         ), file=sys.stderr, flush=True)
-    rows = []
-    for i in range(len(modes)):
-        runs = sorted((rnd[i] for rnd in rounds), key=lambda row: row["ms_per_step_median"])
-        row = dict(runs[(len(runs) - 1) // 2])  # the median round
-        row["round_ms_per_step_median"] = [rnd[i]["ms_per_step_median"] for rnd in rounds]
-        rows.append(row)
+    rows = [
+        median_round([rnd[i] for rnd in rounds], "ms_per_step_median") for i in range(len(modes))
+    ]
     base = next((r for r in rows if r["mode"] == "single"), None)
     for r in rows:
         r["speedup_vs_single"] = (

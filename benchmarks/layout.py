@@ -124,8 +124,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     relu = relu_backward()
     steps = resnet_steps(args.steps)
+    cpu = cpu_name()
     lines = [
-        f"# Memory layout on {cpu_name()} ({os.cpu_count()} CPUs, torch {torch.__version__}, "
+        f"# Memory layout on {cpu} ({os.cpu_count()} CPUs, torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads)",
         "",
         "Command: `python benchmarks/layout.py " + " ".join(argv or sys.argv[1:]) + "`",
@@ -142,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.out:
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
-        meta = {"cpu": cpu_name(), "cpu_count": os.cpu_count(), "torch": torch.__version__,
+        meta = {"cpu": cpu, "cpu_count": os.cpu_count(), "torch": torch.__version__,
                 "python": platform.python_version(), "threads": torch.get_num_threads()}
         out.write_text(json.dumps({"meta": meta, "relu_backward_s": relu,
                                    "resnet32_step_s": steps}, indent=2))

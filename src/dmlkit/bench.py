@@ -220,9 +220,9 @@ def _flops_per_peer_step(case: Case) -> float:
 
     The backward is counted as twice the forward (input gradient + weight gradient), the usual
     convention, rather than by ``FlopCounterMode`` under ``backward()``: its formula for the
-    input gradient of a grouped convolution ignores the groups (a depthwise 3x3 layer is counted
-    64x too large at 64 channels, checked in tests/test_bench.py), which put MobileNet above
-    100 % of the matmul peak.
+    input gradient of a grouped convolution ignores the groups (a depthwise 3x3 layer at 64
+    channels came out 64x too large), which put MobileNet above 100 % of the matmul peak. The
+    forward count respects the groups (tests/test_bench.py).
     """
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -274,18 +274,18 @@ def _run_in_subprocess(case: Case) -> dict[str, Any]:
         return {**asdict(case), "error": (proc.stderr.strip().splitlines() or ["?"])[-1]}
 
 
-def _merge_rounds(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """One case measured in several rounds -> the round with the median step time.
+def median_round(runs: list[dict[str, Any]], key: str) -> dict[str, Any]:
+    """One measurement repeated in several rounds -> the round with the median ``key``.
 
-    The median round, not the best: the figure stays a typical one on a shared machine, and
-    ``round_step_s`` keeps every round's median for the record.
+    The median round, not the best: the figure stays a typical one on a shared machine.
+    ``round_<key>`` keeps every round's value for the record; rounds without ``key`` (failed)
+    are left out of the choice, and if every round failed the first is returned as it is.
     """
-    ok = [r for r in runs if "step_s" in r]
+    ok = sorted((r for r in runs if key in r), key=lambda r: r[key])
     if not ok:
         return runs[0]
-    ok.sort(key=lambda r: r["step_s"])
     merged = dict(ok[(len(ok) - 1) // 2])
-    merged["round_step_s"] = [r.get("step_s") for r in runs]
+    merged[f"round_{key}"] = [r.get(key) for r in runs]
     return merged
 
 
@@ -439,7 +439,7 @@ def main(argv: list[str] | None = None) -> int:
             shown = f"{1000 * res['step_s']:.1f} ms/step" if "step_s" in res else res["error"][:80]
             print(f"[round {r + 1}/{args.rounds}, {i + 1}/{len(cases)}] {case.model} K={case.k} "
                   f"B={case.batch} {case.variant}: {shown}", flush=True)
-    results = [_merge_rounds([rnd[i] for rnd in rounds]) for i in range(len(cases))]
+    results = [median_round([rnd[i] for rnd in rounds], "step_s") for i in range(len(cases))]
     peak = statistics.median(peaks)  # per round, like the cases
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
