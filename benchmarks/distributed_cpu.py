@@ -64,7 +64,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--rounds", type=int, default=3, help="rounds of every mode; median reported")
     p.add_argument(
-        "--channels-last", action=argparse.BooleanOptionalAction, default=True,
+        "--channels-last",
+        action=argparse.BooleanOptionalAction,
+        default=True,
         help="channels-last peers, as dml train runs them (train.channels_last)",
     )
     p.add_argument("--out", help="also write the rows as JSON to this file (and FILE.md)")
@@ -200,9 +202,12 @@ def main(argv: list[str] | None = None) -> int:
     rounds = []
     for r in range(args.rounds):
         rounds.append([run_mode(args, m) for m in modes])
-        print(f"round {r + 1}/{args.rounds}: " + ", ".join(
-            f"{row['mode']} {row['ms_per_step_median']:.1f} ms" for row in rounds[-1]
-        ), file=sys.stderr, flush=True)
+        print(
+            f"round {r + 1}/{args.rounds}: "
+            + ", ".join(f"{row['mode']} {row['ms_per_step_median']:.1f} ms" for row in rounds[-1]),
+            file=sys.stderr,
+            flush=True,
+        )
     rows = [
         median_round([rnd[i] for rnd in rounds], "ms_per_step_median") for i in range(len(modes))
     ]
@@ -220,7 +225,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{os.cpu_count()} cores), torch {torch.__version__}",
         "",
         "Command: `python benchmarks/distributed_cpu.py "
-        + " ".join(argv if argv is not None else sys.argv[1:]) + "`",
+        + " ".join(argv if argv is not None else sys.argv[1:])
+        + "`",
         "",
     ]
     head = ["mode", "processes x threads", "peers/process", "batch/process", "ms/step median"]
@@ -236,8 +242,13 @@ def main(argv: list[str] | None = None) -> int:
         )
     print("\n".join(lines))
     if args.out:
-        meta = {"argv": sys.argv, "cpu": cpu, "cpu_count": os.cpu_count(),
-                "torch": torch.__version__, "python": platform.python_version()}
+        meta = {
+            "argv": sys.argv,
+            "cpu": cpu,
+            "cpu_count": os.cpu_count(),
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+        }
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))

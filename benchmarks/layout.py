@@ -143,10 +143,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.out:
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
-        meta = {"cpu": cpu, "cpu_count": os.cpu_count(), "torch": torch.__version__,
-                "python": platform.python_version(), "threads": torch.get_num_threads()}
-        out.write_text(json.dumps({"meta": meta, "relu_backward_s": relu,
-                                   "resnet32_step_s": steps}, indent=2))
+        meta = {
+            "cpu": cpu,
+            "cpu_count": os.cpu_count(),
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+            "threads": torch.get_num_threads(),
+        }
+        out.write_text(
+            json.dumps({"meta": meta, "relu_backward_s": relu, "resnet32_step_s": steps}, indent=2)
+        )
         out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     return 0
 

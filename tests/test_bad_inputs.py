@@ -203,8 +203,8 @@ CASES.append(
             "data.root={root}",
             "--set",
             "data.image_size=8",
-        "--set",
-        "data.train_size=null",
+            "--set",
+            "data.train_size=null",
         ],
         "predicts 10 classes but the data has 2",
     )

@@ -46,7 +46,10 @@ def test_table_ratios():
             "flops_per_s": 1e9,
         }
         for v, s in (
-            ("independent", 0.2), ("independent+cl", 0.1), ("pytorch-dml", 0.3), ("loop", 0.15)
+            ("independent", 0.2),
+            ("independent+cl", 0.1),
+            ("pytorch-dml", 0.3),
+            ("loop", 0.15),
         )
     ]
     table = _table(rows, peak=2e9)

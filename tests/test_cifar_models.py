@@ -152,9 +152,7 @@ def test_resnet_gradients_keep_channels_last():
     pool are the two places that used to break it."""
     from dmlkit.models.cifar import BasicBlock
 
-    model = build_model("resnet32", 10, 3, depth=14).to(
-        memory_format=torch.channels_last
-    )
+    model = build_model("resnet32", 10, 3, depth=14).to(memory_format=torch.channels_last)
     grads = []
 
     def watch(_module, _inputs, out):

@@ -86,8 +86,12 @@ def test_train_writes_a_complete_run_dir(tmp_path, capsys):
 
     ckpts = sorted(p.name for p in (run / "checkpoints").iterdir())
     assert ckpts == [
-        "epoch_0001.pt", "epoch_0001.pt.sha256", "epoch_0002.pt", "epoch_0002.pt.sha256",
-        "last.pt", "last.pt.sha256",
+        "epoch_0001.pt",
+        "epoch_0001.pt.sha256",
+        "epoch_0002.pt",
+        "epoch_0002.pt.sha256",
+        "last.pt",
+        "last.pt.sha256",
     ]
     state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
     assert state["epoch"] == 2 and len(state["cohort"]["optimizers"]) == 2

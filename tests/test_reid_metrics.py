@@ -228,13 +228,18 @@ from hypothesis import strategies as st  # noqa: E402
 def _problems(draw):
     nq, ng = draw(st.integers(1, 8)), draw(st.integers(1, 15))
     values = st.integers(0, 3) if draw(st.booleans()) else st.floats(-5, 5, width=32)
-    dist = np.array(draw(st.lists(st.lists(values, min_size=ng, max_size=ng),
-                                  min_size=nq, max_size=nq)), dtype=np.float32)
+    dist = np.array(
+        draw(st.lists(st.lists(values, min_size=ng, max_size=ng), min_size=nq, max_size=nq)),
+        dtype=np.float32,
+    )
     ids = st.integers(-1, 3)
-    return (dist, np.array(draw(st.lists(ids, min_size=nq, max_size=nq))),
-            np.array(draw(st.lists(ids, min_size=ng, max_size=ng))),
-            np.array(draw(st.lists(st.integers(1, 3), min_size=nq, max_size=nq))),
-            np.array(draw(st.lists(st.integers(1, 3), min_size=ng, max_size=ng))))
+    return (
+        dist,
+        np.array(draw(st.lists(ids, min_size=nq, max_size=nq))),
+        np.array(draw(st.lists(ids, min_size=ng, max_size=ng))),
+        np.array(draw(st.lists(st.integers(1, 3), min_size=nq, max_size=nq))),
+        np.array(draw(st.lists(st.integers(1, 3), min_size=ng, max_size=ng))),
+    )
 
 
 @settings(max_examples=200, deadline=None)

@@ -46,8 +46,18 @@ import torch.nn.functional as F
 from dmlkit.machine import cpu_name
 
 VARIANTS = (
-    "textbook", "pytorch-dml", "loop", "loop+cl", "loop+compile", "loop+cl+compile", "loop+bf16",
-    "stacked", "stacked+compile", "stacked+bf16", "independent", "independent+cl",
+    "textbook",
+    "pytorch-dml",
+    "loop",
+    "loop+cl",
+    "loop+compile",
+    "loop+cl+compile",
+    "loop+bf16",
+    "stacked",
+    "stacked+compile",
+    "stacked+bf16",
+    "independent",
+    "independent+cl",
 )
 
 
@@ -138,7 +148,9 @@ def _pytorch_dml(case: Case) -> list[float]:
 
     models = _models(case)
     trainer = DMLTrainer(
-        models, config=DMLConfig(temperature=1.0), device=case.device,
+        models,
+        config=DMLConfig(temperature=1.0),
+        device=case.device,
         optimizers=[_sgd(m.parameters()) for m in models],
     )
     x, y = _data(case, case.warmup + case.steps)
@@ -165,7 +177,7 @@ def _pytorch_dml(case: Case) -> list[float]:
     with open(os.devnull, "w") as devnull, contextlib.redirect_stderr(devnull):  # its tqdm bar
         trainer.train_epoch(Timed(), 0)
     steps = [b - a for a, b in zip(stamps, stamps[1:])]
-    return steps[case.warmup:]
+    return steps[case.warmup :]
 
 
 def _dmlkit(case: Case) -> list[float]:
@@ -181,8 +193,7 @@ def _dmlkit(case: Case) -> list[float]:
     if base == "stacked":
         cohort: Any = StackedCohort(specs, optim, 1, case.device, compile=compile_)
     else:
-        cohort = Cohort(specs, optim, 1, case.device, compile=compile_,
-                        channels_last="cl" in flags)
+        cohort = Cohort(specs, optim, 1, case.device, compile=compile_, channels_last="cl" in flags)
     precision = Precision("bf16" if "bf16" in flags else "fp32", torch.device(case.device).type)
     method = DML(cohort, MethodConfig(), precision)
     x, y = _data(case, case.warmup + case.steps)
@@ -237,8 +248,12 @@ def _flops_per_peer_step(case: Case) -> float:
 def run_case(case: Case) -> dict[str, Any]:
     """Measure one case in this process."""
     torch.manual_seed(0)
-    fn = {"textbook": _textbook, "pytorch-dml": _pytorch_dml, "independent": _independent,
-          "independent+cl": _independent}.get(case.variant, _dmlkit)
+    fn = {
+        "textbook": _textbook,
+        "pytorch-dml": _pytorch_dml,
+        "independent": _independent,
+        "independent+cl": _independent,
+    }.get(case.variant, _dmlkit)
     if case.device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     times = fn(case)
@@ -266,7 +281,8 @@ def run_case(case: Case) -> dict[str, Any]:
 def _run_in_subprocess(case: Case) -> dict[str, Any]:
     proc = subprocess.run(
         [sys.executable, "-m", "dmlkit.bench", "--case", json.dumps(asdict(case))],
-        capture_output=True, text=True,
+        capture_output=True,
+        text=True,
     )
     try:
         return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -311,12 +327,15 @@ def plan(profile: str, device: str) -> list[Case]:
         for k in ks:
             for batch in batches:
                 for variant in VARIANTS:
-                    if k == 1 and variant in ("pytorch-dml",) or (
-                        k == 1 and variant.startswith("stacked")
+                    if (
+                        k == 1
+                        and variant in ("pytorch-dml",)
+                        or (k == 1 and variant.startswith("stacked"))
                     ):
                         continue  # pytorch-dml needs >= 2 models; stacking 1 peer is the loop
                     if profile == "quick" and (
-                        batch == 256 and k == 4
+                        batch == 256
+                        and k == 4
                         or (("compile" in variant or "bf16" in variant) and (k, batch) != (2, 64))
                     ):
                         continue
@@ -340,8 +359,10 @@ def _environment(device: str) -> dict[str, Any]:
 
 
 def _table(results: list[dict[str, Any]], peak: float) -> str:
-    head = ("| model | K | batch | variant | step ms | img/s/peer | vs independent | "
-            "vs independent+cl | vs pytorch-dml | peak MB | % of matmul peak |")
+    head = (
+        "| model | K | batch | variant | step ms | img/s/peer | vs independent | "
+        "vs independent+cl | vs pytorch-dml | peak MB | % of matmul peak |"
+    )
     lines = [head, "|" + "---|" * 11]
     by = {(r["model"], r["k"], r["batch"], r["variant"]): r for r in results if "step_s" in r}
 
@@ -351,8 +372,10 @@ def _table(results: list[dict[str, Any]], peak: float) -> str:
     for r in results:
         key = (r["model"], r["k"], r["batch"])
         if "error" in r:
-            lines.append(f"| {r['model']} | {r['k']} | {r['batch']} | {r['variant']} | "
-                         f"failed: {r['error'][:60]} | | | | | | |")
+            lines.append(
+                f"| {r['model']} | {r['k']} | {r['batch']} | {r['variant']} | "
+                f"failed: {r['error'][:60]} | | | | | | |"
+            )
             continue
         ext = by.get((*key, "pytorch-dml"))
         rel_ext = f"{ext['step_s'] / r['step_s']:.2f}x faster" if ext else "-"
@@ -385,20 +408,29 @@ def markdown(payload: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="dml bench", description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--profile", choices=["quick", "full"], default=None,
-                   help="quick: the CPU-sized subset (default on CPU); full: every case")
+    p.add_argument(
+        "--profile",
+        choices=["quick", "full"],
+        default=None,
+        help="quick: the CPU-sized subset (default on CPU); full: every case",
+    )
     p.add_argument("--models", default=None, help="comma list (default resnet32,mobilenet)")
     p.add_argument("--variants", default=None, help="comma list of variants to keep")
     p.add_argument("--ks", default=None, help="comma list of cohort sizes")
     p.add_argument("--batches", default=None, help="comma list of batch sizes")
     p.add_argument("--steps", type=int, default=8)
     p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--rounds", type=int, default=1,
-                   help="measure every case this many times, round by round; report the "
-                        "median round (use 3+ on a shared machine)")
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="measure every case this many times, round by round; report the "
+        "median round (use 3+ on a shared machine)",
+    )
     p.add_argument("--out", default="benchmarks/results", help="folder for JSON + Markdown")
-    p.add_argument("--name", default=None,
-                   help="file stem of the results (default throughput-DEVICE)")
+    p.add_argument(
+        "--name", default=None, help="file stem of the results (default throughput-DEVICE)"
+    )
     p.add_argument("--case", help=argparse.SUPPRESS)  # internal: run one case, print JSON
     args = p.parse_args(argv)
 
@@ -437,8 +469,11 @@ def main(argv: list[str] | None = None) -> int:
             res = _run_in_subprocess(case)
             rounds[-1].append(res)
             shown = f"{1000 * res['step_s']:.1f} ms/step" if "step_s" in res else res["error"][:80]
-            print(f"[round {r + 1}/{args.rounds}, {i + 1}/{len(cases)}] {case.model} K={case.k} "
-                  f"B={case.batch} {case.variant}: {shown}", flush=True)
+            print(
+                f"[round {r + 1}/{args.rounds}, {i + 1}/{len(cases)}] {case.model} K={case.k} "
+                f"B={case.batch} {case.variant}: {shown}",
+                flush=True,
+            )
     results = [median_round([rnd[i] for rnd in rounds], "step_s") for i in range(len(cases))]
     peak = statistics.median(peaks)  # per round, like the cases
     out = Path(args.out)
@@ -446,8 +481,14 @@ def main(argv: list[str] | None = None) -> int:
     stem = args.name or f"throughput-{args.device.split(':')[0]}"
     command = "dml bench " + " ".join(argv if argv is not None else sys.argv[1:])
     env = _environment(args.device)
-    payload = {"command": command, "environment": env, "matmul_peak_flops": peak,
-               "profile": profile, "rounds": args.rounds, "results": results}
+    payload = {
+        "command": command,
+        "environment": env,
+        "matmul_peak_flops": peak,
+        "profile": profile,
+        "rounds": args.rounds,
+        "results": results,
+    }
     (out / f"{stem}.json").write_text(json.dumps(payload, indent=2))
     (out / f"{stem}.md").write_text(markdown(payload))
     table = _table(results, peak)

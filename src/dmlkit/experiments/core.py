@@ -148,7 +148,8 @@ def run_experiment(
                 diff = config_differences(run.load_config(), cfg)
                 # what may change on resume, except the length (a finished run is reused)
                 diff = [
-                    d for d in diff
+                    d
+                    for d in diff
                     if d not in RESUMABLE_CHANGES or d in ("train.epochs", "train.iterations")
                 ]
                 if diff:
