@@ -98,6 +98,13 @@ class DataConfig:
     # Files whose MD5 differs from the published one: a warning (false) or an error (true).
     strict: bool = False
     download: bool = False  # fetch a missing dataset into data.root (cifar100)
+    # digits-pairs (two digits side by side, dmlkit.data.digits_pairs): composites per class in
+    # training and in each of val and test, number of classes (<= 100), and the share of
+    # training labels replaced by another class (val and test stay clean)
+    pairs_per_class: int = 20
+    pairs_eval_per_class: int = 20
+    pairs_classes: int = 100
+    label_noise: float = 0.0
 
 
 @dataclass
@@ -514,6 +521,17 @@ def validate(cfg: Config) -> None:
     _check(
         (d.image_height is None) == (d.image_width is None),
         "data.image_height and data.image_width: set both (e.g. 256 and 128) or neither",
+    )
+    _check(
+        d.pairs_per_class >= 1 and d.pairs_eval_per_class >= 1 and 2 <= d.pairs_classes <= 100,
+        "data.pairs_per_class and data.pairs_eval_per_class must be >= 1 and "
+        f"data.pairs_classes in [2, 100], got {d.pairs_per_class}, {d.pairs_eval_per_class}, "
+        f"{d.pairs_classes}",
+    )
+    _check(0 <= d.label_noise < 1, f"data.label_noise must be in [0, 1), got {d.label_noise}")
+    _check(
+        d.label_noise == 0 or d.name == "digits-pairs",
+        f"data.label_noise is implemented for digits-pairs only; set it to 0 for {d.name}",
     )
     _check(
         not d.download or d.root is not None,

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dmlkit.data import (  # noqa: E402,F401,I001
     cifar100,  # noqa: E402,F401,I001
     digits,
+    digits_pairs,
     imagefolder,
 )
 from dmlkit.data.core import DataBundle, TensorLoader, build_data, random_crop_flip

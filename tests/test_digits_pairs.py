@@ -1,0 +1,134 @@
+"""digits-pairs: disjoint sources, the composition, determinism, label noise, config checks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from dmlkit.config import DataConfig, load_config
+from dmlkit.data import build_data
+from dmlkit.data.digits import load_digits_arrays
+from dmlkit.data.digits_pairs import flip_labels, make_pairs, source_split
+from dmlkit.errors import ConfigError
+
+
+def pairs_cfg(**kw) -> DataConfig:
+    return DataConfig(name="digits-pairs", **kw)
+
+
+@pytest.fixture(scope="module")
+def default_pairs():
+    return make_pairs(pairs_cfg())
+
+
+def test_source_split_is_disjoint_and_covers_every_digit():
+    _, digits = load_digits_arrays()
+    train, val, test = source_split(digits, pairs_cfg())
+    assert len(set(train) | set(val) | set(test)) == len(digits) == 1797
+    assert len(train) + len(val) + len(test) == 1797  # so pairwise disjoint
+    # stratified: test holds round(0.25 * count) of each digit (as the digits dataset)
+    assert np.bincount(digits[test]).tolist() == [44, 46, 44, 46, 45, 46, 45, 45, 44, 45]
+
+
+def test_no_source_image_in_both_train_and_test(default_pairs):
+    tr, va, te = default_pairs.train, default_pairs.val, default_pairs.test
+    train_sources = set(tr.sources.ravel().tolist())
+    assert train_sources.isdisjoint(te.sources.ravel().tolist())
+    assert train_sources.isdisjoint(va.sources.ravel().tolist())
+    assert set(va.sources.ravel().tolist()).isdisjoint(te.sources.ravel().tolist())
+    # every source image of a side is used (draws in rounds of a permutation)
+    _, digits = load_digits_arrays()
+    train_src, val_src, test_src = source_split(digits, pairs_cfg())
+    assert train_sources == set(train_src.tolist())
+    assert set(te.sources.ravel().tolist()) == set(test_src.tolist())
+
+
+def test_images_are_the_two_source_digits_side_by_side(default_pairs):
+    images, digits = load_digits_arrays()
+    p = default_pairs
+    assert p.class_names == [f"{a}{b}" for a in range(10) for b in range(10)]
+    for split, per_class in ((p.train, 20), (p.val, 20), (p.test, 20)):
+        assert split.x.shape == (100 * per_class, 1, 8, 16) and split.x.dtype == np.float32
+        assert np.bincount(split.clean, minlength=100).tolist() == [per_class] * 100
+        left, right = split.sources[:, 0], split.sources[:, 1]
+        np.testing.assert_array_equal(split.x[:, :, :, :8], images[left])
+        np.testing.assert_array_equal(split.x[:, :, :, 8:], images[right])
+        # class "ab" shows digit a on the left and digit b on the right
+        np.testing.assert_array_equal(digits[left] * 10 + digits[right], split.clean)
+        np.testing.assert_array_equal(split.y, split.clean)  # no label noise by default
+
+
+def test_options_set_sizes_and_class_subset():
+    p = make_pairs(pairs_cfg(pairs_per_class=3, pairs_eval_per_class=5, pairs_classes=25))
+    assert len(p.class_names) == 25 == len(set(p.class_names))
+    assert p.class_names == sorted(p.class_names)
+    assert p.train.x.shape == (75, 1, 8, 16) and p.test.x.shape == (125, 1, 8, 16)
+    assert p.val.y.shape == (125,)
+    _, digits = load_digits_arrays()
+    names = np.array([int(n) for n in p.class_names])
+    shown = digits[p.test.sources[:, 0]] * 10 + digits[p.test.sources[:, 1]]
+    np.testing.assert_array_equal(names[p.test.y], shown)
+
+
+def test_construction_is_deterministic_and_follows_split_seed(default_pairs):
+    again = make_pairs(pairs_cfg())
+    for name in ("train", "val", "test"):
+        a, b = getattr(default_pairs, name), getattr(again, name)
+        np.testing.assert_array_equal(a.sources, b.sources)
+        np.testing.assert_array_equal(a.y, b.y)
+    other = make_pairs(pairs_cfg(split_seed=1))
+    assert not np.array_equal(other.test.sources, default_pairs.test.sources)
+
+
+@pytest.mark.parametrize("fraction", [0.1, 0.3, 0.55])
+def test_label_noise_flips_exactly_that_fraction_of_training_labels(fraction):
+    clean = make_pairs(pairs_cfg(pairs_per_class=10))
+    noisy = make_pairs(pairs_cfg(pairs_per_class=10, label_noise=fraction))
+    tr = noisy.train
+    np.testing.assert_array_equal(tr.clean, clean.train.y)  # same images and true classes
+    np.testing.assert_array_equal(tr.sources, clean.train.sources)
+    assert (tr.y != tr.clean).sum() == round(fraction * 1000)
+    assert tr.y.min() >= 0 and tr.y.max() < 100
+    # validation and test labels stay clean
+    np.testing.assert_array_equal(noisy.val.y, noisy.val.clean)
+    np.testing.assert_array_equal(noisy.test.y, clean.test.y)
+
+
+def test_flipped_labels_are_spread_over_the_other_classes():
+    y = np.zeros(20_000, dtype=np.int64)
+    noisy = flip_labels(y, 1.0, 5, seed=0)
+    counts = np.bincount(noisy, minlength=5)
+    assert counts[0] == 0  # never the true class
+    assert counts[1:].min() > 4_700 and counts[1:].max() < 5_300  # about 5,000 each
+
+
+def test_bundle_loaders_and_scale_fraction():
+    cfg = pairs_cfg(pairs_per_class=4, pairs_eval_per_class=6, batch_size=32)
+    b = build_data(cfg, seed=0)
+    assert b.num_classes == 100 and b.image_size == (8, 16) and b.in_channels == 1
+    assert len(b.train.y) == 400 and len(b.val.y) == 600 and len(b.test.y) == 600
+    x, y = next(iter(b.train))
+    assert x.shape == (32, 1, 8, 16) and y.dtype == torch.int64
+    # normalised with the training images' statistics
+    assert abs(float(b.train.transform.mean[0]) - float(make_pairs(cfg).train.x.mean())) < 1e-5
+    half = build_data(pairs_cfg(pairs_per_class=4, pairs_eval_per_class=6, fraction=0.5), seed=0)
+    assert len(half.train.y) == 200 and len(half.val.y) == 300 and len(half.test.y) == 300
+
+
+@pytest.mark.parametrize(
+    "override, needle",
+    [
+        ("data.pairs_classes=101", "data.pairs_classes"),
+        ("data.pairs_per_class=0", "data.pairs_per_class"),
+        ("data.label_noise=1.0", "data.label_noise must be in [0, 1)"),
+    ],
+)
+def test_bad_pairs_options_are_config_errors(override, needle):
+    with pytest.raises(ConfigError, match=needle.replace("[", r"\[").replace(")", r"\)")):
+        load_config(overrides=["data.name=digits-pairs", override])
+
+
+def test_label_noise_on_another_dataset_is_refused():
+    with pytest.raises(ConfigError, match="digits-pairs only"):
+        load_config(overrides=["data.label_noise=0.2"])
