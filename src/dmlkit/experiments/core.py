@@ -40,6 +40,8 @@ class Experiment:
         arms: arm name -> the config changes of that arm (a dict merged into ``base``).
         baseline: the arm the others are compared to.
         seeds: default number of seeds.
+        first_seed: the grid runs seeds first_seed, first_seed + 1, ... (a search on seeds that
+            the final runs do not reuse).
     """
 
     name: str
@@ -48,6 +50,7 @@ class Experiment:
     arms: dict[str, dict[str, Any]]
     baseline: str = "independent"
     seeds: int = 3
+    first_seed: int = 0
     needs_data_root: bool = False
     # report(exp, results, out, scale) -> Markdown printed at the end; writes files under out.
     report: Callable[[Experiment, list[RunResult], Path, float], str] | None = None
@@ -139,7 +142,7 @@ def run_experiment(
     n_seeds = seeds if seeds is not None else exp.seeds
     overrides = [*(overrides or []), f"train.progress={str(progress).lower()}"]
     results = []
-    for seed in range(n_seeds):
+    for seed in range(exp.first_seed, exp.first_seed + n_seeds):
         for arm in exp.arms:
             cfg = arm_config(exp, arm, seed, overrides, out=out, scale=scale)
             run = RunDir(out / arm / f"seed{seed}")
