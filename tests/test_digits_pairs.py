@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import csv
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -132,3 +135,103 @@ def test_bad_pairs_options_are_config_errors(override, needle):
 def test_label_noise_on_another_dataset_is_refused():
     with pytest.raises(ConfigError, match="digits-pairs only"):
         load_config(overrides=["data.label_noise=0.2"])
+
+
+# ---------------------------------------------------------------------------------------------
+# the experiments: intervals, the selection rule, the reports
+
+TINY = [
+    "data.pairs_per_class=2",
+    "data.pairs_eval_per_class=2",
+    "data.batch_size=50",
+    "train.epochs=1",
+    "peers.*.kwargs.width=4",
+    "train.device=cpu",
+]
+
+
+def test_t_interval_matches_the_t_quantile():
+    from dmlkit.experiments.digits_pairs import t_interval
+
+    mean, half = t_interval([1.0, 2.0, 3.0])  # sd 1, n 3: t(0.975, 2) = 4.3027
+    assert mean == 2.0 and half == pytest.approx(4.3027 / 3**0.5, rel=1e-4)
+    assert t_interval([5.0])[1] == float("inf")
+
+
+def test_selection_rule_prefers_resolved_demo_sized_regimes():
+    from dmlkit.experiments.digits_pairs import Gain, Regime, select
+
+    def gains(diffs_per_member):
+        return [Gain(m, [0.0] * len(d), list(d)) for m, d in zip("abc", diffs_per_member)]
+
+    big = Regime(per_class=20)  # resolved, largest bound, but too big for the demo
+    small = Regime(per_class=5)  # resolved
+    unresolved = Regime(width=8)  # one member's interval includes 0
+    val = {
+        big: gains([[5, 6, 7]] * 3),
+        small: gains([[1, 1.2, 1.1]] * 3),
+        unresolved: gains([[9, 9.5, 9.2], [9, 9.1, 9.3], [-2, 3, 1]]),
+    }
+    assert not big.cheap and small.cheap
+    assert select(val) == (small, True)
+    del val[small]
+    assert select(val) == (big, True)
+    del val[big]
+    assert select(val) == (unresolved, False)
+
+
+def test_every_regime_arm_is_a_valid_config():
+    from dmlkit.experiments import arm_config
+    from dmlkit.experiments.digits_pairs import REGIME_SEARCH, REGIMES
+
+    assert len(REGIME_SEARCH.arms) == 2 * len(REGIMES)
+    for arm in REGIME_SEARCH.arms:
+        cfg = arm_config(REGIME_SEARCH, arm, 100, [])
+        regime, method = arm.split("/")
+        assert cfg.data.name == "digits-pairs" and cfg.method.name == method
+        assert regime == (
+            f"c{cfg.data.pairs_classes}-n{cfg.data.pairs_per_class}-"
+            f"w{cfg.peers[0].kwargs['width']}-noise{cfg.data.label_noise:g}"
+        )
+
+
+def test_demo_report_pairs_test_accuracies_by_seed(tmp_path):
+    from dmlkit.experiments import run_experiment
+    from dmlkit.experiments.digits_pairs import DIGITS_PAIRS
+
+    results = run_experiment(DIGITS_PAIRS, tmp_path, seeds=2, overrides=TINY, progress=False)
+    table = DIGITS_PAIRS.report(DIGITS_PAIRS, results, tmp_path, 1.0)
+    assert "over 2 paired seeds" in table and "| ensemble |" in table
+    rows = list(csv.DictReader((tmp_path / "results.csv").open()))
+    assert len(rows) == 3 * 2  # two peers and the ensemble, two seeds
+    for row in rows:
+        seed = int(row["seed_index"])
+        summaries = {
+            arm: json.loads((tmp_path / arm / f"seed{seed}" / "summary.json").read_text())
+            for arm in ("independent", "dml")
+        }
+        for arm, s in summaries.items():
+            if row["member"] == "ensemble":
+                top1 = s["ensemble"]["metrics"]["top1"]
+            else:
+                top1 = next(p for p in s["peers"] if p["name"] == row["member"])["metrics"]["top1"]
+            assert float(row[arm]) == pytest.approx(100 * top1, abs=1e-3)
+        assert float(row["gain"]) == pytest.approx(float(row["dml"]) - float(row["independent"]))
+
+
+def test_regime_search_runs_from_its_first_seed_and_reports_validation(tmp_path):
+    import dataclasses
+
+    from dmlkit.experiments import run_experiment
+    from dmlkit.experiments.digits_pairs import REGIME_SEARCH
+
+    arms = {a: c for a, c in REGIME_SEARCH.arms.items() if a.startswith("c25-")}
+    exp = dataclasses.replace(REGIME_SEARCH, arms=arms)
+    results = run_experiment(exp, tmp_path, seeds=2, overrides=TINY, progress=False)
+    assert sorted({r.seed for r in results}) == [100, 101]
+    assert (tmp_path / "c25-n10-w16-noise0" / "dml" / "seed101" / "summary.json").is_file()
+    text = exp.report(exp, results, tmp_path, 1.0)
+    assert "Selected on validation: c25-n10-w16-noise0" in text
+    assert (tmp_path / "gains-val.png").stat().st_size > 0
+    splits = {row["split"] for row in csv.DictReader((tmp_path / "results.csv").open())}
+    assert splits == {"val", "test"}

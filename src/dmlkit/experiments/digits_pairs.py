@@ -297,7 +297,8 @@ def regimes_figure(gains: dict[Regime, list[Gain]], split: str, path: Path) -> N
     fig, axes = plt.subplots(1, len(AXES), figsize=(3.2 * len(AXES), 3.2), sharey=True)
     for ax, (axis, regimes) in zip(axes, AXES.items(), strict=True):
         shown = [r for r in regimes if r in gains]
-        for k, member in enumerate(g.member for g in gains[shown[0]] if shown):
+        members = [g.member for g in gains[shown[0]]] if shown else []
+        for k, member in enumerate(members):
             xs = [i + 0.12 * (k - 1) for i in range(len(shown))]
             stats = [next(g for g in gains[r] if g.member == member).interval for r in shown]
             ax.errorbar(
