@@ -38,11 +38,11 @@ import torch
 
 import dmlkit
 from dmlkit.data.cifar100 import DataIntegrityWarning
-from dmlkit.data.fixtures import write_cifar100
 from dmlkit.engine.trainer import Trainer
 from dmlkit.experiments import arm_config
 from dmlkit.experiments.cifar100 import CIFAR100_TABLE
 from dmlkit.machine import cpu_name
+from dmlkit.testing import write_cifar100
 
 TRAIN_IMAGES = 50_000  # CIFAR-100's training split
 RECIPE_ARM = "dml_resnet32_resnet32"

@@ -20,9 +20,9 @@ from dmlkit.config import DataConfig, load_config
 from dmlkit.data import build_data
 from dmlkit.data import cifar100 as c100
 from dmlkit.data.core import BatchTransform, TensorLoader, channel_stats, epoch_generator
-from dmlkit.data.fixtures import dump_py2_pickle, write_cifar100
 from dmlkit.engine.trainer import Trainer
 from dmlkit.errors import ConfigError, UserError
+from dmlkit.testing import dump_py2_pickle, write_cifar100
 
 N_TRAIN, N_TEST, N_CLASSES = 120, 40, 10
 PAPER_CONFIG = (

@@ -22,11 +22,11 @@ from dmlkit.cli import main
 from dmlkit.cohort import LRSchedule
 from dmlkit.config import load_config
 from dmlkit.data.cifar100 import DataIntegrityWarning
-from dmlkit.data.fixtures import write_cifar100
 from dmlkit.experiments import EXPERIMENTS, arm_config
 from dmlkit.experiments import cifar100 as table
 from dmlkit.models import MODELS
 from dmlkit.models.small import SmallCNN
+from dmlkit.testing import write_cifar100
 
 PAPER_DIR = Path(__file__).parents[1] / "configs" / "paper"
 SEEDS = 2

@@ -12,9 +12,9 @@ import torch
 from dmlkit.config import DataConfig, load_config
 from dmlkit.data import build_data
 from dmlkit.data.market1501 import FOLDER, index_market, parse_market_name
-from dmlkit.data.market_fixtures import write_market_fixture
 from dmlkit.data.reid import ReidTransform, RetrievalSplit, reid_input_size
 from dmlkit.errors import ConfigError, UserError
+from dmlkit.testing import write_market_fixture
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*counts differ from the published")
 

@@ -13,13 +13,13 @@ from dmlkit.cli import main
 from dmlkit.cohort import Cohort, peer_specs
 from dmlkit.config import load_config
 from dmlkit.data import build_data
-from dmlkit.data.market_fixtures import write_market_fixture
 from dmlkit.engine.evaluation import evaluate_reid
 from dmlkit.engine.trainer import Trainer
 from dmlkit.errors import ConfigError, UserError
 from dmlkit.experiments import EXPERIMENTS, arm_config
 from dmlkit.models import MODELS
 from dmlkit.models.small import SmallCNN
+from dmlkit.testing import write_market_fixture
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*counts differ from the published")
 

@@ -8,7 +8,7 @@ stripes also retrieve the unseen test identities, so mAP well above chance is re
 
 Usage::
 
-    from dmlkit.data.market_fixtures import write_market_fixture
+    from dmlkit.testing import write_market_fixture
     fixture = write_market_fixture("/tmp/market", train_ids=8, test_ids=6)
     # dml train --set data.name=market1501 --set data.root=/tmp/market ...
 """
