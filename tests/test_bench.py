@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from dmlkit.bench import VARIANTS, Case, _table, main, plan, run_case
-from dmlkit.cohort import PeerSpec
 
 
 @pytest.mark.parametrize(
@@ -85,23 +84,22 @@ def test_main_writes_json_and_markdown(tmp_path):
     assert "| resnet32 | 2 | 64 | loop |" in (tmp_path / "throughput-cpu.md").read_text()
 
 
-def test_flops_count_the_forward_three_times():
-    """FLOPs per step = 3 x the forward's (backward = input + weight gradients); the forward
-    count of a depthwise convolution respects its groups (FlopCounterMode's backward does not)."""
-    from torch.utils.flop_counter import FlopCounterMode
+def test_flops_per_step_of_a_known_network_counted_by_hand(monkeypatch):
+    """FLOPs per step = 3 x the forward's (backward = input + weight gradients), each layer
+    counted from its shapes as 2 x multiply-adds; the depthwise layer counts its groups
+    (FlopCounterMode's backward would not, hence 3 x the forward)."""
+    from dmlkit import bench
 
-    from dmlkit.bench import _flops_per_peer_step
-
-    x = torch.randn(2, 8, 4, 4)
-    w = torch.randn(8, 1, 3, 3)  # depthwise, 8 groups
-    counter = FlopCounterMode(display=False)
-    with counter, torch.no_grad():
-        torch.nn.functional.conv2d(x, w, padding=1, groups=8)
-    assert counter.get_total_flops() == 2 * 2 * 4 * 4 * 8 * 1 * 9
-    case = Case("mobilenet", 1, 2, "loop", "cpu")
-    flops = _flops_per_peer_step(case)
-    model = PeerSpec("p", "mobilenet", 100, 3, seed=1).build()
-    forward = FlopCounterMode(display=False)
-    with forward, torch.no_grad():
-        model(torch.randn(2, 3, 32, 32))
-    assert flops == 3 * forward.get_total_flops()
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3, padding=1),  # 32x32 out, 4 x 3 x 3 x 3 weights
+        torch.nn.Conv2d(4, 4, 3, padding=1, groups=4),  # depthwise: 4 x 1 x 3 x 3 weights
+        torch.nn.Flatten(),
+        torch.nn.Linear(4 * 32 * 32, 10),
+    )
+    monkeypatch.setattr(bench, "_models", lambda case: [net])
+    batch = 2
+    conv = 2 * batch * (32 * 32) * 4 * (3 * 3 * 3)  # per output pixel and channel: 27 MACs
+    depthwise = 2 * batch * (32 * 32) * 4 * (1 * 3 * 3)  # 9 MACs: one input channel per group
+    linear = 2 * batch * (4 * 32 * 32) * 10
+    flops = bench._flops_per_peer_step(Case("hand", 1, batch, "loop", "cpu"))
+    assert flops == 3 * (conv + depthwise + linear)
