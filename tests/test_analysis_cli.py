@@ -13,6 +13,8 @@ import pytest
 from dmlkit.cli import main
 from dmlkit.experiments import EXPERIMENTS, Experiment, run_experiment
 
+from helpers import records
+
 # Tiny and quick: 3 small MLPs, 300 training images, 3 epochs (BatchNorm networks under noise
 # are covered in test_analysis.py).
 TINY = [
@@ -69,11 +71,7 @@ def test_analyze_one_run_writes_its_csv_and_png(grid, capsys):
     assert all(float(r["increase"]) != 0.0 for r in rows if float(r["sigma"]) > 0)
     curves = list(csv.DictReader((out / "curves.csv").open()))
     assert len(curves) == 3 * 3  # 3 peers x 3 epochs, read from the log
-    logged = [
-        json.loads(line)
-        for line in (run / "metrics.jsonl").read_text().splitlines()
-        if '"train"' in line
-    ]
+    logged = records(run, "train")
     assert sorted(float(r["ce"]) for r in curves) == pytest.approx(
         sorted(r["ce"] for r in logged), rel=1e-5
     )

@@ -14,7 +14,9 @@ import torch
 
 from dmlkit.cli import main
 
-FAST = ["--set", "train.progress=false", "--set", "data.train_size=128", "--set", "train.epochs=1"]
+from helpers import FAST, sets
+
+FAST_ARGS = sets(*FAST)  # --set pairs of a one-epoch run on 128 digits
 
 
 def _nothing(tmp: Path) -> dict:
@@ -32,7 +34,7 @@ def _yaml(text: str):
 
 def _finished_run(tmp: Path, *extra: str) -> Path:
     run = tmp / "done"
-    assert main(["train", "--out", str(run), *FAST, *extra]) == 0
+    assert main(["train", "--out", str(run), *FAST_ARGS, *extra]) == 0
     return run
 
 
@@ -56,7 +58,7 @@ def _checkpoint_of_another_arch(tmp: Path) -> dict:
     """A run configured with mlp peers whose checkpoints come from a small_cnn run."""
     donor = _finished_run(tmp)
     run = tmp / "mixed"
-    assert main(["train", "--out", str(run), *FAST, "--set", "peers=[mlp,mlp]"]) == 0
+    assert main(["train", "--out", str(run), *FAST_ARGS, "--set", "peers=[mlp,mlp]"]) == 0
     shutil.rmtree(run / "checkpoints")
     shutil.copytree(donor / "checkpoints", run / "checkpoints")
     (run / "summary.json").unlink()
@@ -224,7 +226,7 @@ def test_bad_train_input(tmp_path, capsys, setup, argv, needle):
     argv = [a.format(**names) for a in argv]
     out = [] if any(a in ("--out", "--resume") for a in argv) else ["--out", str(tmp_path / "new")]
     before = _snapshot(tmp_path)
-    code = main(["train", *out, *FAST, *argv])
+    code = main(["train", *out, *FAST_ARGS, *argv])
     err = capsys.readouterr().err.strip()
     assert code == 2, err
     lines = [ln for ln in err.splitlines() if not ln.startswith("dml: warning:")]
@@ -273,7 +275,7 @@ def test_crafted_teacher_checkpoint_is_refused(tmp_path, capsys):
             "train",
             "--out",
             str(tmp_path / "s"),
-            *FAST,
+            *FAST_ARGS,
             "--set",
             "method.name=kd",
             "--set",

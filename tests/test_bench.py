@@ -58,6 +58,7 @@ def test_table_ratios():
     assert cells[6:] == ["0.75x", "1.50x", "2.00x faster", "1", "50"]
 
 
+@pytest.mark.slow
 def test_main_writes_json_and_markdown(tmp_path):
     args = [
         "--device",

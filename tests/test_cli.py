@@ -17,30 +17,18 @@ from dmlkit.cli import main
 from dmlkit.config import load_config
 from dmlkit.engine.trainer import Trainer
 
-# Small and quick: 600 training images, 2 epochs.
-FAST = [
-    "train.progress=false",
-    "data.train_size=600",
-    "train.epochs=2",
-    "train.eval_every=1",
-    "optim.lr=0.1",
-]
+from helpers import FAST, records, sets, train, weights
+
+# Two short epochs on 600 training images, evaluated after each: enough to learn the digits.
+RUN = [*FAST, "data.train_size=600", "train.epochs=2", "train.eval_every=1", "optim.lr=0.1"]
 
 
 def _train(out: Path, *overrides: str) -> int:
-    args = ["train", "--out", str(out)]
-    for o in (*FAST, *overrides):
-        args += ["--set", o]
-    return main(args)
-
-
-def _weights(run: Path) -> list[dict[str, torch.Tensor]]:
-    state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
-    return state["cohort"]["models"]
+    return train(out, *RUN, *overrides)
 
 
 def _assert_same_weights(a: Path, b: Path) -> None:
-    wa, wb = _weights(a), _weights(b)
+    wa, wb = weights(a), weights(b)
     assert len(wa) == len(wb)
     for sa, sb in zip(wa, wb):
         assert sa.keys() == sb.keys()
@@ -59,20 +47,20 @@ def test_train_writes_a_complete_run_dir(tmp_path, capsys):
     env = json.loads((run / "env.json").read_text())
     assert env["torch"] == torch.__version__ and env["device"] == "cpu"
 
-    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    train = [r for r in records if r["split"] == "train"]
-    assert [(r["epoch"], r["peer"]) for r in train] == [
+    log = records(run)
+    train_log = records(run, "train")
+    assert [(r["epoch"], r["peer"]) for r in train_log] == [
         (1, "peer0_small_cnn"),
         (1, "peer1_small_cnn"),
         (2, "peer0_small_cnn"),
         (2, "peer1_small_cnn"),
     ]
-    for r in train:
+    for r in train_log:
         assert r["loss"] == pytest.approx(r["ce"] + r["mimicry"], rel=1e-5)
         assert r["mimicry"] > 0  # two different peers disagree
-    val = {(r["epoch"], r["peer"]) for r in records if r["split"] == "val"}
+    val = {(r["epoch"], r["peer"]) for r in log if r["split"] == "val"}
     assert ("ensemble" in {p for _, p in val}) and {e for e, _ in val} == {1, 2}
-    test = [r for r in records if r["split"] == "test"]
+    test = [r for r in log if r["split"] == "test"]
     assert len(test) == 3 and all(r["epoch"] == 2 for r in test)
 
     summary = json.loads((run / "summary.json").read_text())
@@ -121,7 +109,7 @@ def test_resume_after_interrupt_gives_identical_weights(tmp_path):
     full, cut = tmp_path / "full", tmp_path / "cut"
     assert _train(full, "train.epochs=4", "method.update=sequential") == 0
 
-    cfg = load_config(None, [*FAST, "train.epochs=4", "method.update=sequential"])
+    cfg = load_config(None, [*RUN, "train.epochs=4", "method.update=sequential"])
 
     def stop_at_2(epoch, _records):
         if epoch == 2:
@@ -133,22 +121,20 @@ def test_resume_after_interrupt_gives_identical_weights(tmp_path):
     assert main(["train", "--resume", str(cut)]) == 0
     _assert_same_weights(full, cut)
     # the log holds each epoch once, as if never interrupted
-    lines = [json.loads(x) for x in (cut / "metrics.jsonl").read_text().splitlines()]
-    epochs = [r["epoch"] for r in lines if r["split"] == "train" and r["peer"] == "peer0_small_cnn"]
+    epochs = [r["epoch"] for r in records(cut, "train") if r["peer"] == "peer0_small_cnn"]
     assert epochs == [1, 2, 3, 4]
     summary_full = json.loads((full / "summary.json").read_text())
     summary_cut = json.loads((cut / "summary.json").read_text())
     assert summary_full["peers"] == summary_cut["peers"]
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_gives_identical_weights(tmp_path):
     """A `dml train` process killed mid-run, then resumed, ends where an uninterrupted run does."""
     epochs = "train.epochs=12"
     full, cut = tmp_path / "full", tmp_path / "cut"
     assert _train(full, epochs) == 0
-    cmd = [sys.executable, "-m", "dmlkit.cli", "train", "--out", str(cut)]
-    for o in (*FAST, epochs):
-        cmd += ["--set", o]
+    cmd = [sys.executable, "-m", "dmlkit.cli", "train", "--out", str(cut), *sets(*RUN, epochs)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     first = cut / "checkpoints" / "epoch_0002.pt"
     deadline = time.time() + 120
@@ -196,7 +182,7 @@ def test_kd_distils_from_a_frozen_teacher(tmp_path):
     cfg = load_config(
         None,
         [
-            *FAST,
+            *RUN,
             "method.name=kd",
             f"method.teacher={teacher}",
             "peers=[mlp]",
@@ -207,7 +193,7 @@ def test_kd_distils_from_a_frozen_teacher(tmp_path):
     summary = trainer.fit()
     assert summary["method"] == "kd" and summary["peers"][0]["arch"] == "mlp"
     teacher_now = trainer.method.teacher.state_dict()
-    teacher_saved = _weights(teacher)[0]
+    teacher_saved = weights(teacher)[0]
     for key, value in teacher_saved.items():
         assert torch.equal(teacher_now[key].cpu(), value), key  # never updated
 
@@ -221,9 +207,7 @@ def test_semi_supervised_run(tmp_path):
 
 def test_reproduce_writes_the_comparison_and_reuses_runs(tmp_path, capsys):
     out = tmp_path / "grid"
-    args = ["reproduce", "digits", "--seeds", "2", "--out", str(out), "--no-progress"]
-    for o in FAST:
-        args += ["--set", o]
+    args = ["reproduce", "digits", "--seeds", "2", "--out", str(out), "--no-progress", *sets(*RUN)]
     assert main(args) == 0
     printed = capsys.readouterr().out
     assert "gain dml − independent" in printed
@@ -270,6 +254,7 @@ def test_bad_input_is_one_line_exit_2(tmp_path, capsys, args, needle):
     assert not (out / "summary.json").exists() and not (out / "checkpoints").exists()
 
 
+@pytest.mark.slow
 def test_bad_input_in_a_real_process_has_no_traceback(tmp_path):
     proc = subprocess.run(
         [
@@ -297,6 +282,7 @@ def test_identical_peers_warn_loudly(tmp_path):
         assert _train(tmp_path / "r", "peers.0.seed=5", "peers.1.seed=5", "train.epochs=1") == 0
 
 
+@pytest.mark.slow
 def test_identical_peers_warning_reaches_the_terminal(tmp_path):
     proc = subprocess.run(
         [
@@ -306,19 +292,7 @@ def test_identical_peers_warning_reaches_the_terminal(tmp_path):
             "train",
             "--out",
             str(tmp_path / "r"),
-            *sum(
-                (
-                    ["--set", o]
-                    for o in (
-                        *FAST,
-                        "peers.0.seed=5",
-                        "peers.1.seed=5",
-                        "train.epochs=1",
-                        "data.train_size=64",
-                    )
-                ),
-                [],
-            ),
+            *sets(*RUN, "peers.0.seed=5", "peers.1.seed=5", "train.epochs=1", "data.train_size=64"),
         ],
         capture_output=True,
         text=True,

@@ -28,6 +28,8 @@ from dmlkit.distributed import DistContext, init_distributed
 from dmlkit.engine.trainer import Trainer
 from dmlkit.errors import ConfigError, UserError
 
+from helpers import FAST, records, sets
+
 pytestmark = pytest.mark.skipif(
     not (dist.is_available() and dist.is_gloo_available()), reason="needs torch.distributed gloo"
 )
@@ -35,12 +37,7 @@ pytestmark = pytest.mark.skipif(
 # 128 training images / 32 = 4 steps per epoch; the validation split is evaluated too.
 # deterministic=false: torch.use_deterministic_algorithms imports inductor (seconds per process);
 # the CPU kernels used here are deterministic anyway.
-FAST = [
-    "train.progress=false",
-    "train.deterministic=false",
-    "data.train_size=128",
-    "data.batch_size=32",
-]
+DIST = [*FAST, "train.deterministic=false", "data.batch_size=32"]
 WAIT = 240  # seconds: upper bound of any launch on a busy 2-core machine (never reached)
 
 
@@ -74,10 +71,6 @@ def _torchrun(args: list[str]) -> subprocess.CompletedProcess:
         *args,
     ]
     return subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=WAIT)
-
-
-def _sets(overrides: list[str]) -> list[str]:
-    return [a for o in overrides for a in ("--set", o)]
 
 
 _FORKSERVER = None
@@ -149,7 +142,7 @@ def _launch_ranks(
             LOCAL_WORLD_SIZE="2",
             **env,
         )
-        argv = [*_sets(overrides), *where]
+        argv = [*sets(*overrides), *where]
         proc = ctx.Process(target=_rank_main, args=(argv, e, str(tmp / f"rank{rank}.err")))
         proc.start()
         ranks.append(_Rank(proc))
@@ -198,11 +191,6 @@ def _assert_same_cohort(a: dict, b: dict, atol: float = 1e-5) -> None:
                                       atol=atol)  # fmt: skip
 
 
-def _train_records(run: Path) -> list[dict]:
-    lines = (run / "metrics.jsonl").read_text().splitlines()
-    return [r for r in map(json.loads, lines) if r["split"] == "train"]
-
-
 def _wait_stopped(pid: int, timeout: float) -> float:
     """Wait until process ``pid`` is stopped (SIGSTOP); the time it was seen stopped."""
     deadline = time.monotonic() + timeout
@@ -218,11 +206,12 @@ def _wait_stopped(pid: int, timeout: float) -> float:
 # cohort mode
 
 
+@pytest.mark.slow
 def test_cohort_mode_equals_one_process(tmp_path, capsys):
     # K = 4 peers of two architectures, 2 per process; simultaneous DML
-    overrides = [*FAST, "train.epochs=2", "peers=[small_cnn,mlp,small_cnn,mlp]"]
+    overrides = [*DIST, "train.epochs=2", "peers=[small_cnn,mlp,small_cnn,mlp]"]
     run = tmp_path / "dist"
-    proc = _torchrun([*_sets([*overrides, "distributed.mode=cohort"]), "--out", str(run)])
+    proc = _torchrun([*sets(*overrides, "distributed.mode=cohort"), "--out", str(run)])
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("run directory:") == 1  # rank 0 alone reports
 
@@ -230,8 +219,8 @@ def test_cohort_mode_equals_one_process(tmp_path, capsys):
     assert state["distributed"]["world"] == 2 and state["distributed"]["mode"] == "cohort"
     _assert_same_cohort(state, _one_process(overrides, tmp_path / "one"))
     names = [p["name"] for p in state["peers"]]
-    records = _train_records(run)  # written once, by rank 0, for all four peers
-    assert sorted((r["epoch"], r["peer"]) for r in records) == sorted(
+    logged = records(run, "train")  # written once, by rank 0, for all four peers
+    assert sorted((r["epoch"], r["peer"]) for r in logged) == sorted(
         (e, n) for e in (1, 2) for n in names
     )
 
@@ -251,12 +240,13 @@ def test_cohort_mode_equals_one_process(tmp_path, capsys):
     assert "written by 2 process(es)" in err and "torchrun --nproc_per_node=2" in err
 
 
+@pytest.mark.slow
 def test_killed_rank_stops_the_other_and_the_run_resumes(tmp_path):
     # sequential DML (the paper's order), 2 peers per process: peer k's new logits come from
     # its process before peer k+1 steps. Rank 1 is SIGKILLed before step 6, in epoch 2, after
     # epoch 1's checkpoint.
     overrides = [
-        *FAST,
+        *DIST,
         "train.epochs=3",
         "peers=[small_cnn,mlp,mlp,small_cnn]",
         "method.update=sequential",
@@ -290,24 +280,26 @@ def test_killed_rank_stops_the_other_and_the_run_resumes(tmp_path):
 # data mode
 
 
+@pytest.mark.slow
 def test_data_mode_equals_one_process_with_the_global_batch(tmp_path):
     # no BatchNorm: per-shard batch statistics would differ from the global batch's
-    overrides = [*FAST, "train.epochs=2", "peers=[small_cnn,mlp]", "peers.0.kwargs.batchnorm=false"]
+    overrides = [*DIST, "train.epochs=2", "peers=[small_cnn,mlp]", "peers.0.kwargs.batchnorm=false"]
     run = tmp_path / "dist"
     _run_ranks([*overrides, "distributed.mode=data"], run, tmp_path)
     state = _checkpoint(run)
     assert state["distributed"]["mode"] == "data"
     _assert_same_cohort(state, _one_process(overrides, tmp_path / "one"))
     # the logged losses are those of the global batch (averaged over the two shards)
-    for a, b in zip(_train_records(run), _train_records(tmp_path / "one")):
+    for a, b in zip(records(run, "train"), records(tmp_path / "one", "train")):
         assert (a["epoch"], a["peer"]) == (b["epoch"], b["peer"])
         assert a["loss"] == pytest.approx(b["loss"], abs=1e-5)
         assert a["mimicry"] == pytest.approx(b["mimicry"], abs=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
 def test_hung_rank_stops_the_other_within_the_timeout(tmp_path):
-    overrides = [*FAST, "train.epochs=3", "distributed.mode=data", "distributed.timeout_s=3"]
+    overrides = [*DIST, "train.epochs=3", "distributed.mode=data", "distributed.timeout_s=3"]
     procs = _launch_ranks(
         overrides, tmp_path / "dist", tmp_path, DMLKIT_FAULT="stop-at-step@3", DMLKIT_FAULT_RANK="1"
     )

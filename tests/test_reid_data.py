@@ -21,11 +21,6 @@ pytestmark = pytest.mark.filterwarnings("ignore:.*counts differ from the publish
 SMALL = {"image_height": 32, "image_width": 16}
 
 
-@pytest.fixture(scope="module")
-def market(tmp_path_factory):
-    return write_market_fixture(tmp_path_factory.mktemp("market"), gt_bbox=True)
-
-
 def cfg(root: Path, **kw) -> DataConfig:
     return DataConfig(name="market1501", root=str(root), **{**SMALL, **kw})
 

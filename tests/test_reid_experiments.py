@@ -21,31 +21,12 @@ from dmlkit.models import MODELS
 from dmlkit.models.small import SmallCNN
 from dmlkit.testing import write_market_fixture
 
+from helpers import MARKET_FAST, records, sets, train
+
 pytestmark = pytest.mark.filterwarnings("ignore:.*counts differ from the published")
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "paper"
 REID_KEYS = {"mAP", "rank1", "rank5", "rank10", "rank20"}
-
-# A re-id cohort of small CNNs on 32x16 crops: seconds on a CPU.
-FAST = [
-    "data.name=market1501",
-    "data.image_height=32",
-    "data.image_width=16",
-    "data.hflip=true",
-    "data.crop_padding=0",
-    "data.batch_size=16",
-    "data.eval_batch_size=64",
-    "optim.name=adam",
-    "optim.lr=0.002",
-    "optim.schedule=constant",
-    "peers=[small_cnn,small_cnn]",
-    "train.progress=false",
-]
-
-
-@pytest.fixture(scope="module")
-def market(tmp_path_factory):
-    return write_market_fixture(tmp_path_factory.mktemp("market"), gt_bbox=True)
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +40,7 @@ def tiny_market(tmp_path_factory):
 def trained(market, tmp_path_factory):
     """A DML run of two small CNNs on the fixture (val carved from training images)."""
     out = tmp_path_factory.mktemp("runs") / "dml"
-    overrides = [*FAST, f"data.root={market.path}", "train.epochs=12", "train.eval_every=4"]
+    overrides = [*MARKET_FAST, f"data.root={market.path}", "train.epochs=12", "train.eval_every=4"]
     cfg = load_config(None, [*overrides, "data.val_fraction=0.125"])
     summary = Trainer(cfg, out).fit()
     return out, cfg, summary
@@ -79,9 +60,7 @@ def test_summary_has_retrieval_metrics(trained):
 
 def test_validation_uses_training_identities_test_uses_query_gallery(trained):
     out, _, _ = trained
-    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    val = [r for r in records if r["split"] == "val"]
-    test = [r for r in records if r["split"] == "test"]
+    val, test = records(out, "val"), records(out, "test")
     assert {r["epoch"] for r in val} == {4, 8, 12}
     assert all("top1" in r and "mAP" not in r for r in val)  # classification accuracy
     assert len(test) == 3 and all("mAP" in r for r in test)
@@ -117,10 +96,13 @@ def test_dml_eval_prints_map_and_ranks(trained, capsys):
 def test_multi_query_and_stacked_cohort(market, tmp_path, capsys):
     """Multiple query adds mq_ metrics; the stacked cohort's re-id evaluation equals the loop's."""
     out = tmp_path / "mq"
-    args = ["train", "--out", str(out)]
-    for o in [*FAST, f"data.root={market.path}", "train.epochs=2", "data.multi_query=true"]:
-        args += ["--set", o]
-    assert main([*args, "--set", "train.cohort_impl=stacked"]) == 0
+    overrides = [
+        *MARKET_FAST,
+        f"data.root={market.path}",
+        "train.epochs=2",
+        "data.multi_query=true",
+    ]
+    assert train(out, *overrides, "train.cohort_impl=stacked") == 0
     assert "MQ mAP" in capsys.readouterr().out
     summary = json.loads((out / "summary.json").read_text())
     m = summary["ensemble"]["metrics"]
@@ -133,7 +115,7 @@ def test_multi_query_and_stacked_cohort(market, tmp_path, capsys):
 
 
 def test_peer_without_features_fails_before_training(tiny_market, tmp_path):
-    cfg = load_config(None, [*FAST, f"data.root={tiny_market.path}", "peers=[mlp]"])
+    cfg = load_config(None, [*MARKET_FAST, f"data.root={tiny_market.path}", "peers=[mlp]"])
     with pytest.raises(UserError, match="no features"):
         Trainer(cfg, tmp_path / "run")
     assert not (tmp_path / "run").exists()
@@ -183,14 +165,13 @@ def tiny_net(num_classes: int, in_channels: int = 3, **kwargs) -> torch.nn.Modul
 def reproduce(name: str, root: Path, out: Path, *extra: str) -> int:
     args = ["reproduce", name, "--data-root", str(root), "--out", str(out), "--no-progress"]
     args += ["--scale", "0.0001"]
-    for o in (
+    args += sets(
         "data.fraction=1",
         "data.image_height=32",
         "data.image_width=16",
         "data.eval_batch_size=64",
         "train.iterations=4",
-    ):
-        args += ["--set", o]
+    )
     return main([*args, *extra])
 
 
@@ -262,7 +243,7 @@ class MapNet(torch.nn.Module):
 
 def test_conv_map_features_are_pooled(tiny_market, monkeypatch):
     monkeypatch.setitem(MODELS._items, "map_net", MapNet)
-    cfg = load_config(None, [*FAST, f"data.root={tiny_market.path}", "peers=[map_net]"])
+    cfg = load_config(None, [*MARKET_FAST, f"data.root={tiny_market.path}", "peers=[map_net]"])
     data = build_data(cfg.data, seed=0)
     specs = peer_specs(cfg, data.num_classes, 3, data.image_size)
     cohort = Cohort(specs, [cfg.peer_optim(0)], 1.0)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import pickle
 import subprocess
@@ -22,8 +21,12 @@ from dmlkit.engine.checkpoint import (
 from dmlkit.engine.trainer import Trainer
 from dmlkit.errors import UserError
 
-FAST = [
-    "train.progress=false",
+from helpers import FAST, records, sets, weights
+
+# 4 epochs of 4 steps (256 images at batch 64), every epoch's checkpoint kept: room to kill a
+# run mid-epoch, between epochs and inside a checkpoint write.
+RUN = [
+    *FAST,
     "data.train_size=256",
     "train.epochs=4",
     "train.eval_every=2",
@@ -32,11 +35,7 @@ FAST = [
 
 
 def _set_args(*overrides: str) -> list[str]:
-    return [a for o in (*FAST, *overrides) for a in ("--set", o)]
-
-
-def _final_weights(run: Path) -> list[dict[str, torch.Tensor]]:
-    return load_checkpoint(run)["cohort"]["models"]
+    return sets(*RUN, *overrides)
 
 
 @pytest.fixture(scope="module")
@@ -57,6 +56,7 @@ def _run_with_fault(out: Path, fault: str) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "fault",
     ["kill-at-step@6", "kill-after-checkpoint@2", "kill-in-checkpoint@3"],
@@ -72,10 +72,9 @@ def test_sigkill_then_resume_is_bitwise_identical(tmp_path, uninterrupted, fault
         assert not (run / "checkpoints" / "epoch_0003.pt").exists()
         assert newest_valid_checkpoint(run / "checkpoints")[0].name == "epoch_0002.pt"
     assert main(["train", "--resume", str(run)]) == 0
-    for a, b in zip(_final_weights(uninterrupted), _final_weights(run)):
+    for a, b in zip(weights(uninterrupted), weights(run)):
         assert all(torch.equal(a[k], b[k]) for k in a)
-    metrics = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
-    full = [json.loads(x) for x in (uninterrupted / "metrics.jsonl").read_text().splitlines()]
+    metrics, full = records(run), records(uninterrupted)
     strip = ("seconds",)
     assert [{k: v for k, v in r.items() if k not in strip} for r in metrics] == [
         {k: v for k, v in r.items() if k not in strip} for r in full
@@ -96,6 +95,7 @@ def test_full_disk_during_checkpoint_keeps_the_previous_one(tmp_path, monkeypatc
     assert main(["train", "--resume", str(run)]) == 0  # and the run goes on
 
 
+@pytest.mark.slow
 def test_resume_skips_a_corrupted_newest_checkpoint(tmp_path, uninterrupted, capsys):
     run = tmp_path / "run"
     proc = _run_with_fault(run, "kill-after-checkpoint@3")
@@ -109,7 +109,7 @@ def test_resume_skips_a_corrupted_newest_checkpoint(tmp_path, uninterrupted, cap
     err = capsys.readouterr().err
     assert "skipping checkpoint epoch_0003.pt: checksum mismatch" in err
     assert "resuming from" in err and "epoch_0002.pt" in err
-    for a, b in zip(_final_weights(uninterrupted), _final_weights(run)):
+    for a, b in zip(weights(uninterrupted), weights(run)):
         assert all(torch.equal(a[k], b[k]) for k in a)
 
 
@@ -129,7 +129,7 @@ def test_nonfinite_loss_stops_at_the_step_and_names_the_peer(tmp_path, capsys):
 def test_nonfinite_skip_policy_skips_the_step(tmp_path, monkeypatch):
     from dmlkit import methods
 
-    cfg = load_config(None, [*FAST, "train.nonfinite=skip", "train.epochs=1"])
+    cfg = load_config(None, [*RUN, "train.nonfinite=skip", "train.epochs=1"])
     trainer = Trainer(cfg, tmp_path / "run")
     real = trainer.method.train_step
     calls = {"n": 0}

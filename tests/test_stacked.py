@@ -167,6 +167,7 @@ def test_fp16_uses_loss_scaling():
     assert Precision("bf16", "cpu").scaler is None and Precision("fp32", "cpu").scaler is None
 
 
+@pytest.mark.slow
 def test_compile_matches_eager():
     specs = [
         PeerSpec(f"p{i}", "mlp", 4, 1, seed=i, image_size=(4, 4), kwargs={"hidden": [8]})

@@ -2,26 +2,23 @@
 
 from __future__ import annotations
 
-import json
 import math
 
 import pytest
 
-from dmlkit.cli import main
 from dmlkit.cohort import LRSchedule
 from dmlkit.config import OptimConfig, load_config
 from dmlkit.engine.trainer import Trainer
 
-FAST = ["train.progress=false", "data.train_size=256", "data.batch_size=64"]
+from helpers import FAST, records, train
 
-
-def _records(run):
-    return [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+# 256 images at batch 64: 4 steps per epoch
+RUN = [*FAST, "data.train_size=256", "data.batch_size=64"]
 
 
 def test_iteration_budget_stops_mid_epoch(tmp_path):
     # 256 images / 64 = 4 steps per epoch; 6 iterations = one epoch and a half
-    cfg = load_config(None, [*FAST, "train.iterations=6", "train.epochs=100"])
+    cfg = load_config(None, [*RUN, "train.iterations=6", "train.epochs=100"])
     summary = Trainer(cfg, tmp_path / "r").fit()
     assert summary["iterations"] == 6 and summary["epochs"] == 2
 
@@ -41,9 +38,9 @@ def test_schedules():
 
 
 def test_lr_follows_the_schedule_per_iteration(tmp_path):
-    cfg = load_config(None, [*FAST, "train.epochs=4", "optim.lr=0.1", "optim.schedule=cosine"])
+    cfg = load_config(None, [*RUN, "train.epochs=4", "optim.lr=0.1", "optim.schedule=cosine"])
     Trainer(cfg, tmp_path / "r").fit()
-    lrs = [r["lr"] for r in _records(tmp_path / "r") if r["split"] == "train"][::2]
+    lrs = [r["lr"] for r in records(tmp_path / "r", "train")][::2]
     # the LR logged for epoch e is the one of its last step: iteration 4e - 1 of 16
     expected = [0.1 * 0.5 * (1 + math.cos(math.pi * (4 * e - 1) / 16)) for e in (1, 2, 3, 4)]
     assert lrs == pytest.approx(expected)
@@ -53,7 +50,7 @@ def test_per_peer_optimizers(tmp_path):
     cfg = load_config(
         None,
         [
-            *FAST,
+            *RUN,
             "train.epochs=1",
             "peers.1.optim.name=adam",
             "peers.1.optim.lr=0.001",
@@ -68,9 +65,9 @@ def test_per_peer_optimizers(tmp_path):
 
 
 def test_validation_cadence_and_test_only_at_the_end(tmp_path):
-    cfg = load_config(None, [*FAST, "train.epochs=5", "train.eval_every=2"])
+    cfg = load_config(None, [*RUN, "train.epochs=5", "train.eval_every=2"])
     Trainer(cfg, tmp_path / "r").fit()
-    recs = _records(tmp_path / "r")
+    recs = records(tmp_path / "r")
     assert sorted({r["epoch"] for r in recs if r["split"] == "val"}) == [2, 4, 5]
     assert {r["epoch"] for r in recs if r["split"] == "test"} == {5}
 
@@ -78,10 +75,7 @@ def test_validation_cadence_and_test_only_at_the_end(tmp_path):
 def test_unwritable_out_dir_is_a_user_error(tmp_path, capsys):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")  # even root cannot create a folder inside a file
-    args = ["train", "--out", str(blocker / "run")]
-    for o in FAST:
-        args += ["--set", o]
-    assert main(args) == 2
+    assert train(blocker / "run", *RUN) == 2
     err = capsys.readouterr().err.strip()
     assert "cannot write the run directory" in err and len(err.splitlines()) == 1
     assert blocker.read_text() == "not a folder"

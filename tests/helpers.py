@@ -1,0 +1,58 @@
+"""What many test files share: tiny-run overrides, the ``--set`` expander, run-directory readers.
+
+Imported by the test modules (``from helpers import ...``; pytest puts tests/ on ``sys.path``)
+and by ``conftest.py``, which holds the shared fixtures.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from dmlkit.cli import main
+
+# The smallest digits run worth training: no progress bars, 128 training images (2 steps at the
+# default batch of 64), one epoch. A test appends the overrides its assertions depend on (a
+# later override of the same key wins), so each file states what it changes and why.
+FAST = ["train.progress=false", "data.train_size=128", "train.epochs=1"]
+
+# A re-id cohort of two small CNNs on the 32x16 crops of the synthetic Market fixture: seconds
+# on a CPU. Give it ``data.root=`` and the number of epochs.
+MARKET_FAST = [
+    "data.name=market1501",
+    "data.image_height=32",
+    "data.image_width=16",
+    "data.hflip=true",
+    "data.crop_padding=0",
+    "data.batch_size=16",
+    "data.eval_batch_size=64",
+    "optim.name=adam",
+    "optim.lr=0.002",
+    "optim.schedule=constant",
+    "peers=[small_cnn,small_cnn]",
+    "train.progress=false",
+]
+
+
+def sets(*overrides: str) -> list[str]:
+    """``("a=1", "b=2")`` -> ``["--set", "a=1", "--set", "b=2"]``, the command line's form."""
+    return [arg for o in overrides for arg in ("--set", o)]
+
+
+def train(out: Path, *overrides: str) -> int:
+    """``dml train --out OUT --set ...`` in this process; returns the exit status."""
+    return main(["train", "--out", str(out), *sets(*overrides)])
+
+
+def weights(run: Path) -> list[dict[str, torch.Tensor]]:
+    """The peers' state dicts in a run's ``checkpoints/last.pt``, one per peer."""
+    state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    return state["cohort"]["models"]
+
+
+def records(run: Path, split: str | None = None) -> list[dict]:
+    """The records of a run's ``metrics.jsonl`` in order; only those of ``split`` if given."""
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if split is None or r["split"] == split]
