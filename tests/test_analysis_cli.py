@@ -161,6 +161,7 @@ def test_user_errors_are_one_line_and_exit_2(grid, tmp_path, capsys, args, messa
     assert err.startswith("dml: error:") and message in err and len(err.splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_digits_analysis_recipe_smoke_writes_report_and_docs(tmp_path, monkeypatch, capsys):
     """The registered recipe, shrunk: 1 seed, 5 % of the data and epochs, a short probe."""
     from dmlkit.analysis.analyze import AnalysisOptions

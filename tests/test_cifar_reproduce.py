@@ -128,6 +128,7 @@ def summary(out: Path, arm: str, seed: int) -> dict:
     return json.loads((out / arm / f"seed{seed}" / "summary.json").read_text())
 
 
+@pytest.mark.slow
 def test_grid_writes_every_run_and_the_results(grid):
     out = grid["out"]
     assert grid["rc"] == 0
@@ -141,6 +142,7 @@ def test_grid_writes_every_run_and_the_results(grid):
     assert (out / "results.md").is_file() and (out / "results.csv").is_file()
 
 
+@pytest.mark.slow
 def test_results_csv_values_are_the_run_summaries(grid):
     out = grid["out"]
     rows = read_csv(out / "results.csv")
@@ -168,6 +170,7 @@ def test_results_csv_values_are_the_run_summaries(grid):
     assert r[("independent_wrn28_10_mobilenet", "Net2")] == "73.65"
 
 
+@pytest.mark.slow
 def test_results_md_has_every_pair_with_mean_std_and_the_paper(grid):
     out = grid["out"]
     md = (out / "results.md").read_text()
@@ -199,6 +202,7 @@ def test_results_md_has_every_pair_with_mean_std_and_the_paper(grid):
     assert f"{statistics.fmean(kd):.2f} ± {statistics.stdev(kd):.2f}" in kd_line
 
 
+@pytest.mark.slow
 def test_rerun_reuses_and_an_interrupted_grid_continues(grid, capsys):
     out = grid["out"]
     before = (out / "results.csv").read_text()

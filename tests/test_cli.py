@@ -205,6 +205,7 @@ def test_semi_supervised_run(tmp_path):
     assert all(p["metrics"]["top1"] > 0.3 for p in summary["peers"])
 
 
+@pytest.mark.slow
 def test_reproduce_writes_the_comparison_and_reuses_runs(tmp_path, capsys):
     out = tmp_path / "grid"
     args = ["reproduce", "digits", "--seeds", "2", "--out", str(out), "--no-progress", *sets(*RUN)]

@@ -180,6 +180,7 @@ def assert_png(path: Path) -> None:
         assert im.format == "PNG" and im.width > 200 and im.height > 200
 
 
+@pytest.mark.slow
 def test_table_recipe(tiny_market, tmp_path, monkeypatch, capsys):
     # without ImageNet weights the pretrained arms stop at once, before any training
     monkeypatch.delenv("DMLKIT_MOBILENET_V1_WEIGHTS", raising=False)
@@ -206,6 +207,7 @@ def test_table_recipe(tiny_market, tmp_path, monkeypatch, capsys):
     assert "its arms: independent_pretrained" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_cohort_size_recipe(tiny_market, tmp_path, monkeypatch):
     monkeypatch.setitem(MODELS._items, "mobilenet_v1", tiny_net)
     out = tmp_path / "k"
@@ -218,6 +220,7 @@ def test_cohort_size_recipe(tiny_market, tmp_path, monkeypatch):
     assert len(summary["peers"]) == 5 and summary["method"] == "dml"
 
 
+@pytest.mark.slow
 def test_dml_e_recipe(tiny_market, tmp_path, monkeypatch):
     monkeypatch.setitem(MODELS._items, "mobilenet_v1", tiny_net)
     out = tmp_path / "e"
