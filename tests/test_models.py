@@ -11,6 +11,8 @@ from dmlkit.errors import ConfigError
 from dmlkit.models import MODELS, build_model, list_models
 
 MODEL_NAMES = list_models()
+# WRN-28-10 has 36.5M parameters: seconds per build and per backward, so outside the fast loop
+ARCHS = [pytest.param(n, marks=pytest.mark.slow) if n == "wrn28_10" else n for n in MODEL_NAMES]
 
 
 def test_registry_lists_models():
@@ -36,21 +38,21 @@ def check_forward_backward(model: torch.nn.Module, x: torch.Tensor, num_classes:
         assert p.grad.abs().sum() > 0, f"all-zero gradient in {name}"
 
 
-@pytest.mark.parametrize("arch", MODEL_NAMES)
+@pytest.mark.parametrize("arch", ARCHS)
 def test_forward_backward_grey(arch):
     torch.manual_seed(0)
     model = build_model(arch, num_classes=10, in_channels=1)
     check_forward_backward(model, torch.randn(4, 1, 8, 8), 10)
 
 
-@pytest.mark.parametrize("arch", MODEL_NAMES)
+@pytest.mark.parametrize("arch", ARCHS)
 def test_forward_backward_rgb(arch):
     torch.manual_seed(1)
     model = build_model(arch, num_classes=10, in_channels=3)
     check_forward_backward(model, torch.randn(2, 3, 8, 8), 10)
 
 
-@pytest.mark.parametrize("arch", MODEL_NAMES)
+@pytest.mark.parametrize("arch", ARCHS)
 def test_eval_mode_is_deterministic_and_batch_independent(arch):
     torch.manual_seed(2)
     model = build_model(arch, num_classes=5, in_channels=1).eval()
@@ -64,7 +66,7 @@ def test_eval_mode_is_deterministic_and_batch_independent(arch):
     assert torch.allclose(single, full[:1], atol=1e-5)
 
 
-@pytest.mark.parametrize("arch", MODEL_NAMES)
+@pytest.mark.parametrize("arch", ARCHS)
 def test_num_classes_respected(arch):
     model = build_model(arch, num_classes=3, in_channels=1)
     assert model(torch.randn(2, 1, 8, 8)).shape == (2, 3)
@@ -96,7 +98,7 @@ def test_unknown_arch_suggests_close_name():
         build_model("smal_cnn", 10, 1)
 
 
-@pytest.mark.parametrize("arch", MODEL_NAMES)
+@pytest.mark.parametrize("arch", ARCHS)
 def test_bad_model_kwarg_fails(arch):
     # Today an unknown constructor argument surfaces as a plain TypeError from the module's
     # __init__ (not a ConfigError naming peers.N.kwargs); either way it must fail, naming it.
@@ -113,7 +115,7 @@ def same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
     return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
-@pytest.mark.parametrize("arch", MODEL_NAMES)
+@pytest.mark.parametrize("arch", ARCHS)
 def test_peer_spec_seed_controls_init(arch):
     torch.manual_seed(100)
     a = spec(7, arch).build()
@@ -129,7 +131,7 @@ def test_peer_spec_seed_controls_init(arch):
             assert not torch.equal(p, wa[name]), name
 
 
-@pytest.mark.parametrize("arch", MODEL_NAMES)
+@pytest.mark.parametrize("arch", ARCHS)
 def test_peer_spec_build_leaves_global_rng_alone(arch):
     torch.manual_seed(123)
     state = torch.get_rng_state()

@@ -46,6 +46,7 @@ def trained(market, tmp_path_factory):
     return out, cfg, summary
 
 
+@pytest.mark.slow
 def test_summary_has_retrieval_metrics(trained):
     _, _, summary = trained
     assert summary["method"] == "dml" and summary["update"] == "simultaneous"
@@ -58,6 +59,7 @@ def test_summary_has_retrieval_metrics(trained):
         assert "top1" not in m
 
 
+@pytest.mark.slow
 def test_validation_uses_training_identities_test_uses_query_gallery(trained):
     out, _, _ = trained
     val, test = records(out, "val"), records(out, "test")
@@ -66,6 +68,7 @@ def test_validation_uses_training_identities_test_uses_query_gallery(trained):
     assert len(test) == 3 and all("mAP" in r for r in test)
 
 
+@pytest.mark.slow
 def test_the_fixture_is_learnable(trained, market):
     """Trained features retrieve unseen identities far better than untrained ones."""
     _, cfg, summary = trained
@@ -77,6 +80,7 @@ def test_the_fixture_is_learnable(trained, market):
         assert p["metrics"]["mAP"] > untrained[p["name"]]["mAP"] + 0.15
 
 
+@pytest.mark.slow
 def test_dml_eval_prints_map_and_ranks(trained, capsys):
     out, _, summary = trained
     assert main(["eval", str(out)]) == 0
