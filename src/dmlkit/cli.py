@@ -207,10 +207,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from dmlkit.cohort import Cohort, PeerSpec
     from dmlkit.data import build_data
-    from dmlkit.engine.checkpoint import load_checkpoint
-    from dmlkit.engine.evaluation import evaluate_split, without_pretrained
+    from dmlkit.engine.checkpoint import load_cohort
+    from dmlkit.engine.evaluation import evaluate_split
     from dmlkit.engine.rundir import RunDir
     from dmlkit.engine.trainer import make_summary, resolve_device
 
@@ -220,12 +219,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise UserError(f"{run.path}: not a run directory (no config.yaml)")
     cfg = run.load_config()
     device = resolve_device(args.device or cfg.train.device)
-    state = load_checkpoint(path, map_location=device)
-    specs = [PeerSpec(**s) for s in state["peers"]]
-    # The checkpoint holds the weights: pretrained files need not be there any more.
-    builds = [without_pretrained(s) for s in specs]
-    cohort = Cohort(builds, [cfg.peer_optim(i) for i in range(len(specs))], 1.0, device)
-    cohort.load_training_state(state["cohort"], optimizers=False)
+    cohort, state = load_cohort(path, device)
     data = build_data(cfg.data, seed=cfg.seed, device=device)
     loader = {"test": data.test, "val": data.val, "train": data.train}[args.split]
     if loader is None:
@@ -235,7 +229,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.split == "train":
         loader.train = False  # evaluate on the plain, unaugmented, unshuffled images
     metrics = evaluate_split(cohort, loader)  # re-id test split: mAP and CMC
-    summary = make_summary(cfg, specs, metrics, state["epoch"], state["iteration"])
+    summary = make_summary(cfg, cohort.specs, metrics, state["epoch"], state["iteration"])
     summary["split"] = args.split
     from dmlkit.engine.checkpoint import atomic_write_text
 

@@ -1,7 +1,9 @@
 """The cohort: K peers, each with its own initialisation, optimizer and learning-rate schedule.
 
-This is the loop implementation (one module per peer, launched one after another). It is the
-reference every faster path must match.
+Two implementations with one interface and one checkpoint format: :class:`Cohort`, the loop
+(one module per peer, launched one after another), the reference every faster path must match;
+and :class:`StackedCohort`, the K peers of one architecture batched through ``vmap``.
+:func:`build_cohort` picks one for ``train.cohort_impl``; :class:`PeerSpec` rebuilds a peer.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import math
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -43,6 +45,21 @@ class PeerSpec:
             kwargs = dict(self.kwargs)
             image_size = kwargs.pop("image_size", self.image_size)  # a model kwarg wins
             return build_model(self.arch, self.num_classes, self.in_channels, image_size, **kwargs)
+
+    def without_pretrained(self) -> PeerSpec:
+        """This spec minus its ``pretrained`` kwarg, to rebuild a peer whose weights are known.
+
+        A trained peer's weights replace whatever ``pretrained`` would load, so the ImageNet
+        file it started from need not exist any more (or on this machine).
+        """
+        kwargs = {k: v for k, v in self.kwargs.items() if k != "pretrained"}
+        return replace(self, kwargs=kwargs)
+
+    def restore(self, weights: dict[str, Tensor], device: torch.device | str = "cpu") -> nn.Module:
+        """The trained network: built without ``pretrained``, given ``weights``, in eval mode."""
+        model = self.without_pretrained().build().to(device)
+        model.load_state_dict(weights)
+        return model.eval()
 
 
 class LRSchedule:

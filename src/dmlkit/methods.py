@@ -21,7 +21,6 @@ from torch import Tensor, nn
 
 from dmlkit.cohort import Cohort
 from dmlkit.config import Config, MethodConfig
-from dmlkit.errors import UserError
 from dmlkit.losses import cross_entropy, dml_terms, kd_loss, mimicry_kl, mimicry_term
 from dmlkit.registry import Registry
 
@@ -112,6 +111,7 @@ class Method:
     """Base class: holds the cohort, the method's config and the step's precision."""
 
     name: ClassVar[str]
+    needs_teacher: ClassVar[bool] = False  # True: built with a trained teacher network
 
     def __init__(
         self, cohort: Cohort, cfg: MethodConfig, precision: Precision | None = None
@@ -248,6 +248,7 @@ class KnowledgeDistillation(Method):
     """
 
     name = "kd"
+    needs_teacher = True
 
     def __init__(
         self,
@@ -276,19 +277,23 @@ class KnowledgeDistillation(Method):
         ]
 
 
-def build_method(cfg: Config, cohort: Cohort, *, device: torch.device | str = "cpu") -> Method:
-    """The configured method over ``cohort`` (kd also loads its frozen teacher)."""
+def build_method(
+    cfg: Config,
+    cohort: Cohort,
+    *,
+    device: torch.device | str = "cpu",
+    teacher: nn.Module | None = None,
+) -> Method:
+    """The configured method over ``cohort``.
+
+    Args:
+        teacher: kd's frozen teacher, loaded by the caller (see
+            :func:`dmlkit.engine.checkpoint.load_teacher`); ignored by the other methods.
+    """
     cls = METHODS.get(cfg.method.name)
     precision = Precision(cfg.train.precision, torch.device(device).type)
-    if cls is not KnowledgeDistillation:
+    if not cls.needs_teacher:
         return cls(cohort, cfg.method, precision)
-    from dmlkit.engine.checkpoint import load_peer
-
-    teacher, spec = load_peer(cfg.method.teacher, cfg.method.teacher_peer, device)
-    student_classes = cohort.specs[0].num_classes
-    if spec.num_classes != student_classes:
-        raise UserError(
-            f"method.teacher: the teacher {spec.name!r} predicts {spec.num_classes} classes but "
-            f"the data has {student_classes}; distil from a teacher trained on the same data"
-        )
-    return KnowledgeDistillation(cohort, cfg.method, teacher, precision)
+    if teacher is None:
+        raise ValueError(f"method {cls.name} needs its teacher: build_method(..., teacher=...)")
+    return cls(cohort, cfg.method, teacher, precision)

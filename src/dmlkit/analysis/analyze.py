@@ -172,22 +172,16 @@ def analyze_run(
         "entropy": {split: {peer|"ensemble": nats}}, "agreement": {split: {...}},
         "dead_units": {peer: fraction}, "test": {peer|"ensemble": {"top1", ...}}}``
     """
-    from dmlkit.cohort import PeerSpec
     from dmlkit.data import build_data
-    from dmlkit.engine.checkpoint import load_checkpoint
+    from dmlkit.engine.checkpoint import load_cohort
 
     run = RunDir(path)
     if not run.config_path.is_file():
         raise UserError(f"{run.path}: not a run directory (no config.yaml)")
     cfg = run.load_config()
     device = torch.device(options.device)
-    state = load_checkpoint(run.path, map_location=device)
-    specs = [PeerSpec(**s) for s in state["peers"]]
-    models = []
-    for spec, sd in zip(specs, state["cohort"]["models"]):
-        model = spec.build().to(device)
-        model.load_state_dict(sd)
-        models.append(model.eval())
+    cohort, state = load_cohort(run.path, device)
+    specs, models = cohort.specs, list(cohort.peers)
     names = [s.name for s in specs]
     records = run.read_metrics()
     data = build_data(cfg.data, seed=cfg.seed, device=device)

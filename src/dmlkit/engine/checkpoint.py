@@ -22,8 +22,11 @@ from typing import Any, BinaryIO
 import torch
 from torch import nn
 
+from dmlkit.cohort import Cohort, PeerSpec
+from dmlkit.config import MethodConfig, OptimConfig
 from dmlkit.engine.faults import fault, maybe_kill
 from dmlkit.errors import UserError
+from dmlkit.methods import METHODS
 
 FORMAT = "dmlkit-cohort"
 VERSION = 1
@@ -194,24 +197,52 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return state
 
 
-def load_peer(
-    path: str | Path, index: int, device: torch.device | str = "cpu"
-) -> tuple[nn.Module, Any]:
-    """Rebuild peer ``index`` of a checkpoint with its trained weights (e.g. a kd teacher).
+def load_cohort(
+    path: str | Path, device: torch.device | str = "cpu"
+) -> tuple[Cohort, dict[str, Any]]:
+    """Rebuild a checkpoint's peers with their trained weights, for evaluation or as a teacher.
+
+    The one place that turns a checkpoint back into networks (``dml eval``, ``dml analyze``,
+    a kd teacher). Peers are built without their ``pretrained`` kwarg: the checkpoint holds
+    their weights, so the ImageNet file a run started from need not exist any more.
+
+    Args:
+        path: a checkpoint file or a run directory (its ``checkpoints/last.pt``).
+        device: where the peers live.
 
     Returns:
-        ``(module in eval mode, PeerSpec)``.
+        ``(cohort, state)``: a loop :class:`Cohort` in eval mode whose specs are the
+        checkpoint's minus ``pretrained`` (its optimizers are fresh: not the run's), and the
+        whole checkpoint (``epoch``, ``iteration``, ``config``, ...).
     """
-    from dmlkit.cohort import PeerSpec
-
     state = load_checkpoint(path, map_location=device)
-    peers = state["peers"]
-    if not 0 <= index < len(peers):
+    specs = [PeerSpec(**s).without_pretrained() for s in state["peers"]]
+    cohort = Cohort(specs, [OptimConfig()] * len(specs), 1.0, device)
+    cohort.load_training_state(state["cohort"], optimizers=False)
+    return cohort.eval(), state
+
+
+def load_teacher(
+    cfg: MethodConfig, num_classes: int, device: torch.device | str
+) -> nn.Module | None:
+    """The method's frozen teacher: peer ``cfg.teacher_peer`` of the run ``cfg.teacher``.
+
+    Args:
+        cfg: the method's config; None is returned for a method that takes no teacher.
+        num_classes: classes of the students' data; the teacher must predict the same.
+    """
+    if not METHODS.get(cfg.name).needs_teacher:
+        return None
+    cohort, _ = load_cohort(cfg.teacher, device)
+    if not 0 <= cfg.teacher_peer < len(cohort):
         raise UserError(
-            f"{resolve_checkpoint(path)}: has {len(peers)} peers, no peer index {index} "
-            f"(set method.teacher_peer to 0..{len(peers) - 1})"
+            f"{resolve_checkpoint(cfg.teacher)}: has {len(cohort)} peers, no peer index "
+            f"{cfg.teacher_peer} (set method.teacher_peer to 0..{len(cohort) - 1})"
         )
-    spec = PeerSpec(**peers[index])
-    model = spec.build().to(device)
-    model.load_state_dict(state["cohort"]["models"][index])
-    return model.eval(), spec
+    spec = cohort.specs[cfg.teacher_peer]
+    if spec.num_classes != num_classes:
+        raise UserError(
+            f"method.teacher: the teacher {spec.name!r} predicts {spec.num_classes} classes but "
+            f"the data has {num_classes}; distil from a teacher trained on the same data"
+        )
+    return cohort.peers[cfg.teacher_peer]

@@ -7,7 +7,6 @@ ensemble concatenates the peers' features. :func:`evaluate_split` picks one by t
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterable
 from typing import Any
 
@@ -15,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dmlkit.cohort import Cohort, PeerSpec
+from dmlkit.cohort import Cohort
 from dmlkit.data.reid import RetrievalSplit
 from dmlkit.errors import UserError
 from dmlkit.metrics.classification import topk_correct
@@ -79,12 +78,6 @@ def evaluate_split(cohort: Any, split: Any) -> dict[str, dict[str, float]]:
     return evaluate(cohort, split)
 
 
-def without_pretrained(spec: PeerSpec) -> PeerSpec:
-    """The spec minus its ``pretrained`` kwarg (the weights are overwritten anyway)."""
-    kwargs = {k: v for k, v in spec.kwargs.items() if k != "pretrained"}
-    return dataclasses.replace(spec, kwargs=kwargs)
-
-
 def check_reid_support(cohort: Any) -> None:
     """Fail early (before training) when a peer cannot give re-id features.
 
@@ -94,7 +87,7 @@ def check_reid_support(cohort: Any) -> None:
     for spec in cohort.specs:
         try:
             with torch.device("meta"):
-                probe = without_pretrained(spec).build()
+                probe = spec.without_pretrained().build()
         except Exception:  # noqa: BLE001 - a model that cannot be built on meta: check at eval
             continue
         if not callable(getattr(probe, "features", None)):
@@ -110,12 +103,8 @@ def peer_modules(cohort: Any) -> list[nn.Module]:
     if peers is not None:
         return list(peers)
     device = next(iter(cohort.parameters())).device
-    modules = []
-    for spec, state in zip(cohort.specs, cohort.training_state()["models"]):
-        module = without_pretrained(spec).build().to(device)
-        module.load_state_dict(state)
-        modules.append(module)
-    return modules
+    states = cohort.training_state()["models"]
+    return [spec.restore(state, device) for spec, state in zip(cohort.specs, states)]
 
 
 @torch.no_grad()

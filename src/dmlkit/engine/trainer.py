@@ -23,7 +23,12 @@ from dmlkit.cohort import PeerSpec, build_cohort, peer_specs
 from dmlkit.config import Config
 from dmlkit.data import DataBundle, build_data
 from dmlkit.distributed import DistContext, DistributedError, init_distributed, run_dir_for
-from dmlkit.engine.checkpoint import load_checkpoint, newest_valid_checkpoint, save_checkpoint
+from dmlkit.engine.checkpoint import (
+    load_checkpoint,
+    load_teacher,
+    newest_valid_checkpoint,
+    save_checkpoint,
+)
 from dmlkit.engine.evaluation import ENSEMBLE, check_reid_support, evaluate, evaluate_split
 from dmlkit.engine.faults import maybe_kill
 from dmlkit.errors import UserError
@@ -142,7 +147,8 @@ class Trainer:
             channels_last=cfg.train.channels_last,
         )
         self.cohort = dist.wrap_cohort(cohort, specs, optims, total_epochs)  # the whole cohort
-        self.method: Method = build_method(cfg, self.cohort, device=self.device)
+        teacher = load_teacher(cfg.method, self.data.num_classes, self.device)  # kd's, or None
+        self.method: Method = build_method(cfg, self.cohort, device=self.device, teacher=teacher)
         dist.attach(self.method, cfg.data.batch_size)  # data mode: losses and gradients averaged
         if self.data.task == "reid":  # fail now, not after training, if a peer has no features
             check_reid_support(self.cohort)
