@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import warnings
 from contextlib import AbstractContextManager, nullcontext
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -87,6 +87,16 @@ class Precision:
         """Once per training step, after every optimizer stepped."""
         if self.scaler is not None:
             self.scaler.update()
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a resumed run needs to scale and skip steps as an uninterrupted one: fp16's loss
+        scale and growth tracker (empty for fp32 and bf16)."""
+        return self.scaler.state_dict() if self.scaler is not None else {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`; an empty state (fp32, bf16, older checkpoints): no-op."""
+        if self.scaler is not None and state:
+            self.scaler.load_state_dict(state)
 
 
 class StepSync:

@@ -200,6 +200,7 @@ class Trainer:
             )
         try:
             self.cohort.load_training_state(state["cohort"])
+            self.method.precision.load_state_dict(state.get("precision", {}))
         except (RuntimeError, KeyError, ValueError) as exc:
             raise UserError(
                 f"{found}: does not fit this cohort ({str(exc).splitlines()[0][:160]}); "
@@ -220,6 +221,7 @@ class Trainer:
             "peers": [vars(s) for s in self.cohort.specs],
             "cohort": self.cohort.training_state(),
             "lr": self.cohort.lrs(),  # the schedules are functions of the iteration above
+            "precision": self.method.precision.state_dict(),  # fp16's loss scale
             "method": {"name": self.cfg.method.name, "update": self.cfg.method.update},
             "rng": {
                 "torch": torch.get_rng_state(),
