@@ -20,7 +20,7 @@ from typing import Any, Literal, Union
 
 import yaml
 
-from dmlkit.errors import ConfigError
+from dmlkit.errors import ConfigError, first_line
 
 
 @dataclass
@@ -320,8 +320,7 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     try:
         data = parse_yaml(path.read_text(encoding="utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConfigError(f"{path}: not valid YAML ({first})") from None
+        raise ConfigError(f"{path}: not valid YAML ({first_line(exc)})") from None
     if data is None:
         return {}
     if not isinstance(data, dict):

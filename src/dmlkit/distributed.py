@@ -49,7 +49,7 @@ from torch import Tensor, nn
 from dmlkit.cohort import Cohort, LRSchedule, PeerSpec, StackedCohort
 from dmlkit.config import DistributedConfig, OptimConfig
 from dmlkit.engine.rundir import RunDir
-from dmlkit.errors import UserError
+from dmlkit.errors import UserError, first_line
 from dmlkit.methods import Method, StepSync
 
 T = TypeVar("T")
@@ -65,7 +65,7 @@ class DistributedError(RuntimeError):
 
 def _short(exc: BaseException) -> str:
     """The first line of a backend error, without gloo's source-file prefix and advice."""
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    text = first_line(exc, limit=None)  # cut below, once the prefix is gone
     text = re.sub(r"^\[[^\]]*\]\s*", "", text)  # "[.../pair.cc:545] Read error ..."
     text = text.split(" This is typically")[0]
     return text[:200].rstrip(". ")

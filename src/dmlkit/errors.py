@@ -9,3 +9,13 @@ class UserError(Exception):
 
 class ConfigError(UserError):
     """A config value or key is invalid."""
+
+
+def first_line(exc: BaseException, limit: int | None = 200) -> str:
+    """The first line of an exception's message, for a one-line error (``limit`` chars at most).
+
+    Library messages can be long, multi-line or empty (``OSError()``); an empty message gives
+    the exception's type name instead, so the caller's line always says something.
+    """
+    text = str(exc).strip()
+    return text.splitlines()[0][:limit] if text else type(exc).__name__

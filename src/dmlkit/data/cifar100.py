@@ -31,7 +31,7 @@ from torch import Tensor
 from dmlkit.config import DataConfig
 from dmlkit.data.core import DataBundle, in_memory_bundle
 from dmlkit.data.registry import DATASETS
-from dmlkit.errors import UserError
+from dmlkit.errors import UserError, first_line
 
 FOLDER = "cifar-100-python"
 URL = "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"
@@ -233,7 +233,7 @@ def download(root: Path, timeout: float = 60.0) -> Path:
     try:
         DOWNLOADER(URL, root, ARCHIVE, ARCHIVE_MD5)
     except Exception as exc:  # urllib, OSError, RuntimeError (bad MD5), tarfile errors
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        reason = first_line(exc)
         raise UserError(
             f"data.download: could not download {URL} into {root} ({reason}); download it where "
             f"the network allows, unpack it into {root} and run without --download"

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from torch import Tensor
 
 from dmlkit.config import DataConfig
 from dmlkit.data.core import DataBundle, in_memory_bundle, stratified_split
+from dmlkit.data.images import decode_rgb
 from dmlkit.data.registry import DATASETS
 from dmlkit.errors import UserError
 
@@ -55,17 +55,7 @@ def _decode(files: list[Path], size: int | None, split: str) -> Tensor:
     images = []
     shape = None
     for path in files:
-        try:
-            with Image.open(path) as im:
-                im = im.convert("RGB")
-                if size is not None:
-                    im = im.resize((size, size), Image.Resampling.BILINEAR)
-                arr = np.asarray(im, dtype=np.uint8)
-        except (OSError, ValueError, Image.DecompressionBombError) as exc:
-            raise UserError(
-                f"{path}: cannot decode the image ({str(exc).splitlines()[0][:120]}); "
-                f"remove or replace the file"
-            ) from None
+        arr = decode_rgb(path, None if size is None else (size, size))
         if shape is None:
             shape = arr.shape
         elif arr.shape != shape:
@@ -73,7 +63,7 @@ def _decode(files: list[Path], size: int | None, split: str) -> Tensor:
                 f"{path}: image size {arr.shape[:2]} differs from {shape[:2]}; "
                 f"set data.image_size to resize every image to one size"
             )
-        images.append(torch.from_numpy(arr.copy()).permute(2, 0, 1))
+        images.append(torch.from_numpy(arr).permute(2, 0, 1))
     return torch.stack(images)
 
 

@@ -25,7 +25,6 @@ from typing import ClassVar
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from torch import Tensor
 
 from dmlkit.config import DataConfig
@@ -35,7 +34,8 @@ from dmlkit.data.core import (
     random_crop_flip,
     select_training,
 )
-from dmlkit.errors import ConfigError, UserError
+from dmlkit.data.images import decode_rgb, image_size
+from dmlkit.errors import ConfigError
 
 REID_MEAN = (0.5, 0.5, 0.5)
 REID_STD = (0.5, 0.5, 0.5)
@@ -136,14 +136,7 @@ def _stored_size(paths: Sequence[Path], target: tuple[int, int]) -> tuple[int, i
     """(H, W) all images share when it is no larger than ``target``, else None (resize)."""
     sizes = set()
     for path in paths:
-        try:
-            with Image.open(path) as im:
-                sizes.add((im.height, im.width))
-        except (OSError, ValueError) as exc:
-            raise UserError(
-                f"{path}: cannot read the image ({str(exc).splitlines()[0][:120]}); "
-                f"remove or replace the file"
-            ) from None
+        sizes.add(image_size(path))
         if len(sizes) > 1:
             return None
     if not sizes:
@@ -167,23 +160,10 @@ def decode_images(paths: Sequence[Path], target: tuple[int, int]) -> Tensor:
         return torch.zeros(0, 3, *target, dtype=torch.uint8)
     out_size = _stored_size(paths, target) or target
 
-    def load(path: Path) -> np.ndarray:
-        try:
-            with Image.open(path) as im:
-                im = im.convert("RGB")
-                if (im.height, im.width) != out_size:
-                    im = im.resize((out_size[1], out_size[0]), Image.Resampling.BILINEAR)
-                return np.array(im, dtype=np.uint8)  # a writable copy
-        except (OSError, ValueError, Image.DecompressionBombError) as exc:
-            raise UserError(
-                f"{path}: cannot decode the image ({str(exc).splitlines()[0][:120]}); "
-                f"remove or replace the file"
-            ) from None
-
     out = torch.empty(len(paths), 3, *out_size, dtype=torch.uint8)
     workers = min(8, os.cpu_count() or 1)
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        for i, arr in enumerate(pool.map(load, paths, chunksize=64)):
+        for i, arr in enumerate(pool.map(lambda p: decode_rgb(p, out_size), paths, chunksize=64)):
             out[i] = torch.from_numpy(arr).permute(2, 0, 1)
     return out
 

@@ -25,7 +25,7 @@ from torch import nn
 from dmlkit.cohort import Cohort, PeerSpec
 from dmlkit.config import MethodConfig, OptimConfig
 from dmlkit.engine.faults import fault, maybe_kill
-from dmlkit.errors import UserError
+from dmlkit.errors import UserError, first_line
 from dmlkit.methods import METHODS
 
 FORMAT = "dmlkit-cohort"
@@ -190,8 +190,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any failure here means an unusable file
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"{path}: not a readable dmlkit checkpoint ({first[:200]})") from None
+        raise UserError(f"{path}: not a readable dmlkit checkpoint ({first_line(exc)})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise UserError(f"{path}: not a dmlkit cohort checkpoint (no '{FORMAT}' format tag)")
     return state

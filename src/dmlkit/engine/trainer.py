@@ -31,7 +31,7 @@ from dmlkit.engine.checkpoint import (
 )
 from dmlkit.engine.evaluation import ENSEMBLE, check_reid_support, evaluate, evaluate_split
 from dmlkit.engine.faults import maybe_kill
-from dmlkit.errors import UserError
+from dmlkit.errors import UserError, first_line
 from dmlkit.methods import Method, NonFiniteLoss, build_method
 
 log = logging.getLogger("dmlkit")
@@ -203,7 +203,7 @@ class Trainer:
             self.method.precision.load_state_dict(state.get("precision", {}))
         except (RuntimeError, KeyError, ValueError) as exc:
             raise UserError(
-                f"{found}: does not fit this cohort ({str(exc).splitlines()[0][:160]}); "
+                f"{found}: does not fit this cohort ({first_line(exc, 160)}); "
                 f"resume with the run's own config"
             ) from None
         if self.dist.is_main:

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from dmlkit.errors import UserError
+from dmlkit.errors import UserError, first_line
 from dmlkit.models import MODELS
 from dmlkit.models.layers import global_avg_pool
 
@@ -210,8 +210,7 @@ def read_state_dict(path: Path) -> dict[str, Tensor]:
     try:
         state: Any = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001
-        first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"{path}: not a readable weights file ({first})") from None
+        raise UserError(f"{path}: not a readable weights file ({first_line(exc, 160)})") from None
     if isinstance(state, dict) and state.get("format") == "dmlkit-cohort":
         state = state["cohort"]["models"][0]
     for key in ("state_dict", "model", "model_state_dict"):
