@@ -30,7 +30,6 @@ import argparse
 import contextlib
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -43,7 +42,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from dmlkit.machine import cpu_name
+from dmlkit.machine import environment
 
 VARIANTS = (
     "textbook",
@@ -343,21 +342,6 @@ def plan(profile: str, device: str) -> list[Case]:
     return cases
 
 
-def _environment(device: str) -> dict[str, Any]:
-    info = {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "platform": platform.platform(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "device": device,
-    }
-    info["cpu"] = cpu_name()
-    if device.startswith("cuda"):
-        info["gpu"] = torch.cuda.get_device_name()
-    return info
-
-
 def _table(results: list[dict[str, Any]], peak: float) -> str:
     head = (
         "| model | K | batch | variant | step ms | img/s/peer | vs independent | "
@@ -480,7 +464,7 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     stem = args.name or f"throughput-{args.device.split(':')[0]}"
     command = "dml bench " + " ".join(argv if argv is not None else sys.argv[1:])
-    env = _environment(args.device)
+    env = environment(args.device)
     payload = {
         "command": command,
         "environment": env,

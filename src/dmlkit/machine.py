@@ -1,9 +1,15 @@
-"""What machine a figure was measured on (for benchmark and report headers)."""
+"""What machine a run or a figure comes from: env.json of every run, benchmark headers."""
 
 from __future__ import annotations
 
+import os
 import platform
+import subprocess
+import sys
 from pathlib import Path
+from typing import Any
+
+import torch
 
 
 def cpu_name() -> str:
@@ -15,3 +21,44 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+def _git_commit() -> str | None:
+    here = Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def environment(device: torch.device | str) -> dict[str, Any]:
+    """Versions, machine and device of this process (a run's env.json, ``dml bench``'s header)."""
+    import dmlkit
+
+    device = torch.device(device)
+    info: dict[str, Any] = {
+        "dmlkit": dmlkit.__version__,
+        "git_commit": _git_commit(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "cpu": cpu_name(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "device": str(device),
+        "argv": sys.argv,
+    }
+    try:
+        import torchvision
+
+        info["torchvision"] = torchvision.__version__
+    except ImportError:
+        pass
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+        info["cuda"] = torch.version.cuda
+    return info

@@ -12,9 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +19,7 @@ import torch
 
 from dmlkit.config import Config, config_from_dict, load_yaml, save_config
 from dmlkit.engine.checkpoint import atomic_write_text
+from dmlkit.machine import environment
 
 
 class RunDir:
@@ -91,42 +89,3 @@ class RunDir:
 
     def write_summary(self, summary: dict[str, Any]) -> None:
         atomic_write_text(self.summary_path, json.dumps(summary, indent=2))
-
-
-def _git_commit() -> str | None:
-    here = Path(__file__).resolve().parent
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
-
-
-def environment(device: torch.device) -> dict[str, Any]:
-    """Versions, machine and device of this process (written to env.json)."""
-    import dmlkit
-
-    info: dict[str, Any] = {
-        "dmlkit": dmlkit.__version__,
-        "git_commit": _git_commit(),
-        "python": sys.version.split()[0],
-        "torch": torch.__version__,
-        "platform": platform.platform(),
-        "machine": platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "device": str(device),
-        "argv": sys.argv,
-    }
-    try:
-        import torchvision
-
-        info["torchvision"] = torchvision.__version__
-    except ImportError:
-        pass
-    if device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(device)
-        info["cuda"] = torch.version.cuda
-    return info
