@@ -18,12 +18,7 @@ from dmlkit.cohort import Cohort
 from dmlkit.data.reid import RetrievalSplit
 from dmlkit.errors import UserError
 from dmlkit.metrics.classification import topk_correct
-from dmlkit.metrics.reid import (
-    RANKS,
-    average_by_identity_camera,
-    pairwise_distance,
-    rank_queries,
-)
+from dmlkit.metrics.reid import average_by_identity_camera, retrieval_metrics
 
 ENSEMBLE = "ensemble"
 
@@ -178,14 +173,21 @@ def _retrieval(
     split: RetrievalSplit,
     prefix: str = "",
 ) -> dict[str, float]:
-    dist = pairwise_distance(query, gallery, split.distance)
+    """Retrieval metrics of features already normalised as ``split.normalize`` says."""
     try:
-        res = rank_queries(dist, q_pids, g_pids, q_cams, g_cams, max(RANKS))
+        return retrieval_metrics(
+            query,
+            gallery,
+            q_pids,
+            g_pids,
+            q_cams,
+            g_cams,
+            metric=split.distance,
+            normalize=False,
+            prefix=prefix,
+        )
     except ValueError as exc:
         raise UserError(f"re-id evaluation: {exc}") from None
-    out = {f"{prefix}mAP": res.mAP}
-    out.update({f"{prefix}rank{k}": float(res.cmc[k - 1]) for k in RANKS})
-    return out
 
 
 @torch.no_grad()

@@ -229,25 +229,6 @@ def rank_queries(
     )
 
 
-def evaluate_rank(
-    distmat: ArrayLike,
-    q_pids: ArrayLike,
-    g_pids: ArrayLike,
-    q_camids: ArrayLike,
-    g_camids: ArrayLike,
-    max_rank: int = 50,
-    *,
-    chunk_size: int = 128,
-) -> tuple[np.ndarray, float]:
-    """CMC curve and mAP under the Market-1501 protocol (see :func:`rank_queries`).
-
-    Returns:
-        ``(cmc [max_rank] float64 array of fractions, mAP float in [0, 1])``.
-    """
-    res = rank_queries(distmat, q_pids, g_pids, q_camids, g_camids, max_rank, chunk_size=chunk_size)
-    return res.cmc, res.mAP
-
-
 def average_by_identity_camera(
     features: Tensor, pids: ArrayLike, camids: ArrayLike
 ) -> tuple[Tensor, Tensor, Tensor]:
@@ -285,21 +266,31 @@ def retrieval_metrics(
     metric: str = "euclidean",
     normalize: bool = True,
     ranks: tuple[int, ...] = RANKS,
+    prefix: str = "",
 ) -> dict[str, float]:
     """mAP and Rank-k of query features against gallery features.
+
+    The feature-level entry point (the cohort's evaluation uses it); :func:`rank_queries` is
+    the one below it, from a distance matrix.
 
     Args:
         query: ``[Nq, D]``; gallery: ``[Ng, D]``.
         q_pids, g_pids, q_camids, g_camids: identities and cameras.
         metric, normalize: see :func:`pairwise_distance`.
         ranks: the CMC ranks to report.
+        prefix: put before every key (e.g. ``"mq_"`` for multiple-query results).
 
     Returns:
         ``{"mAP": f, "rank1": f, "rank5": f, ...}`` as fractions in [0, 1].
+
+    Raises:
+        ValueError: no query has a true match in the gallery (see :func:`rank_queries`).
     """
     dist = pairwise_distance(query, gallery, metric, normalize=normalize)
-    cmc, m_ap = evaluate_rank(dist, q_pids, g_pids, q_camids, g_camids, max(ranks))
-    return {"mAP": m_ap, **{f"rank{k}": float(cmc[k - 1]) for k in ranks}}
+    res = rank_queries(dist, q_pids, g_pids, q_camids, g_camids, max(ranks))
+    out = {f"{prefix}mAP": res.mAP}
+    out.update({f"{prefix}rank{k}": float(res.cmc[k - 1]) for k in ranks})
+    return out
 
 
 __all__ = [
@@ -307,7 +298,6 @@ __all__ = [
     "RANKS",
     "RankResult",
     "average_by_identity_camera",
-    "evaluate_rank",
     "pairwise_distance",
     "rank_queries",
     "retrieval_metrics",
