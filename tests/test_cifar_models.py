@@ -13,7 +13,7 @@ from torch import nn
 from dmlkit.cohort import PeerSpec
 from dmlkit.errors import ConfigError
 from dmlkit.models import build_model
-from dmlkit.models.cifar import InceptionModule, MobileNetV1, WideBlock
+from dmlkit.models.cifar import CifarMobileNetV1, InceptionModule, WideBlock
 
 
 def n_params(model: nn.Module) -> int:
@@ -83,7 +83,7 @@ def test_resnet_depth_kwarg():
 def test_mobilenet_adaptation_at_32x32():
     torch.manual_seed(0)
     model = build_model("mobilenet", 100, 3)
-    assert isinstance(model, MobileNetV1)
+    assert isinstance(model, CifarMobileNetV1)
     convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
     depthwise = [c for c in convs if c.groups == c.in_channels and c.groups > 1]
     assert len(depthwise) == 13

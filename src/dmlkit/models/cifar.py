@@ -222,8 +222,11 @@ _MOBILENET_LAYERS = [
 ]
 
 
-class MobileNetV1(nn.Module):
-    """MobileNet v1 (width 1.0) for 32x32 images.
+class CifarMobileNetV1(nn.Module):
+    """MobileNet v1 (width 1.0) for 32x32 images (registry name ``mobilenet``).
+
+    The ImageNet layout (the re-id backbone ``mobilenet_v1``) is
+    :class:`dmlkit.models.mobilenet_v1.MobileNetV1`.
 
     Adaptation: the first 3x3 convolution has stride 1 instead of 2; every other layer is the
     ImageNet network's. Why: on ImageNet the network downsamples 224 -> 7 (x32); on a 32x32
@@ -363,7 +366,7 @@ def wrn28_10(num_classes: int, in_channels: int = 3, **kwargs) -> nn.Module:
 @MODELS.register("mobilenet")
 def mobilenet(num_classes: int, in_channels: int = 3, **kwargs) -> nn.Module:
     """MobileNet v1 for 32x32 inputs (3.3M parameters at 100 classes); option dropout."""
-    return MobileNetV1(num_classes, in_channels, **kwargs)
+    return CifarMobileNetV1(num_classes, in_channels, **kwargs)
 
 
 @MODELS.register("inception_v1")
