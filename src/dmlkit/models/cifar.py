@@ -23,8 +23,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dmlkit.errors import ConfigError
-from dmlkit.models import MODELS
 from dmlkit.models.layers import global_avg_pool
+from dmlkit.models.registry import MODELS
 
 
 def _init_weights(model: nn.Module) -> None:

@@ -30,8 +30,8 @@ import torch
 from torch import Tensor, nn
 
 from dmlkit.errors import UserError, first_line
-from dmlkit.models import MODELS
 from dmlkit.models.layers import global_avg_pool
+from dmlkit.models.registry import MODELS
 
 # (output channels, stride) of the depthwise-separable blocks, grouped in stages as timm does.
 STAGES: list[list[tuple[int, int]]] = [

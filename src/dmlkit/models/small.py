@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from dmlkit.models import MODELS
+from dmlkit.models.registry import MODELS
 
 
 class SmallCNN(nn.Module):
