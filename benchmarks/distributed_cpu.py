@@ -99,8 +99,7 @@ def measure(args: argparse.Namespace, mode: str) -> dict[str, Any]:
     mine = ctx.peer_slice(len(specs))
     local = Cohort(specs[mine], optim[mine], 1.0, ctx.device, channels_last=args.channels_last)
     cohort = ctx.wrap_cohort(local, specs, optim, 1.0)
-    method = DML(cohort, MethodConfig(update=args.update))
-    ctx.attach(method, args.batch)
+    method = DML(cohort, MethodConfig(update=args.update), sync=ctx.step_sync(args.batch))
     g = torch.Generator().manual_seed(0)  # the same batch in every process
     x = torch.randn(args.batch, 3, *size, generator=g).to(ctx.device)
     y = torch.randint(0, args.classes, (args.batch,), generator=g).to(ctx.device)

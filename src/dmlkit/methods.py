@@ -102,11 +102,11 @@ class Precision:
 class StepSync:
     """What a training step shares with other processes; in one process, nothing.
 
-    :mod:`dmlkit.distributed` replaces it in data-parallel runs, where every process computes
-    the losses of its shard of the batch: the loss values are averaged (so that every process
-    takes the same stop/skip decision on a non-finite loss) and so are the gradients, after the
-    backward pass and before any optimizer step (fp16 loss scaling then sees the same gradients
-    everywhere).
+    :mod:`dmlkit.distributed` gives the method another one at build in data-parallel runs,
+    where every process computes the losses of its shard of the batch: the loss values are
+    averaged (so that every process takes the same stop/skip decision on a non-finite loss) and
+    so are the gradients, after the backward pass and before any optimizer step (fp16 loss
+    scaling then sees the same gradients everywhere).
     """
 
     def losses(self, values: Tensor) -> Tensor:
@@ -118,19 +118,39 @@ class StepSync:
 
 
 class Method:
-    """Base class: holds the cohort, the method's config and the step's precision."""
+    """Base class: holds the cohort, the method's config, the step's precision and sync.
+
+    Args:
+        cohort: the peers (a whole cohort, or its distributed stand-in).
+        cfg: the ``method`` config section.
+        precision: autocast and loss scaling of a step (default fp32).
+        sync: what a step shares with other processes (default: nothing, one process).
+    """
 
     name: ClassVar[str]
     needs_teacher: ClassVar[bool] = False  # True: built with a trained teacher network
 
     def __init__(
-        self, cohort: Cohort, cfg: MethodConfig, precision: Precision | None = None
+        self,
+        cohort: Cohort,
+        cfg: MethodConfig,
+        precision: Precision | None = None,
+        sync: StepSync | None = None,
     ) -> None:
         self.cohort = cohort
         self.cfg = cfg
         self.precision = precision or Precision()
         self.epoch = 0.0  # fractional epoch of the next step, set by the trainer
-        self.sync = StepSync()  # replaced by dmlkit.distributed in data-parallel runs
+        self.sync = sync or StepSync()
+
+    @classmethod
+    def update_order(cls, cfg: MethodConfig) -> str | None:
+        """The update order this method follows with ``cfg``, None if it has no choice of one.
+
+        The cohort is built for it (the sequential update cannot be stacked) and the summary
+        reports it.
+        """
+        return None
 
     def set_progress(self, epoch: float) -> None:
         """Tell the method where training stands (fractional epoch) before a step."""
@@ -202,6 +222,10 @@ class DML(Method):
             return self._sequential(x, y)
         return self._simultaneous(x, y)
 
+    @classmethod
+    def update_order(cls, cfg: MethodConfig) -> str | None:
+        return cfg.update
+
     def _simultaneous(self, x: Tensor, y: Tensor) -> list[PeerLog]:
         with self.precision.autocast():
             terms = dml_terms(self.cohort(x), y, mode=self.mode, temperature=self.cfg.temperature)
@@ -266,8 +290,9 @@ class KnowledgeDistillation(Method):
         cfg: MethodConfig,
         teacher: nn.Module,
         precision: Precision | None = None,
+        sync: StepSync | None = None,
     ) -> None:
-        super().__init__(cohort, cfg, precision)
+        super().__init__(cohort, cfg, precision, sync)
         self.teacher = teacher.eval().requires_grad_(False)
 
     def train_step(self, x: Tensor, y: Tensor) -> list[PeerLog]:
@@ -287,23 +312,31 @@ class KnowledgeDistillation(Method):
         ]
 
 
+def update_order(cfg: MethodConfig) -> str | None:
+    """The update order the configured method follows (``sequential`` | ``simultaneous``), or
+    None for a method without one (independent, kd)."""
+    return METHODS.get(cfg.name).update_order(cfg)
+
+
 def build_method(
     cfg: Config,
     cohort: Cohort,
     *,
     device: torch.device | str = "cpu",
     teacher: nn.Module | None = None,
+    sync: StepSync | None = None,
 ) -> Method:
     """The configured method over ``cohort``.
 
     Args:
         teacher: kd's frozen teacher, loaded by the caller (see
             :func:`dmlkit.engine.checkpoint.load_teacher`); ignored by the other methods.
+        sync: what each step shares with other processes (:mod:`dmlkit.distributed`).
     """
     cls = METHODS.get(cfg.method.name)
     precision = Precision(cfg.train.precision, torch.device(device).type)
     if not cls.needs_teacher:
-        return cls(cohort, cfg.method, precision)
+        return cls(cohort, cfg.method, precision, sync)
     if teacher is None:
         raise ValueError(f"method {cls.name} needs its teacher: build_method(..., teacher=...)")
-    return cls(cohort, cfg.method, teacher, precision)
+    return cls(cohort, cfg.method, teacher, precision, sync)

@@ -89,3 +89,24 @@ class RunDir:
 
     def write_summary(self, summary: dict[str, Any]) -> None:
         atomic_write_text(self.summary_path, json.dumps(summary, indent=2))
+
+
+class FollowerRunDir(RunDir):
+    """The run directory as ranks other than 0 of a ``torchrun`` job see it: never written."""
+
+    def create(self, cfg: Any, device: torch.device) -> None:
+        pass
+
+    def log(self, records: list[dict[str, Any]]) -> None:
+        pass
+
+    def truncate_metrics(self, epoch: int) -> None:
+        pass
+
+    def write_summary(self, summary: dict[str, Any]) -> None:
+        pass
+
+
+def run_dir_for(is_main: bool, path: str | Path) -> RunDir:
+    """Rank 0's run directory writes; the other ranks' do not (``is_main``: this is rank 0)."""
+    return RunDir(path) if is_main else FollowerRunDir(path)

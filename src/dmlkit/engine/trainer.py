@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from dmlkit.cohort import PeerSpec, build_cohort, peer_specs
 from dmlkit.config import Config
 from dmlkit.data import DataBundle, build_data
-from dmlkit.distributed import DistContext, DistributedError, init_distributed, run_dir_for
+from dmlkit.distributed import DistContext, DistributedError, init_distributed
 from dmlkit.engine.checkpoint import (
     load_checkpoint,
     load_teacher,
@@ -31,8 +31,9 @@ from dmlkit.engine.checkpoint import (
 )
 from dmlkit.engine.evaluation import ENSEMBLE, check_reid_support, evaluate, evaluate_split
 from dmlkit.engine.faults import maybe_kill
+from dmlkit.engine.rundir import run_dir_for
 from dmlkit.errors import UserError, first_line
-from dmlkit.methods import Method, NonFiniteLoss, build_method
+from dmlkit.methods import Method, NonFiniteLoss, build_method, update_order
 
 log = logging.getLogger("dmlkit")
 
@@ -120,7 +121,7 @@ class Trainer:
             dist = init_distributed(cfg.distributed, resolve_device(cfg.train.device))
         self.dist = dist
         self.device = dist.device
-        self.run = run_dir_for(dist, run_dir)  # rank 0 writes, the other ranks only read
+        self.run = run_dir_for(dist.is_main, run_dir)  # rank 0 writes, the other ranks only read
         dist.on_main(self._check_run_dir)
         seed_everything(cfg.seed, cfg.train.deterministic)
         self.data: DataBundle = build_data(cfg.data, seed=cfg.seed, device=self.device)
@@ -142,14 +143,17 @@ class Trainer:
             optims[mine],
             total_epochs=total_epochs,
             device=self.device,
-            update=cfg.method.update if cfg.method.name in ("dml", "dml_e") else "simultaneous",
+            update=update_order(cfg.method) or "simultaneous",
             compile=cfg.train.compile,
             channels_last=cfg.train.channels_last,
         )
         self.cohort = dist.wrap_cohort(cohort, specs, optims, total_epochs)  # the whole cohort
         teacher = load_teacher(cfg.method, self.data.num_classes, self.device)  # kd's, or None
-        self.method: Method = build_method(cfg, self.cohort, device=self.device, teacher=teacher)
-        dist.attach(self.method, cfg.data.batch_size)  # data mode: losses and gradients averaged
+        # data mode: the method averages its losses and gradients over the processes
+        sync = dist.step_sync(cfg.data.batch_size)
+        self.method: Method = build_method(
+            cfg, self.cohort, device=self.device, teacher=teacher, sync=sync
+        )
         if self.data.task == "reid":  # fail now, not after training, if a peer has no features
             check_reid_support(self.cohort)
         self.epoch = 0  # completed epochs
@@ -403,7 +407,7 @@ def make_summary(
 ) -> dict[str, Any]:
     return {
         "method": cfg.method.name,
-        "update": cfg.method.update if cfg.method.name in ("dml", "dml_e") else None,
+        "update": update_order(cfg.method),
         "seed": cfg.seed,
         "epochs": epoch,
         "iterations": iteration,
