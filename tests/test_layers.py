@@ -1,10 +1,11 @@
 """The package's layers depend only downwards, and no two modules import each other.
 
 Every ``import`` statement of every module under ``src/dmlkit`` is read with :mod:`ast`:
-module-level ones, those inside functions (lazy imports are still dependencies) and those under
-``if TYPE_CHECKING:``; a package's ``__init__`` importing its submodules counts as an edge from
-the package to each submodule. Python's implicit import of a parent package when a submodule is
-imported is not counted (it is not a choice the code makes).
+module-level ones and those inside functions (lazy imports are still dependencies); a package's
+``__init__`` importing its submodules counts as an edge from the package to each submodule.
+Not counted: imports under ``if TYPE_CHECKING:`` (never executed; annotations only) and
+Python's implicit import of a parent package when a submodule is imported (not a choice the
+code makes).
 
 The layers, lowest first, are those of docs/architecture.md; a module may import its own layer
 (without cycles) and any lower one.
@@ -55,7 +56,16 @@ def _imports(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
     """The dmlkit modules that ``name`` imports anywhere in its source."""
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     found: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    typing_only = {
+        id(inner)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.If) and ast.unparse(node.test).endswith("TYPE_CHECKING")
+        for inner in ast.walk(node)
+    }
+    for node in ast.walk(tree):
+        if id(node) in typing_only:
+            continue
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):

@@ -164,7 +164,7 @@ def _print_reid_summary(summary: dict) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from dmlkit.config import apply_override, config_from_dict, load_config, load_yaml, merge_dicts
+    from dmlkit.config import build_config, load_config, load_yaml
     from dmlkit.engine.rundir import RunDir
     from dmlkit.engine.trainer import Trainer
 
@@ -178,12 +178,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         if not run.config_path.is_file():
             raise UserError(f"--resume {run.path}: no run there (no config.yaml)")
         # The run's own config, then the file and --set changes (checked by the trainer).
-        data = load_yaml(run.config_path)
-        if args.config:
-            data = merge_dicts(data, load_yaml(args.config))
-        for assignment in args.overrides:
-            data = apply_override(data, assignment)
-        cfg = config_from_dict(data)
+        file = load_yaml(args.config) if args.config else {}
+        cfg = build_config(load_yaml(run.config_path), file, overrides=args.overrides)
         out = run.path
     else:
         cfg = load_config(args.config, args.overrides)

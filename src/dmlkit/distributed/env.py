@@ -154,16 +154,7 @@ def init_distributed(cfg: DistributedConfig, device: torch.device) -> DistContex
     rank = int(os.environ["RANK"])
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
-    if device.type == "cuda":
-        if device.index is None:
-            device = torch.device("cuda", local_rank)
-        torch.cuda.set_device(device)
-    backend = cfg.backend if cfg.backend != "auto" else "nccl" if device.type == "cuda" else "gloo"
-    if backend == "nccl" and device.type != "cuda":
-        raise UserError(
-            "distributed.backend=nccl needs CUDA devices; use distributed.backend=auto (gloo on "
-            "the CPU)"
-        )
+    device, backend = _device_and_backend(cfg, device, local_rank)
     ctx = DistContext(
         mode=cfg.mode,
         rank=rank,
@@ -188,6 +179,23 @@ def init_distributed(cfg: DistributedConfig, device: torch.device) -> DistContex
     atexit.register(ctx.close)
     _stop_on_sigterm(ctx)
     return ctx
+
+
+def _device_and_backend(
+    cfg: DistributedConfig, device: torch.device, local_rank: int
+) -> tuple[torch.device, str]:
+    """This process's device (``cuda`` -> ``cuda:LOCAL_RANK``, made current) and backend."""
+    if device.type == "cuda":
+        if device.index is None:
+            device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    backend = cfg.backend if cfg.backend != "auto" else "nccl" if device.type == "cuda" else "gloo"
+    if backend == "nccl" and device.type != "cuda":
+        raise UserError(
+            "distributed.backend=nccl needs CUDA devices; use distributed.backend=auto (gloo on "
+            "the CPU)"
+        )
+    return device, backend
 
 
 def _stop_on_sigterm(ctx: DistContext) -> None:

@@ -20,7 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from dmlkit.cohort import PeerSpec, build_cohort, peer_specs
-from dmlkit.config import Config
+from dmlkit.config import Config, config_differences
 from dmlkit.data import DataBundle, build_data
 from dmlkit.distributed import DistContext, DistributedError, init_distributed
 from dmlkit.engine.checkpoint import (
@@ -31,6 +31,7 @@ from dmlkit.engine.checkpoint import (
 )
 from dmlkit.engine.evaluation import ENSEMBLE, check_reid_support, evaluate, evaluate_split
 from dmlkit.engine.faults import maybe_kill
+from dmlkit.engine.names import check_names
 from dmlkit.engine.rundir import run_dir_for
 from dmlkit.errors import UserError, first_line
 from dmlkit.methods import Method, NonFiniteLoss, build_method, update_order
@@ -77,22 +78,6 @@ def seed_everything(seed: int, deterministic: bool) -> None:
         torch.backends.cudnn.benchmark = False
 
 
-def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(_flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
-
-
-def config_differences(a: Config, b: Config) -> list[str]:
-    fa, fb = _flatten(a.to_dict()), _flatten(b.to_dict())
-    return sorted(k for k in fa.keys() | fb.keys() if fa.get(k) != fb.get(k))
-
-
 class Trainer:
     """Train a configured cohort into a run directory.
 
@@ -114,6 +99,7 @@ class Trainer:
         desc: str = "",
         dist: DistContext | None = None,
     ) -> None:
+        check_names(cfg)  # a misspelt name fails before any work (and any writing)
         self.cfg = cfg
         self.resume = resume
         self.desc = desc or cfg.method.name

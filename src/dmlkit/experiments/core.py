@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dmlkit.config import Config, apply_override, config_from_dict, merge_dicts
+from dmlkit.config import Config, build_config, merge_dicts
 from dmlkit.engine.checkpoint import atomic_write_text
 from dmlkit.engine.evaluation import ENSEMBLE
 from dmlkit.engine.rundir import RunDir
@@ -122,9 +122,7 @@ def arm_config(
     data = merge_dicts(Config().to_dict(), exp.base)
     data = merge_dicts(merge_dicts(data, exp.arms[arm]), {"seed": seed})
     data = scale_config(_substitute_runs(data, out, seed), scale)
-    for assignment in overrides:
-        data = apply_override(data, assignment)
-    return config_from_dict(data)
+    return build_config(data, overrides=overrides)
 
 
 def run_experiment(

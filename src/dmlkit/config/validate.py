@@ -1,0 +1,143 @@
+"""Checks of a config's values: ranges and combinations, each failing with the key and the fix."""
+
+from __future__ import annotations
+
+from dmlkit.config.schema import Config, DataConfig, MethodConfig, OptimConfig
+from dmlkit.errors import ConfigError
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+def _optim_errors(opt: OptimConfig) -> list[tuple[str, str]]:
+    """(key, "key must ...") for every invalid optimizer value."""
+    checks = [
+        ("lr", opt.lr > 0, f"lr must be > 0, got {opt.lr}"),
+        (
+            "weight_decay",
+            opt.weight_decay >= 0,
+            f"weight_decay must be >= 0, got {opt.weight_decay}",
+        ),
+        ("momentum", 0 <= opt.momentum < 1, f"momentum must be in [0, 1), got {opt.momentum}"),
+        (
+            "betas",
+            len(opt.betas) == 2 and all(0 <= b < 1 for b in opt.betas),
+            f"betas must be two numbers in [0, 1), got {opt.betas}",
+        ),
+        ("gamma", 0 < opt.gamma <= 1, f"gamma must be in (0, 1], got {opt.gamma}"),
+        ("step_size", opt.step_size > 0, f"step_size must be > 0, got {opt.step_size}"),
+        (
+            "milestones",
+            opt.schedule != "multistep" or bool(opt.milestones),
+            "milestones: the multistep schedule needs milestones (epochs), e.g. [60, 120]",
+        ),
+    ]
+    return [(key, message) for key, ok, message in checks if not ok]
+
+
+def validate(cfg: Config) -> None:
+    """Range and consistency checks; raises ConfigError naming the key and the fix.
+
+    Registered names (method, dataset, models) are checked where the registries are, by the
+    layer that builds them (:func:`dmlkit.engine.names.check_names`).
+    """
+    k = len(cfg.peers)
+    _check(
+        k >= 1, "peers: a cohort needs at least 1 peer, got 0 (e.g. peers: [small_cnn, small_cnn])"
+    )
+    for i, peer in enumerate(cfg.peers):
+        problems = _optim_errors(cfg.peer_optim(i))
+        if problems:
+            key, message = problems[0]
+            where = f"peers.{i}.optim" if key in peer.optim else "optim"
+            raise ConfigError(f"{where}.{message}")
+    names = [cfg.peer_name(i) for i in range(k)]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    _check(
+        not dup, f"peers: peer names must be unique, {dup} appear more than once (set peers.N.name)"
+    )
+    _check_method(cfg.method)
+    _check_data(cfg.data)
+    _check_train(cfg)
+
+
+def _check_method(m: MethodConfig) -> None:
+    _check(m.temperature > 0, f"method.temperature must be > 0, got {m.temperature}")
+    _check(m.mimicry_weight >= 0, f"method.mimicry_weight must be >= 0, got {m.mimicry_weight}")
+    _check(m.mimicry_rampup >= 0, f"method.mimicry_rampup must be >= 0, got {m.mimicry_rampup}")
+    _check(0 <= m.alpha <= 1, f"method.alpha must be in [0, 1], got {m.alpha}")
+    if m.name == "kd":
+        _check(
+            bool(m.teacher),
+            "method.teacher: kd needs the run directory or checkpoint of a "
+            "trained teacher, e.g. --set method.teacher=runs/teacher",
+        )
+
+
+def _check_data(d: DataConfig) -> None:
+    _check(0 <= d.val_fraction < 1, f"data.val_fraction must be in [0, 1), got {d.val_fraction}")
+    _check(0 < d.test_fraction < 1, f"data.test_fraction must be in (0, 1), got {d.test_fraction}")
+    _check(
+        0 < d.labelled_fraction <= 1,
+        f"data.labelled_fraction must be in (0, 1], got {d.labelled_fraction}",
+    )
+    _check(0 < d.fraction <= 1, f"data.fraction must be in (0, 1], got {d.fraction}")
+    _check(
+        d.train_size is None or d.train_size >= 1,
+        f"data.train_size must be >= 1 or null, got {d.train_size}",
+    )
+    _check(d.batch_size >= 1, f"data.batch_size must be >= 1, got {d.batch_size}")
+    _check(d.eval_batch_size >= 1, f"data.eval_batch_size must be >= 1, got {d.eval_batch_size}")
+    _check(d.crop_padding >= 0, f"data.crop_padding must be >= 0, got {d.crop_padding}")
+    _check(
+        d.image_size is None or d.image_size >= 1,
+        f"data.image_size must be >= 1 or null, got {d.image_size}",
+    )
+    for key in ("image_height", "image_width"):
+        value = getattr(d, key)
+        _check(value is None or value >= 1, f"data.{key} must be >= 1 or null, got {value}")
+    _check(
+        (d.image_height is None) == (d.image_width is None),
+        "data.image_height and data.image_width: set both (e.g. 256 and 128) or neither",
+    )
+    _check(
+        d.pairs_per_class >= 1 and d.pairs_eval_per_class >= 1 and 2 <= d.pairs_classes <= 100,
+        "data.pairs_per_class and data.pairs_eval_per_class must be >= 1 and "
+        f"data.pairs_classes in [2, 100], got {d.pairs_per_class}, {d.pairs_eval_per_class}, "
+        f"{d.pairs_classes}",
+    )
+    _check(0 <= d.label_noise < 1, f"data.label_noise must be in [0, 1), got {d.label_noise}")
+    _check(
+        d.label_noise == 0 or d.name == "digits-pairs",
+        f"data.label_noise is implemented for digits-pairs only; set it to 0 for {d.name}",
+    )
+    _check(
+        not d.download or d.root is not None,
+        "data.download needs data.root, the folder to download into (--data-root PATH)",
+    )
+
+
+def _check_train(cfg: Config) -> None:
+    t = cfg.train
+    _check(t.epochs >= 1, f"train.epochs must be >= 1, got {t.epochs}")
+    _check(
+        t.iterations is None or t.iterations >= 1,
+        f"train.iterations must be >= 1 or null, got {t.iterations}",
+    )
+    _check(t.eval_every >= 1, f"train.eval_every must be >= 1, got {t.eval_every}")
+    _check(
+        t.checkpoint_every >= 1, f"train.checkpoint_every must be >= 1, got {t.checkpoint_every}"
+    )
+    _check(
+        t.keep_checkpoints >= 0, f"train.keep_checkpoints must be >= 0, got {t.keep_checkpoints}"
+    )
+    _check(
+        t.device == "auto" or t.device == "cpu" or t.device.startswith("cuda") or t.device == "mps",
+        f"train.device must be auto, cpu, cuda or cuda:N, got {t.device!r}",
+    )
+    _check(
+        cfg.distributed.timeout_s > 0,
+        f"distributed.timeout_s must be > 0 seconds, got {cfg.distributed.timeout_s}",
+    )

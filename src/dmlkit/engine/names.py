@@ -1,0 +1,22 @@
+"""Names a config gives, checked against the registries before anything is built.
+
+The config package is a leaf and cannot see the registries; this is the lowest layer that sees
+all three (datasets, models, methods). The trainer calls it first, so a misspelt name fails
+in one line before a process group is formed, data is read or a run directory is written.
+"""
+
+from __future__ import annotations
+
+from dmlkit.config import Config
+from dmlkit.data import DATASETS
+from dmlkit.methods import METHODS
+from dmlkit.models import MODELS
+
+
+def check_names(cfg: Config) -> None:
+    """Raise ConfigError (naming the key, the valid names and the closest one) for an unknown
+    ``method.name``, ``data.name`` or ``peers.N.arch``."""
+    METHODS.get(cfg.method.name)
+    DATASETS.get(cfg.data.name)
+    for i, peer in enumerate(cfg.peers):
+        MODELS.get(peer.arch, key=f"peers.{i}.arch")
