@@ -159,3 +159,21 @@ def test_the_reader_sees_what_the_code_imports():
     assert "dmlkit.engine.checkpoint" in graph["dmlkit.engine.trainer"]  # module level
     assert "dmlkit.engine.trainer" in graph["dmlkit.cli"]  # inside cmd_train
     assert "dmlkit.data.cifar100" in graph["dmlkit.data"]  # __init__ -> submodule
+
+
+def test_the_trainer_knows_no_method_by_name():
+    # The README's promise: the trainer does not know about the update order (or any other
+    # method's rule). A method name in the trainer or the distributed layer would be such a rule.
+    from dmlkit.methods import METHODS
+
+    modules = _modules()
+    for name, path in modules.items():
+        if name != "dmlkit.engine.trainer" and not name.startswith("dmlkit.distributed"):
+            continue
+        strings = {
+            node.value
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+            if isinstance(node, ast.Constant) and isinstance(node.value, str)
+        }
+        named = sorted(strings & set(METHODS.names()))
+        assert not named, f"{name} names methods {named}: let the method class answer instead"
