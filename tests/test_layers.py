@@ -35,11 +35,7 @@ LAYERS: list[tuple[str, ...]] = [
 ]
 
 # Known upward edges that another change removes; each must still exist (a stale entry fails).
-PENDING: set[tuple[str, str]] = {
-    # methods.build_method loads the kd teacher through engine.checkpoint.load_peer; helper
-    # `dedupe` (issue 13, one load_cohort) moves that loading out of the methods layer.
-    ("dmlkit.methods", "dmlkit.engine.checkpoint"),
-}
+PENDING: set[tuple[str, str]] = set()
 
 
 def _modules() -> dict[str, Path]:
