@@ -52,6 +52,39 @@ def _kl_from_log_probs(log_p_target: Tensor, log_p_self: Tensor) -> Tensor:
     return (p_target * (log_p_target - log_p_self)).sum(dim=1).mean()
 
 
+def mean_log_probs(log_probs: Sequence[Tensor]) -> Tensor:
+    """Log of the mean of K distributions given as log-probabilities.
+
+    The cohort's ensemble (the mean of the peers' probabilities) and DML_e's teacher (the mean
+    of the other peers' probabilities), computed in log space so that no probability underflows.
+
+    Args:
+        log_probs: K tensors ``[N, C]``.
+
+    Returns:
+        ``[N, C]``: ``log(mean_k exp(log_probs[k]))``.
+    """
+    return torch.logsumexp(torch.stack(list(log_probs)), dim=0) - math.log(len(log_probs))
+
+
+def ensemble_log_probs(logits: Sequence[Tensor]) -> Tensor:
+    """Log-probabilities ``[N, C]`` of the cohort ensemble from K peers' logits ``[N, C]``
+    (float32 softmax of each, then :func:`mean_log_probs`)."""
+    return mean_log_probs([F.log_softmax(z.float(), dim=1) for z in logits])
+
+
+def entropy_of_probs(probs: Tensor) -> Tensor:
+    """Shannon entropy (nats) of each row of a probability matrix.
+
+    Args:
+        probs: ``[N, C]``, rows summing to 1; zeros allowed (``0 log 0 = 0``).
+
+    Returns:
+        ``[N]``: between 0 (one-hot) and ``log C`` (uniform).
+    """
+    return -torch.special.xlogy(probs, probs).sum(dim=1)
+
+
 def mimicry_kl(logits: Tensor, target_logits: Tensor, temperature: float = 1.0) -> Tensor:
     """The mimicry loss of DML: ``KL(p_target || p_self)`` (paper Eq. 2).
 
@@ -98,8 +131,7 @@ def mimicry_term(
     t = temperature
     if mode == "dml":
         return sum(mimicry_kl(logits, z, t) for z in others) / len(others)
-    log_p_others = torch.stack([F.log_softmax(z.detach() / t, dim=1) for z in others])
-    log_p_avg = torch.logsumexp(log_p_others, dim=0) - math.log(len(others))
+    log_p_avg = mean_log_probs([F.log_softmax(z.detach() / t, dim=1) for z in others])
     return _kl_from_log_probs(log_p_avg, F.log_softmax(logits / t, dim=1)) * t**2
 
 

@@ -7,21 +7,12 @@ are more confident than DML's -- its stated reason why DML_e generalises worse.
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from dmlkit.losses import entropy_of_probs
 
-def entropy_of_probs(probs: Tensor) -> Tensor:
-    """Shannon entropy (nats) of each row of a probability matrix.
-
-    Args:
-        probs: ``[N, C]``, rows summing to 1; zeros allowed (``0 log 0 = 0``).
-
-    Returns:
-        ``[N]``: between 0 (one-hot) and ``log C`` (uniform).
-    """
-    return -torch.special.xlogy(probs, probs).sum(dim=1)
+__all__ = ["entropy", "entropy_of_probs"]
 
 
 def entropy(logits: Tensor) -> Tensor:

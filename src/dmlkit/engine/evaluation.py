@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from dmlkit.cohort import Cohort
 from dmlkit.data.reid import RetrievalSplit
 from dmlkit.errors import UserError
+from dmlkit.losses import entropy_of_probs, mean_log_probs
 from dmlkit.metrics.classification import topk_correct
 from dmlkit.metrics.reid import average_by_identity_camera, retrieval_metrics
 
@@ -44,9 +45,7 @@ def evaluate(
     total = 0
     for x, y in batches:
         log_probs = [F.log_softmax(z.float(), dim=1) for z in cohort(x)]
-        ens = torch.logsumexp(torch.stack(log_probs), dim=0) - torch.log(
-            torch.tensor(float(len(log_probs)), device=y.device)
-        )
+        ens = mean_log_probs(log_probs)
         for name, lp in zip(names, [*log_probs, ens]):
             hits = topk_correct(lp, y, (1, 5))
             nll = F.nll_loss(lp, y, reduction="sum")
@@ -129,9 +128,9 @@ def _extract(
             f = (f.mean(dim=(2, 3)) if f.ndim == 4 else f.flatten(1)).float()
             p = F.softmax(logits.float(), dim=1)
             feats[k].append(f)
-            ents[k].append(_entropy(p))
+            ents[k].append(entropy_of_probs(p))
             probs.append(p)
-        ens_ent.append(_entropy(torch.stack(probs).mean(0)))
+        ens_ent.append(entropy_of_probs(torch.stack(probs).mean(0)))
         labels.append(y)
     if not labels:
         raise ValueError("evaluate_reid() got an empty loader")
@@ -156,11 +155,6 @@ def _head_matches(peer: nn.Module, features: Tensor, x: Tensor) -> bool:
     return via_head.shape == direct.shape and torch.allclose(
         via_head.float(), direct.float(), rtol=1e-4, atol=1e-5
     )
-
-
-def _entropy(p: Tensor) -> Tensor:
-    """Entropy in nats of each row of ``p: [B, C]`` -> ``[B]``."""
-    return -(p * p.clamp_min(1e-12).log()).sum(1)
 
 
 def _retrieval(
