@@ -165,7 +165,7 @@ def test_user_errors_are_one_line_and_exit_2(grid, tmp_path, capsys, args, messa
 def test_digits_analysis_recipe_smoke_writes_report_and_docs(tmp_path, monkeypatch, capsys):
     """The registered recipe, shrunk: 1 seed, 5 % of the data and epochs, a short probe."""
     from dmlkit.analysis.analyze import AnalysisOptions
-    from dmlkit.experiments import analysis as recipe
+    from dmlkit.experiments import digits_analysis as recipe
 
     monkeypatch.setattr(recipe, "ANALYSIS", AnalysisOptions(sigmas=[0, 0.02], draws=1))
     exp = EXPERIMENTS.get("digits-analysis")

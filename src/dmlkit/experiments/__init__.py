@@ -3,7 +3,7 @@
 # Importing the modules registers their experiments.
 from dmlkit.experiments import digits  # noqa: E402,F401,I001
 from dmlkit.experiments import digits_pairs  # noqa: E402,F401,I001
-from dmlkit.experiments import analysis  # noqa: E402,F401,I001
+from dmlkit.experiments import digits_analysis  # noqa: E402,F401,I001
 from dmlkit.experiments import cifar100  # noqa: E402,F401,I001
 from dmlkit.experiments.core import (
     EXPERIMENTS,
