@@ -76,7 +76,7 @@ def test_paper_yaml_files_are_the_grid_recipes():
     for arm in exp.arms:
         path = PAPER_DIR / table.config_filename(arm)
         assert path.read_text(encoding="utf-8") == table.render_yaml(arm), (
-            f"{path} differs from the recipe; run python configs/paper/generate_cifar100.py"
+            f"{path} differs from the recipe; run python configs/paper/generate.py"
         )
         from_file = load_config(path, ["data.root=/data"])
         grid = arm_config(exp, arm, 0, ["data.root=/data"], out=table.DEFAULT_OUT)

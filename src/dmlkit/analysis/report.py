@@ -97,6 +97,7 @@ def write_report(
             exists).
         commands: commands to list besides the ones recorded in the runs (e.g. this report's).
     """
+    # Long only by its docstring and the page's sections, listed in the order the page reads.
     out = Path(out)
     if out.suffix.lower() != ".md":
         raise UserError(f"--out {out}: the report is Markdown; give a file name ending in .md")

@@ -16,7 +16,7 @@ The grid, per seed, in this order:
 **One source for the recipes.** The recipes are defined here, in Python, because the
 experiment needs them inside the installed package (``configs/`` is not) and builds arms that
 refer to one another. ``configs/paper/cifar100_<arm>.yaml`` are *generated* from them
-(``python configs/paper/generate_cifar100.py``), with comments saying where each value
+(``python configs/paper/generate.py``), with comments saying where each value
 comes from; a test checks that every file is byte-identical to what the generator writes and
 loads to the very config the grid trains, so the two cannot drift apart.
 
@@ -28,17 +28,14 @@ reflection-padded by 4 px and horizontal flips. Weight decay is not stated in th
 
 from __future__ import annotations
 
-import copy
-import csv
-import io
-import statistics
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from dmlkit.config import merge_dicts
-from dmlkit.engine.checkpoint import atomic_write_text
-from dmlkit.experiments.core import Experiment, RunResult, register_experiment
+from dmlkit import paper
+from dmlkit.analysis.stats import mean_std
+from dmlkit.experiments.core import Experiment, RunResult, register_experiment, write_results_files
+from dmlkit.experiments.recipes import PaperConfig, recipe_dict
 
 EXPERIMENT_NAME = "cifar100-table"
 DEFAULT_OUT = Path("runs") / EXPERIMENT_NAME  # where `dml reproduce` writes without --out
@@ -50,15 +47,8 @@ TITLES = {
     "wrn28_10": "WRN-28-10",
 }
 
-# Table 1 of the paper: CIFAR-100 top-1 % (Net1, Net2), independent and DML.
-PAPER_TOP1: dict[tuple[str, str], dict[str, tuple[float, float]]] = {
-    ("resnet32", "resnet32"): {"independent": (68.99, 68.99), "dml": (71.19, 70.75)},
-    ("wrn28_10", "resnet32"): {"independent": (78.69, 68.99), "dml": (78.96, 70.73)},
-    ("mobilenet", "resnet32"): {"independent": (73.65, 68.99), "dml": (76.13, 71.10)},
-    ("mobilenet", "mobilenet"): {"independent": (73.65, 73.65), "dml": (76.21, 76.10)},
-    ("wrn28_10", "mobilenet"): {"independent": (78.69, 73.65), "dml": (80.28, 77.39)},
-    ("wrn28_10", "wrn28_10"): {"independent": (78.69, 78.69), "dml": (80.28, 80.08)},
-}
+# The paper's CIFAR-100 table (dmlkit.paper): (Net1, Net2) -> {method: (Net1, Net2) top-1 %}.
+PAPER_TOP1 = paper.CIFAR100_TOP1
 PAIRS: list[tuple[str, str]] = list(PAPER_TOP1)
 
 # Distillation comparison: (teacher, student). The teacher is Net1 of the pair's independent arm.
@@ -186,19 +176,6 @@ def build_arms() -> dict[str, dict[str, Any]]:
 # the report
 
 
-def _fmt(values: list[float]) -> str:
-    if not values:
-        return "-"
-    if len(values) == 1:
-        return f"{values[0]:.2f}"
-    return f"{statistics.fmean(values):.2f} ± {statistics.stdev(values):.2f}"
-
-
-def _fmt_gain(values: list[float]) -> str:
-    s = _fmt(values)
-    return s if s == "-" or s.startswith("-") else "+" + s
-
-
 def _scale_line(scale: float, epochs: int | None) -> str:
     if scale == 1.0:
         return "Full recipe (--scale 1): 200 epochs on all 50,000 training images."
@@ -253,8 +230,8 @@ def format_report(exp: Experiment, results: list[RunResult], scale: float) -> st
             ind, dml = f"independent_{slug}", f"dml_{slug}"
             lines.append(
                 f"| {pair_title(net1, net2) if i == 0 else ''} | Net{i + 1} {TITLES[net]} "
-                f"| {_fmt(vals.get((ind, i), []))} | {_fmt(vals.get((dml, i), []))} "
-                f"| {_fmt_gain(_paired_gain(results, dml, ind, i))} "
+                f"| {mean_std(vals.get((ind, i), []))} | {mean_std(vals.get((dml, i), []))} "
+                f"| {mean_std(_paired_gain(results, dml, ind, i), signed=True)} "
                 f"| {paper['independent'][i]:.2f} | {paper['dml'][i]:.2f} |"
             )
     lines += [
@@ -275,9 +252,9 @@ def format_report(exp: Experiment, results: list[RunResult], scale: float) -> st
         ind, dml, kd = f"independent_{slug}", f"dml_{slug}", kd_arm_name(teacher, student)
         paper = PAPER_TOP1[(teacher, student)]
         lines.append(
-            f"| {TITLES[teacher]} → {TITLES[student]} | {_fmt(vals.get((ind, 1), []))} "
-            f"| {_fmt(vals.get((kd, 0), []))} | {_fmt(vals.get((dml, 1), []))} "
-            f"| {_fmt(vals.get((ind, 0), []))} | {_fmt(vals.get((dml, 0), []))} "
+            f"| {TITLES[teacher]} → {TITLES[student]} | {mean_std(vals.get((ind, 1), []))} "
+            f"| {mean_std(vals.get((kd, 0), []))} | {mean_std(vals.get((dml, 1), []))} "
+            f"| {mean_std(vals.get((ind, 0), []))} | {mean_std(vals.get((dml, 0), []))} "
             f"| {paper['independent'][1]:.2f} / {paper['dml'][1]:.2f} |"
         )
     return "\n".join(lines)
@@ -331,13 +308,7 @@ def csv_rows(results: list[RunResult], scale: float) -> list[list[Any]]:
 def cifar_table_report(exp: Experiment, results: list[RunResult], out: Path, scale: float) -> str:
     """Write ``results.md`` and ``results.csv`` under ``out``; return the Markdown."""
     text = format_report(exp, results, scale)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "results.md", f"# {exp.name}: {exp.description}\n\n{text}\n")
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(CSV_HEADER)
-    writer.writerows(csv_rows(results, scale))
-    atomic_write_text(out / "results.csv", buf.getvalue())
+    write_results_files(exp, out, text, CSV_HEADER, csv_rows(results, scale))
     return text
 
 
@@ -367,82 +338,58 @@ CIFAR100_TABLE = register_experiment(
 def recipe(arm: str, *, out: Path = DEFAULT_OUT) -> dict[str, Any]:
     """The config dict of one arm as a YAML file holds it (seed 0, ``{run:ARM}`` resolved
     against ``out``)."""
-    data = copy.deepcopy(merge_dicts({"seed": 0}, merge_dicts(BASE, CIFAR100_TABLE.arms[arm])))
-    teacher = data["method"].get("teacher")
-    if isinstance(teacher, str) and teacher.startswith("{run:"):
-        data["method"]["teacher"] = (out / teacher[5:-1] / "seed0").as_posix()
-    order = ["seed", "method", "peers", "optim", "data", "train"]
-    return {k: data[k] for k in order if k in data}
+    return recipe_dict(BASE, CIFAR100_TABLE.arms[arm], runs=out)
 
 
-def _scalar(value: Any) -> str:
-    import yaml
-
-    return yaml.safe_dump(value, default_flow_style=True).split("\n")[0]
-
-
-def _emit(node: dict[str, Any], prefix: str, indent: str, lines: list[str], method: str) -> None:
-    for key, value in node.items():
-        path = f"{prefix}{key}"
-        if isinstance(value, dict):
-            lines.append(f"{indent}{key}:")
-            _emit(value, path + ".", indent + "  ", lines, method)
-        elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
-            lines.append(f"{indent}{key}:")
-            for item in value:
-                first, *rest = item.items()
-                lines.append(f"{indent}  - {first[0]}: {_scalar(first[1])}")
-                lines.extend(f"{indent}    {k}: {_scalar(v)}" for k, v in rest)
-        else:
-            comment = METHOD_COMMENTS.get((method, path), COMMENTS.get(path))
-            lines.append(f"{indent}{key}: {_scalar(value)}" + (f"  # {comment}" if comment else ""))
-
-
-def render_yaml(arm: str) -> str:
-    """The text of ``configs/paper/cifar100_<arm>.yaml``."""
-    data = recipe(arm)
+def _header(arm: str) -> list[str]:
     method, net1, net2 = arm_info()[arm]
-    header = ['# CIFAR-100, Zhang et al. (CVPR 2018) "Deep Mutual Learning".']
+    header = ['CIFAR-100, Zhang et al. (CVPR 2018) "Deep Mutual Learning".']
     if method == "kd":
         header += [
-            f"# Distillation: {TITLES[net1]} (pretrained, frozen) distilled one way into "
+            f"Distillation: {TITLES[net1]} (pretrained, frozen) distilled one way into "
             f"{TITLES[net2]};",
-            f"# compare with DML of the same pair (cifar100_dml_{pair_slug(net1, net2)}.yaml).",
+            f"compare with DML of the same pair (cifar100_dml_{pair_slug(net1, net2)}.yaml).",
         ]
     else:
         ind, dml = PAPER_TOP1[(net1, net2)]["independent"], PAPER_TOP1[(net1, net2)]["dml"]
         header += [
-            f"# Table 1: {pair_title(net1, net2)}, "
+            f"{paper.CIFAR100_TABLE}: {pair_title(net1, net2)}, "
             f"{'DML' if method == 'dml' else 'each trained independently'}.",
-            f"# Paper top-1 % (Net1 / Net2): independent {ind[0]:.2f} / {ind[1]:.2f}, "
+            f"Paper top-1 % (Net1 / Net2): independent {ind[0]:.2f} / {ind[1]:.2f}, "
             f"DML {dml[0]:.2f} / {dml[1]:.2f}.",
         ]
-    header += [
-        "# Schedule: paper Sec. 4.1 (it follows the WRN recipe); the comments say where each",
-        "# value comes from.",
-        f"# One arm of `dml reproduce {EXPERIMENT_NAME}`, which runs the whole grid.",
-        "# GENERATED from src/dmlkit/experiments/cifar100.py: do not edit; regenerate with",
-        "#   python configs/paper/generate_cifar100.py",
-        f"# Train this arm alone: dml train -c configs/paper/{config_filename(arm)} \\",
-        "#   --set data.root=PATH"
+    return header + [
+        "Schedule: paper Sec. 4.1 (it follows the WRN recipe); the comments say where each",
+        "value comes from.",
+        f"One arm of `dml reproduce {EXPERIMENT_NAME}`, which runs the whole grid.",
+        "GENERATED from src/dmlkit/experiments/cifar100.py: do not edit; regenerate with",
+        "  python configs/paper/generate.py",
+        f"Train this arm alone: dml train -c configs/paper/{config_filename(arm)} \\",
+        "  --set data.root=PATH"
         + (f" --set method.teacher=RUN_DIR_OF_A_TRAINED_{net1.upper()}" if method == "kd" else ""),
     ]
-    lines: list[str] = []
-    _emit(data, "", "", lines, method)
-    return "\n".join(header + lines) + "\n"
+
+
+def paper_config(arm: str) -> PaperConfig:
+    """``configs/paper/cifar100_<arm>.yaml``: the recipe, its comments and a header."""
+    method = arm_info()[arm][0]
+    comments = {**COMMENTS, **{k: v for (m, k), v in METHOD_COMMENTS.items() if m == method}}
+    return PaperConfig(f"cifar100_{arm}", _header(arm), recipe(arm), comments)
+
+
+def paper_configs() -> list[PaperConfig]:
+    """Every arm's file, in the order the grid runs them."""
+    return [paper_config(arm) for arm in CIFAR100_TABLE.arms]
+
+
+def render_yaml(arm: str) -> str:
+    """The text of ``configs/paper/cifar100_<arm>.yaml``."""
+    return paper_config(arm).render()
 
 
 def config_filename(arm: str) -> str:
-    return f"cifar100_{arm}.yaml"
+    return paper_config_name(arm) + ".yaml"
 
 
-def write_paper_configs(folder: str | Path) -> list[Path]:
-    """Write one YAML per arm into ``folder``; return their paths."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for arm in CIFAR100_TABLE.arms:
-        path = folder / config_filename(arm)
-        path.write_text(render_yaml(arm), encoding="utf-8")
-        paths.append(path)
-    return paths
+def paper_config_name(arm: str) -> str:
+    return f"cifar100_{arm}"

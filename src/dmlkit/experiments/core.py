@@ -11,15 +11,13 @@ a stratified fraction F of every data split (``data.fraction``).
 
 from __future__ import annotations
 
-import csv
-import io
 import json
-import statistics
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dmlkit.analysis.stats import csv_text, mean_std
 from dmlkit.config import Config, build_config, merge_dicts
 from dmlkit.engine.checkpoint import atomic_write_text
 from dmlkit.engine.evaluation import ENSEMBLE
@@ -177,15 +175,6 @@ def run_experiment(
 # the comparison table
 
 
-def _mean_std(values: list[float]) -> str:
-    if not values:
-        return "-"
-    mean = statistics.fmean(values)
-    if len(values) == 1:
-        return f"{mean:.2f}"
-    return f"{mean:.2f} ± {statistics.stdev(values):.2f}"
-
-
 def comparison_rows(exp: Experiment, results: list[RunResult]) -> list[dict[str, Any]]:
     """One row per peer (and the ensemble): top-1 % per arm over seeds, paired gain vs baseline.
 
@@ -234,15 +223,10 @@ def format_table(exp: Experiment, rows: list[dict[str, Any]], n_seeds: int) -> s
         "|" + "|".join("---" for _ in header) + "|",
     ]
     for row in rows:
-        cells = [row["peer"], *[_mean_std(row[a]) for a in arms]]
-        cells += [_signed(row[f"gain_{a}"]) for a in gains]
+        cells = [row["peer"], *[mean_std(row[a]) for a in arms]]
+        cells += [mean_std(row[f"gain_{a}"], signed=True) for a in gains]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
-
-
-def _signed(values: list[float]) -> str:
-    s = _mean_std(values)
-    return s if s.startswith("-") else "+" + s
 
 
 def comparison_report(exp: Experiment, results: list[RunResult], out: Path, scale: float) -> str:
@@ -257,13 +241,25 @@ def comparison_report(exp: Experiment, results: list[RunResult], out: Path, scal
 
 def write_results(exp: Experiment, rows: list[dict[str, Any]], out: Path, table: str) -> None:
     """results.md (the table) and results.csv (every per-seed value) under ``out``."""
+    csv_rows = [
+        [row["peer"], row["arch"], arm, i, f"{v:.4f}"]
+        for row in rows
+        for arm in exp.arms
+        for i, v in enumerate(row[arm])
+    ]
+    header = ["peer", "arch", "arm", "seed", "top1_percent"]
+    write_results_files(exp, out, table, header, csv_rows)
+
+
+def write_results_files(
+    exp: Experiment,
+    out: Path,
+    markdown: str,
+    header: Sequence[str],
+    rows: Iterable[Sequence[Any]],
+) -> None:
+    """The files of every experiment's report under ``out``: ``results.md`` (a title, then
+    ``markdown``) and ``results.csv`` (``header``, then ``rows``)."""
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "results.md", f"# {exp.name}: {exp.description}\n\n{table}\n")
-    buf = io.StringIO()
-    writer = csv.writer(buf)
-    writer.writerow(["peer", "arch", "arm", "seed", "top1_percent"])
-    for row in rows:
-        for arm in exp.arms:
-            for i, v in enumerate(row[arm]):
-                writer.writerow([row["peer"], row["arch"], arm, i, f"{v:.4f}"])
-    atomic_write_text(out / "results.csv", buf.getvalue())
+    atomic_write_text(out / "results.md", f"# {exp.name}: {exp.description}\n\n{markdown}\n")
+    atomic_write_text(out / "results.csv", csv_text(header, rows))

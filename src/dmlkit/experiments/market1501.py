@@ -27,26 +27,31 @@ how to provide them, so they run first. Skip them with ``--arms independent,dml`
 cohort-size and DML_e grids start from scratch; ``--set 'peers.*.kwargs.pretrained=imagenet'``
 starts every peer of every arm from ImageNet weights.
 
-``configs/paper/market1501_*.yaml`` hold the same recipes for ``dml train -c`` (a test checks
-that they load to the configs these grids train).
+``configs/paper/market1501_*.yaml``, for ``dml train -c``, are generated from these recipes
+(``python configs/paper/generate.py``); a test checks that each file is what the generator
+writes and loads to the config the grid trains.
 """
 
 from __future__ import annotations
 
-import csv
-import io
-import statistics
 from pathlib import Path
 from typing import Any
 
-from dmlkit.engine.checkpoint import atomic_write_text
+from dmlkit import paper
+from dmlkit.analysis.stats import MISSING, mean_std
 from dmlkit.engine.evaluation import ENSEMBLE
-from dmlkit.experiments.core import Experiment, RunResult, register_experiment
+from dmlkit.experiments.core import (
+    Experiment,
+    RunResult,
+    register_experiment,
+    write_results_files,
+)
+from dmlkit.experiments.market1501_plots import MAX_COHORT, plot_cohort_size, plot_dml_e
+from dmlkit.experiments.recipes import PaperConfig, recipe_dict
 
 ARCH = "mobilenet_v1"
 METRICS = ("mAP", "rank1", "rank5", "rank10", "rank20")
 MQ_METRICS = ("mq_mAP", "mq_rank1")
-MAX_COHORT = 5
 
 BASE: dict[str, Any] = {
     "method": {"name": "dml", "update": "simultaneous"},
@@ -74,13 +79,6 @@ BASE: dict[str, Any] = {
     "train": {"iterations": 100_000, "eval_every": 10, "checkpoint_every": 5},
 }
 
-# The paper's values, % (Table 3; single query unless said): (mAP, Rank-1), None = not given.
-PAPER = {
-    "independent_pretrained": (None, 83.94),
-    "dml_pretrained": (68.83, 87.73),
-}
-PAPER_MQ = {"dml_pretrained": (77.14, 91.66)}
-
 
 def _peers(k: int, pretrained: bool = False) -> list[dict[str, Any]]:
     peer: dict[str, Any] = {"arch": ARCH}
@@ -102,15 +100,6 @@ def _ensemble_value(summary: dict[str, Any], key: str) -> float | None:
     return None if value is None else (value if key == "entropy" else 100 * value)
 
 
-def _mean_std(values: list[float], digits: int = 2) -> str:
-    if not values:
-        return "–"
-    mean = statistics.fmean(values)
-    if len(values) == 1:
-        return f"{mean:.{digits}f}"
-    return f"{mean:.{digits}f} ± {statistics.stdev(values):.{digits}f}"
-
-
 def _by_arm(results: list[RunResult]) -> dict[str, list[RunResult]]:
     out: dict[str, list[RunResult]] = {}
     for r in results:
@@ -122,25 +111,17 @@ def _scale_note(scale: float) -> str:
     return f"Smoke run at --scale {scale:g} (iterations and data x {scale:g}).\n\n" * (scale != 1)
 
 
-def write_csv(results: list[RunResult], out: Path) -> None:
-    """results.csv: one row per run and member (peer or ensemble), every re-id metric."""
+def write_files(exp: Experiment, results: list[RunResult], out: Path, text: str) -> None:
+    """results.md (``text``) and results.csv: one row per run and member (peer or ensemble),
+    every re-id metric."""
     keys = [*METRICS, *MQ_METRICS, "entropy"]
-    buf = io.StringIO()
-    writer = csv.writer(buf)
-    writer.writerow(["arm", "seed", "member", *keys])
+    rows = []
     for r in results:
         members = [(p["name"], p["metrics"]) for p in r.summary["peers"]]
         members.append((ENSEMBLE, r.summary[ENSEMBLE]["metrics"]))
         for name, m in members:
-            row = [f"{m[k]:.6f}" if k in m else "" for k in keys]
-            writer.writerow([r.arm, r.seed, name, *row])
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "results.csv", buf.getvalue())
-
-
-def _write_md(exp: Experiment, out: Path, text: str) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "results.md", f"# {exp.name}: {exp.description}\n\n{text}\n")
+            rows.append([r.arm, r.seed, name, *[f"{m[k]:.6f}" if k in m else "" for k in keys]])
+    write_results_files(exp, out, text, ["arm", "seed", "member", *keys], rows)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -166,14 +147,15 @@ def table_report(exp: Experiment, results: list[RunResult], out: Path, scale: fl
         init = "ImageNet" if arm.endswith("_pretrained") else "scratch"
         method = arm.removesuffix("_pretrained")
         keys = [*METRICS, *(MQ_METRICS * multi)]
-        cells = [_mean_std([v for r in runs for v in _peer_values(r.summary, k)]) for k in keys]
+        cells = [mean_std([v for r in runs for v in _peer_values(r.summary, k)]) for k in keys]
         for key in ("mAP", "rank1"):
             ens = [_ensemble_value(r.summary, key) for r in runs]
-            cells.append(_mean_std([v for v in ens if v is not None]))
-        paper = PAPER.get(arm, (None, None))
-        paper_text = " / ".join("–" if v is None else f"{v:.2f}" for v in paper)
-        if arm in PAPER_MQ and multi:
-            paper_text += " (MQ " + " / ".join(f"{v:.2f}" for v in PAPER_MQ[arm]) + ")"
+            cells.append(mean_std([v for v in ens if v is not None]))
+        published = paper.MARKET1501_SINGLE_QUERY.get(arm, (None, None))
+        paper_text = " / ".join(MISSING if v is None else f"{v:.2f}" for v in published)
+        if arm in paper.MARKET1501_MULTI_QUERY and multi:
+            mq = paper.MARKET1501_MULTI_QUERY[arm]
+            paper_text += " (MQ " + " / ".join(f"{v:.2f}" for v in mq) + ")"
         lines.append("| " + " | ".join([init, method, *cells, paper_text]) + " |")
     n_seeds = len({r.seed for r in results})
     gains = []
@@ -187,7 +169,7 @@ def table_report(exp: Experiment, results: list[RunResult], out: Path, scale: fl
             if r.seed in by_seed:
                 a, b = _peer_values(by_seed[r.seed], "mAP"), _peer_values(r.summary, "mAP")
                 paired += [y - x for x, y in zip(a, b)]
-        gains.append(f"{init} {_signed(paired)}")
+        gains.append(f"{init} {mean_std(paired, signed=True)}")
     text = (
         _scale_note(scale)
         + f"Market-1501, single query unless MQ, % over {n_seeds} seed(s): peers' mean ± std "
@@ -196,14 +178,8 @@ def table_report(exp: Experiment, results: list[RunResult], out: Path, scale: fl
     )
     if gains:
         text += f"\n\nDML − independent, peers' mAP paired by seed and peer: {'; '.join(gains)}."
-    write_csv(results, out)
-    _write_md(exp, out, text)
+    write_files(exp, results, out, text)
     return text
-
-
-def _signed(values: list[float]) -> str:
-    s = _mean_std(values)
-    return s if s.startswith(("-", "–")) else "+" + s
 
 
 TABLE = register_experiment(
@@ -273,8 +249,8 @@ def cohort_size_report(exp: Experiment, results: list[RunResult], out: Path, sca
         if not any(row.values()):
             continue
         cells = [str(k)]
-        cells += [_mean_std(row[m][1]) if row[m] else "–" for m in ("independent", "dml")]
-        cells += [_mean_std(row[m][2]) if row[m] else "–" for m in ("independent", "dml")]
+        cells += [mean_std(row[m][1]) if row[m] else MISSING for m in ("independent", "dml")]
+        cells += [mean_std(row[m][2]) if row[m] else MISSING for m in ("independent", "dml")]
         lines.append("| " + " | ".join(cells) + " |")
     out.mkdir(parents=True, exist_ok=True)
     png = out / "cohort_size.png"
@@ -286,46 +262,8 @@ def cohort_size_report(exp: Experiment, results: list[RunResult], out: Path, sca
         + "\n".join(lines)
         + f"\n\nPlot: {png}"
     )
-    write_csv(results, out)
-    _write_md(exp, out, text)
+    write_files(exp, results, out, text)
     return text
-
-
-def plot_cohort_size(
-    curves: dict[str, list[tuple[int, list[float], list[float]]]], path: Path
-) -> None:
-    """Individual mAP (mean ± std) and ensemble mAP vs cohort size, independent and DML."""
-    from matplotlib.figure import Figure  # no pyplot: no global state, no display needed
-
-    fig = Figure(figsize=(6, 4), layout="constrained")
-    ax = fig.subplots()
-    styles = {"independent": ("tab:blue", "independent"), "dml": ("tab:red", "DML")}
-    for method, points in curves.items():
-        if not points:
-            continue
-        color, label = styles[method]
-        ks = [p[0] for p in points]
-        mean = [statistics.fmean(p[1]) for p in points]
-        std = [statistics.stdev(p[1]) if len(p[1]) > 1 else 0.0 for p in points]
-        ax.errorbar(
-            ks,
-            mean,
-            yerr=std,
-            color=color,
-            marker="o",
-            capsize=3,
-            label=f"{label}: peers (mean ± std)",
-        )
-        ens = [(p[0], statistics.fmean(p[2])) for p in points if p[2]]
-        if ens:
-            ax.plot(*zip(*ens), color=color, marker="s", linestyle="--", label=f"{label}: ensemble")
-    ax.set_xlabel("cohort size K")
-    ax.set_ylabel("mAP (%)")
-    ax.set_xticks(range(1, MAX_COHORT + 1))
-    ax.set_title("Market-1501: mAP vs cohort size")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.savefig(path, dpi=120)
 
 
 COHORT_SIZE = register_experiment(
@@ -376,11 +314,11 @@ def dml_e_report(exp: Experiment, results: list[RunResult], out: Path, scale: fl
             + " | ".join(
                 [
                     label,
-                    _mean_std(peers_map),
-                    _mean_std(peers_r1),
-                    _mean_std(ens_map),
-                    _mean_std(ent, 3),
-                    _mean_std(ens_ent, 3),
+                    mean_std(peers_map),
+                    mean_std(peers_r1),
+                    mean_std(ens_map),
+                    mean_std(ent, 3),
+                    mean_std(ens_ent, 3),
                 ]
             )
             + " |"
@@ -394,63 +332,8 @@ def dml_e_report(exp: Experiment, results: list[RunResult], out: Path, scale: fl
         "posterior over the training identities, on the query images (the paper: DML_e is worse, "
         "its peers' posteriors peakier).\n\n" + "\n".join(lines) + f"\n\nPlot: {png}"
     )
-    write_csv(results, out)
-    _write_md(exp, out, text)
+    write_files(exp, results, out, text)
     return text
-
-
-def plot_dml_e(bars: dict[str, dict[str, list[float]]], path: Path) -> None:
-    """Two panels: mAP (peers mean ± std, ensemble) and posterior entropy, DML vs DML_e."""
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(8, 3.5), layout="constrained")
-    ax_map, ax_ent = fig.subplots(1, 2)
-    arms = list(bars)
-    labels = ["DML_e" if a == "dml_e" else "DML" for a in arms]
-    colors = ["tab:red" if a == "dml" else "tab:purple" for a in arms]
-    x = list(range(len(arms)))
-
-    def mean(v: list[float]) -> float:
-        return statistics.fmean(v) if v else float("nan")
-
-    def std(v: list[float]) -> float:
-        return statistics.stdev(v) if len(v) > 1 else 0.0
-
-    width = 0.38
-    ax_map.bar(
-        [i - width / 2 for i in x],
-        [mean(bars[a]["mAP"]) for a in arms],
-        width,
-        yerr=[std(bars[a]["mAP"]) for a in arms],
-        color=colors,
-        capsize=3,
-        label="peers",
-    )
-    ax_map.bar(
-        [i + width / 2 for i in x],
-        [mean(bars[a]["ensemble mAP"]) for a in arms],
-        width,
-        color=colors,
-        alpha=0.5,
-        hatch="//",
-        label="ensemble",
-    )
-    ax_map.set_xticks(x, labels)
-    ax_map.set_ylabel("mAP (%)")
-    ax_map.set_title("mAP")
-    ax_map.legend(fontsize=8)
-    ax_ent.bar(
-        x,
-        [mean(bars[a]["entropy"]) for a in arms],
-        yerr=[std(bars[a]["entropy"]) for a in arms],
-        color=colors,
-        capsize=3,
-    )
-    ax_ent.set_xticks(x, labels)
-    ax_ent.set_ylabel("mean posterior entropy (nats)")
-    ax_ent.set_title("posterior entropy")
-    fig.suptitle("Market-1501, 5 MobileNets: DML vs DML_e")
-    fig.savefig(path, dpi=120)
 
 
 DML_E = register_experiment(
@@ -469,3 +352,100 @@ DML_E = register_experiment(
         notes=["from ImageNet weights: --set 'peers.*.kwargs.pretrained=imagenet'"],
     )
 )
+
+
+# ------------------------------------------------------------------------------------------------
+# configs/paper/market1501_*.yaml, generated from the recipes above
+
+COMMENTS: dict[str, str] = {
+    "seed": "run seed: data order and (per peer) initialisation",
+    "method.update": "the authors' code updates every network from one forward",
+    "optim.name": "paper: Adam",
+    "optim.lr": "paper: learning rate 2e-4",
+    "optim.betas": "paper: beta1 0.5, beta2 0.999",
+    "optim.weight_decay": "not in the paper; the authors' TF-slim code",
+    "optim.schedule": "paper: no schedule stated",
+    "data.root": "the Market-1501 folder: --set data.root=PATH",
+    "data.val_fraction": "train on all 12,936 images; the final iteration is reported",
+    "data.batch_size": "paper: batch 16",
+    "data.image_height": "the usual re-id input; the authors' code: 224 x 224",
+    "data.hflip": "random horizontal flip",
+    "data.reid_distance": "the authors' code: L2-normalised features, Euclidean distance",
+    "train.iterations": "paper: 100,000 iterations",
+    "train.eval_every": "validation only if data.val_fraction > 0",
+    "train.checkpoint_every": "epochs (808 iterations each)",
+}
+
+# File name -> (experiment, arm, what it trains). One file per distinct recipe: the DML arm of
+# market1501-dml-e is the dml_k5 arm of market1501-cohort-size.
+PAPER_CONFIG_ARMS: dict[str, tuple[str, str, str]] = {
+    "market1501_independent": (
+        "market1501-table",
+        "independent",
+        "two MobileNets trained alone (CE only), from scratch",
+    ),
+    "market1501_dml": ("market1501-table", "dml", "two MobileNets with DML, from scratch"),
+    "market1501_independent_pretrained": (
+        "market1501-table",
+        "independent_pretrained",
+        "two ImageNet MobileNets trained alone",
+    ),
+    "market1501_dml_pretrained": (
+        "market1501-table",
+        "dml_pretrained",
+        "two ImageNet MobileNets with DML",
+    ),
+    "market1501_dml_k5": (
+        "market1501-cohort-size",
+        "dml_k5",
+        "five MobileNets with DML (also market1501-dml-e, arm dml)",
+    ),
+    "market1501_dml_e_k5": (
+        "market1501-dml-e",
+        "dml_e",
+        "five MobileNets with DML_e (each mimics the others' mean posterior)",
+    ),
+}
+
+
+def _paper_lines(arm: str) -> list[str]:
+    """The paper's numbers for an arm of market1501-table (none for the other arms)."""
+    if arm not in paper.MARKET1501_SINGLE_QUERY:
+        return []
+    names = ("mAP", "Rank-1")
+    values = paper.MARKET1501_SINGLE_QUERY[arm]
+    given = ", ".join(f"{n} {v:.2f}" for n, v in zip(names, values) if v is not None)
+    lines = [f"Paper ({paper.MARKET1501_TABLE}, single query): {given} (mean of the two peers)."]
+    if arm in paper.MARKET1501_MULTI_QUERY:
+        mq = ", ".join(f"{n} {v:.2f}" for n, v in zip(names, paper.MARKET1501_MULTI_QUERY[arm]))
+        lines.append(f"Multiple query (data.multi_query: true): {mq}.")
+    return lines
+
+
+def paper_config(name: str) -> PaperConfig:
+    """``configs/paper/<name>.yaml`` (``name``: a key of :data:`PAPER_CONFIG_ARMS`)."""
+    from dmlkit.experiments.core import EXPERIMENTS
+
+    experiment, arm, what = PAPER_CONFIG_ARMS[name]
+    exp = EXPERIMENTS.get(experiment)
+    header = [
+        'Market-1501 person re-identification, Zhang et al. (CVPR 2018) "Deep Mutual Learning".',
+        f"{experiment}, arm {arm}: {what}.",
+        *_paper_lines(arm),
+        "GENERATED from src/dmlkit/experiments/market1501.py: do not edit; regenerate with",
+        "  python configs/paper/generate.py",
+        f"Train this run alone: dml train -c configs/paper/{name}.yaml --set data.root=PATH \\",
+        f"  --out runs/{name}",
+    ]
+    if arm.endswith("_pretrained"):
+        header += [
+            "ImageNet weights: pretrained: imagenet = the file in $DMLKIT_MOBILENET_V1_WEIGHTS,",
+            "else timm's mobilenetv1_100 weights from its offline cache; or give a path:",
+            "  --set 'peers.*.kwargs.pretrained=PATH'",
+        ]
+    return PaperConfig(name, header, recipe_dict(exp.base, exp.arms[arm]), COMMENTS)
+
+
+def paper_configs() -> list[PaperConfig]:
+    """Every ``configs/paper/market1501_*.yaml``."""
+    return [paper_config(name) for name in PAPER_CONFIG_ARMS]
