@@ -12,8 +12,11 @@ finished run directory:
   their posteriors are (pairwise KL).
 
 :mod:`~dmlkit.analysis.analyze` runs them over run directories and writes CSV + PNG
-(``dml analyze``); :mod:`~dmlkit.analysis.report` gathers an experiment into one Markdown page
-(``dml report``).
+(``dml analyze``: :mod:`~dmlkit.analysis.measure` for one run, :mod:`~dmlkit.analysis.tables`
+and :mod:`~dmlkit.analysis.outputs` for the files); :mod:`~dmlkit.analysis.report` gathers an
+experiment into one Markdown page (``dml report``: :mod:`~dmlkit.analysis.sections`,
+:mod:`~dmlkit.analysis.claims`, :mod:`~dmlkit.analysis.provenance`). Both find and read runs
+with :mod:`~dmlkit.analysis.runs` and format numbers with :mod:`~dmlkit.analysis.stats`.
 """
 
 from dmlkit.analysis.agreement import agreement
