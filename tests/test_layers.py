@@ -31,7 +31,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("dmlkit.engine",),  # trainer, checkpoints, evaluation, run directory
     ("dmlkit.analysis",),  # reading finished runs
     ("dmlkit.experiments",),  # named recipes of many runs, their reports
-    ("dmlkit.cli", "dmlkit.bench", "dmlkit.testing"),  # entry points and test fixtures
+    ("dmlkit.cli", "dmlkit.cli_use", "dmlkit.bench", "dmlkit.testing"),  # entry points, fixtures
 ]
 
 # Known upward edges that another change removes; each must still exist (a stale entry fails).

@@ -16,8 +16,11 @@ import time
 import warnings
 from pathlib import Path
 
+from dmlkit import __version__
 from dmlkit.errors import UserError
 
+# Nothing heavy (torch, torchvision, matplotlib, sklearn) is imported at module level: every
+# command imports what it uses, so --help, --version, list and config errors answer at once.
 EXIT_USER_ERROR = 2
 
 
@@ -42,6 +45,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="dml",
         description="Deep Mutual Learning: train cohorts of networks that teach each other.",
     )
+    p.add_argument("--version", action="version", version=f"dml (dmlkit) {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
     t = sub.add_parser("train", help="train a configured cohort into a run directory")
@@ -84,7 +88,6 @@ def _parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="override a config value in every run of the grid",
     )
-    r.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     r.add_argument(
         "--arms",
         metavar="ARM,ARM",
@@ -104,6 +107,13 @@ def _parser() -> argparse.ArgumentParser:
         "bench", help="measure DML step throughput (dml bench --help)", add_help=False
     )
     b.add_argument("bench_args", nargs=argparse.REMAINDER)
+    for name, command in sub.choices.items():
+        if name != "bench":  # bench has its own parser
+            command.add_argument(
+                "--no-progress",
+                action="store_true",
+                help="hide the progress bars (they hide themselves when output is not a terminal)",
+            )
     return p
 
 
@@ -128,30 +138,44 @@ def _data_overrides(args: argparse.Namespace) -> list[str]:
     return [assignment for assignment, given in flags if given]
 
 
+def _plural(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
+def _run_line(summary: dict) -> str:
+    """'after 3 epochs (dml, sequential; digits on cpu)': what was trained, on what, where."""
+    where = "; ".join(
+        x
+        for x in (
+            summary.get("dataset", ""),
+            f"on {summary['device']}" if summary.get("device") else "",
+        )
+        if x
+    )
+    inside = ", ".join(x for x in (summary["method"], summary.get("update")) if x)
+    return f"after {_plural(summary['epochs'], 'epoch')} ({inside}" + (
+        f"; {where})" if where else ")"
+    )
+
+
 def _print_summary(summary: dict) -> None:
     if "mAP" in summary["ensemble"]["metrics"]:
         _print_reid_summary(summary)
         return
-    print(
-        f"test top-1 / top-5 after {summary['epochs']} epochs ({summary['method']}"
-        + (f", {summary['update']}" if summary.get("update") else "")
-        + "):"
-    )
-    for p in summary["peers"]:
-        m = p["metrics"]
-        print(f"  {p['name']:<24} {100 * m['top1']:6.2f}%  {100 * m['top5']:6.2f}%")
-    m = summary["ensemble"]["metrics"]
-    print(f"  {'ensemble':<24} {100 * m['top1']:6.2f}%  {100 * m['top5']:6.2f}%")
+    # top-5 of a problem with <= 5 classes is always 100 %: not worth a column
+    top5 = summary.get("num_classes", 6) > 5
+    split = summary.get("split", "test")
+    print(f"{split} top-1{' / top-5' if top5 else ''} {_run_line(summary)}:")
+    members = [(p["name"], p["metrics"]) for p in summary["peers"]]
+    members.append(("ensemble", summary["ensemble"]["metrics"]))
+    for name, m in members:
+        print(f"  {name:<24} {100 * m['top1']:6.2f}%" + (f"  {100 * m['top5']:6.2f}%" * top5))
 
 
 def _print_reid_summary(summary: dict) -> None:
     """Re-id: mAP and CMC Rank-1/5/10/20 per peer and for the ensemble (concatenated features)."""
     split = summary.get("split", "test")
-    print(
-        f"{split} retrieval after {summary['epochs']} epochs ({summary['method']}"
-        + (f", {summary['update']}" if summary.get("update") else "")
-        + "), %:"
-    )
+    print(f"{split} retrieval {_run_line(summary)}, %:")
     keys = ["mAP", "rank1", "rank5", "rank10", "rank20"]
     multi = "mq_mAP" in summary["ensemble"]["metrics"]
     header = ["mAP", "Rank-1", "Rank-5", "Rank-10", "Rank-20"] + (["MQ mAP", "MQ R-1"] * multi)
@@ -165,22 +189,21 @@ def _print_reid_summary(summary: dict) -> None:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from dmlkit.config import build_config, load_config, load_yaml
-    from dmlkit.engine.rundir import RunDir
-    from dmlkit.engine.trainer import Trainer
 
     args.overrides = [*_data_overrides(args), *args.overrides]
+    if args.no_progress:
+        args.overrides.insert(0, "train.progress=false")
     if args.resume:
         if args.out and Path(args.out).resolve() != Path(args.resume).resolve():
             raise UserError(
                 "give either --resume RUN_DIR or --out RUN_DIR, not two different folders"
             )
-        run = RunDir(args.resume)
-        if not run.config_path.is_file():
-            raise UserError(f"--resume {run.path}: no run there (no config.yaml)")
+        out = Path(args.resume).expanduser()
+        if not (out / "config.yaml").is_file():
+            raise UserError(f"--resume {out}: no run there (no config.yaml)")
         # The run's own config, then the file and --set changes (checked by the trainer).
         file = load_yaml(args.config) if args.config else {}
-        cfg = build_config(load_yaml(run.config_path), file, overrides=args.overrides)
-        out = run.path
+        cfg = build_config(load_yaml(out / "config.yaml"), file, overrides=args.overrides)
     else:
         cfg = load_config(args.config, args.overrides)
         out = (
@@ -188,6 +211,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             if args.out
             else Path("runs") / f"{cfg.method.name}-{time.strftime('%Y%m%d-%H%M%S')}"
         )
+    from dmlkit.engine.trainer import Trainer  # torch: only once the config is known good
+
     trainer = Trainer(cfg, out, resume=bool(args.resume))
     main_process = trainer.dist.is_main  # under torchrun, rank 0 alone reports
     if main_process:
@@ -225,7 +250,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.split == "train":
         loader.train = False  # evaluate on the plain, unaugmented, unshuffled images
     metrics = evaluate_split(cohort, loader)  # re-id test split: mAP and CMC
-    summary = make_summary(cfg, cohort.specs, metrics, state["epoch"], state["iteration"])
+    summary = make_summary(
+        cfg, cohort.specs, metrics, state["epoch"], state["iteration"], data=data, device=device
+    )
     summary["split"] = args.split
     from dmlkit.engine.checkpoint import atomic_write_text
 
@@ -259,7 +286,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         raise UserError(f"{exp.name} needs its data: give --data-root PATH")
     out = Path(args.out) if args.out else Path("runs") / exp.name
     n_seeds = args.seeds if args.seeds is not None else exp.seeds
-    print(f"{exp.name}: {exp.description}; {n_seeds} seed(s) -> {out}")
+    print(f"{exp.name}: {exp.description}; {_plural(n_seeds, 'seed')} -> {out}")
     start = time.perf_counter()
     results = run_experiment(
         exp,
@@ -278,7 +305,8 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
         page = publish_experiment(exp, results, out, Path(args.docs))
         print(f"\nreport page: {page}")
-    print(f"\n{len(results)} runs in {time.perf_counter() - start:.0f} s; results in {out}")
+    seconds = time.perf_counter() - start
+    print(f"\n{_plural(len(results), 'run')} in {seconds:.0f} s; results in {out}")
     return 0
 
 
@@ -376,22 +404,6 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_list(args: argparse.Namespace) -> int:
-    from dmlkit.data import DATASETS
-    from dmlkit.experiments import EXPERIMENTS
-    from dmlkit.methods import METHODS
-    from dmlkit.models import MODELS
-
-    for title, reg in (
-        ("models", MODELS),
-        ("datasets", DATASETS),
-        ("methods", METHODS),
-        ("experiments", EXPERIMENTS),
-    ):
-        print(f"{title}: {', '.join(reg.names())}")
-    return 0
-
-
 def main(argv: list[str] | None = None) -> int:
     warnings.formatwarning = _format_warning
     logger = logging.getLogger("dmlkit")
@@ -410,8 +422,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return EXIT_USER_ERROR
-    from dmlkit.distributed import DistributedError
-    from dmlkit.engine.trainer import TrainingError
+    from dmlkit.cli_use import cmd_list
 
     commands = {"train": cmd_train, "eval": cmd_eval, "reproduce": cmd_reproduce, "list": cmd_list}
     commands.update(analyze=cmd_analyze, report=cmd_report)
@@ -420,12 +431,29 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         print(f"dml: error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
-    except TrainingError as exc:
-        print(f"dml: training stopped: {exc}", file=sys.stderr)
+    except Exception as exc:
+        stopped = _stopped(exc)
+        if stopped is None:
+            raise
+        print(f"dml: {stopped}: {exc}", file=sys.stderr)
         return 1
-    except DistributedError as exc:  # another process of a torchrun job died or hung
-        print(f"dml: distributed training stopped: {exc}", file=sys.stderr)
-        return 1
+
+
+def _stopped(exc: Exception) -> str | None:
+    """'training stopped' for a TrainingError, ... ; None for other exceptions.
+
+    Looked up in ``sys.modules`` rather than imported: the classes live in modules that import
+    torch, and an exception of theirs can only exist once its module has been imported.
+    """
+    for module, name, words in (
+        ("dmlkit.engine.trainer", "TrainingError", "training stopped"),
+        # another process of a torchrun job died or hung
+        ("dmlkit.distributed", "DistributedError", "distributed training stopped"),
+    ):
+        cls = getattr(sys.modules.get(module), name, None)
+        if cls is not None and isinstance(exc, cls):
+            return words
+    return None
 
 
 if __name__ == "__main__":

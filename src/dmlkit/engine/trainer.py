@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -242,7 +243,8 @@ class Trainer:
             total=self.total_steps,
             initial=self.iteration,
             desc=self.desc,
-            disable=not cfg.train.progress or not self.dist.is_main,
+            # redirected output gets no bar: a log of redraws helps no one
+            disable=not cfg.train.progress or not self.dist.is_main or not _is_terminal(),
             leave=False,
             dynamic_ncols=True,
         )
@@ -379,7 +381,15 @@ class Trainer:
         """Evaluate the final cohort on the test split; write and return summary.json."""
         test = evaluate_split(self.cohort, self.data.test)  # top-k, or re-id mAP/CMC
         self.run.log(self._records(self.epoch, "test", test))
-        summary = make_summary(self.cfg, self.cohort.specs, test, self.epoch, self.iteration)
+        summary = make_summary(
+            self.cfg,
+            self.cohort.specs,
+            test,
+            self.epoch,
+            self.iteration,
+            data=self.data,
+            device=self.device,
+        )
         self.run.write_summary(summary)
         return summary
 
@@ -390,7 +400,16 @@ def make_summary(
     metrics: dict[str, dict[str, float]],
     epoch: int,
     iteration: int,
+    *,
+    data: DataBundle | None = None,
+    device: torch.device | str | None = None,
 ) -> dict[str, Any]:
+    """summary.json: the final metrics, and what was trained on what (dataset, classes, device)."""
+    about: dict[str, Any] = {"dataset": cfg.data.name}
+    if device is not None:
+        about["device"] = str(device)
+    if data is not None:  # the class names let `dml predict` answer in words
+        about.update(num_classes=data.num_classes, classes=list(data.class_names))
     return {
         "method": cfg.method.name,
         "update": update_order(cfg.method),
@@ -400,7 +419,13 @@ def make_summary(
         "split": "test",
         "peers": [{"name": s.name, "arch": s.arch, "metrics": metrics[s.name]} for s in specs],
         ENSEMBLE: {"metrics": metrics[ENSEMBLE]},
+        **about,
     }
+
+
+def _is_terminal() -> bool:
+    isatty = getattr(sys.stderr, "isatty", None)
+    return bool(isatty and isatty())
 
 
 def _postfix(records: list[dict[str, Any]]) -> str:
