@@ -182,17 +182,18 @@ def test_selection_rule_prefers_resolved_demo_sized_regimes():
 
 def test_every_regime_arm_is_a_valid_config():
     from dmlkit.experiments import arm_config
-    from dmlkit.experiments.digits_pairs import REGIME_SEARCH, REGIMES
+    from dmlkit.experiments.digits_pairs import REGIME_SEARCH, REGIMES, Regime
 
     assert len(REGIME_SEARCH.arms) == 2 * len(REGIMES)
     for arm in REGIME_SEARCH.arms:
         cfg = arm_config(REGIME_SEARCH, arm, 100, [])
         regime, method = arm.split("/")
         assert cfg.data.name == "digits-pairs" and cfg.method.name == method
-        assert regime == (
-            f"c{cfg.data.pairs_classes}-n{cfg.data.pairs_per_class}-"
-            f"w{cfg.peers[0].kwargs['width']}-noise{cfg.data.label_noise:g}"
-        )
+        d = cfg.data
+        width = cfg.peers[0].kwargs["width"]
+        same = Regime(d.pairs_classes, d.pairs_per_class, width, d.label_noise, cfg.train.epochs)
+        assert regime == same.name
+    assert Regime(noise=0.4, epochs=60).name == "c100-n10-w16-noise0.4-e60"
 
 
 def test_demo_report_pairs_test_accuracies_by_seed(tmp_path):
