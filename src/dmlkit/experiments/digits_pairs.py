@@ -1,4 +1,4 @@
-"""digits-pairs experiments: where does DML's gain resolve, and the demo that shows it.
+"""digits-pairs experiments: where DML's gain resolves, and the selected regime's final runs.
 
 * ``digits-pairs-regimes``: a one-axis-at-a-time search around a center regime (classes,
   training composites per class, network width, label noise), independent vs DML, seeds
