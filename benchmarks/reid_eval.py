@@ -7,13 +7,17 @@ then CMC and mAP with the same-identity-same-camera removal -- runs in under 10 
 
     python benchmarks/reid_eval.py                    # the full size, 2 threads, 3 repeats
     python benchmarks/reid_eval.py --queries 300 --gallery 1500 --repeats 1   # a quick check
+    python benchmarks/reid_eval.py --device cuda --tag nvidia-h200           # on a GPU
 
 Each repeat runs in a fresh process (so that its peak memory is its own): synthetic features
 (751 identity centres + noise, 6 cameras, identity-0 distractors, seeded) are drawn, then timed:
 ``pairwise_distance`` (the [Nq, Ng] matrix), ``rank_queries`` (CMC + mAP) and their sum.
 Memory: the process's resident set before the evaluation and its high-water mark after
-(Linux /proc/self/status), i.e. what the evaluation adds. The first repeat also checks its
-result on the first ``--check`` queries against a plain per-query numpy implementation.
+(Linux /proc/self/status), i.e. what the evaluation adds; with ``--device cuda`` also the CUDA
+allocator's peak. On a GPU the features are moved there before the clock starts, and one
+small evaluation runs first, untimed, so that the CUDA start-up is not in the figure. The
+first repeat also checks its result on the first ``--check`` queries against a plain per-query
+numpy implementation.
 
 Results: printed, and written to benchmarks/results/reid_eval-<tag>.{json,md} (--out). The
 machine and thread count are recorded with them; timings on a shared machine are noisy.
@@ -88,13 +92,23 @@ def worker(args: argparse.Namespace) -> dict:
     from dmlkit.metrics.reid import pairwise_distance, rank_queries
 
     torch.set_num_threads(args.threads)
-    query, gallery, q_pids, g_pids, q_cams, g_cams = _features(args)
+    device = torch.device(args.device)
+    cuda = device.type == "cuda"
+    tensors = [t.to(device) for t in _features(args)]
+    query, gallery, q_pids, g_pids, q_cams, g_cams = tensors
+    if cuda:  # CUDA context, kernels and allocator warmed up outside the timed region
+        warm = pairwise_distance(query[:64], gallery, args.metric, normalize=True)
+        rank_queries(warm, q_pids[:64], g_pids, q_cams[:64], g_cams, 50, chunk_size=args.chunk)
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
     rss_before = _status_kib("VmRSS")
     t0 = time.perf_counter()
     dist = pairwise_distance(query, gallery, args.metric, normalize=True)
+    if cuda:
+        torch.cuda.synchronize(device)
     t1 = time.perf_counter()
     res = rank_queries(dist, q_pids, g_pids, q_cams, g_cams, 50, chunk_size=args.chunk)
-    t2 = time.perf_counter()
+    t2 = time.perf_counter()  # rank_queries returns numpy arrays: the GPU work is done
     out = {
         "distance_s": t1 - t0,
         "rank_s": t2 - t1,
@@ -104,16 +118,17 @@ def worker(args: argparse.Namespace) -> dict:
         "mAP": res.mAP,
         "rank1": float(res.cmc[0]),
         "valid_queries": res.num_valid,
+        "cuda_peak_mib": torch.cuda.max_memory_allocated(device) / 2**20 if cuda else None,
     }
     if args.check:
         n = min(args.check, args.queries)
         sub = rank_queries(dist[:n], q_pids[:n], g_pids, q_cams[:n], g_cams, 50)
         cmc, m_ap = _reference(
-            dist[:n].numpy(),
-            q_pids[:n].numpy(),
-            g_pids.numpy(),
-            q_cams[:n].numpy(),
-            g_cams.numpy(),
+            dist[:n].cpu().numpy(),
+            q_pids[:n].cpu().numpy(),
+            g_pids.cpu().numpy(),
+            q_cams[:n].cpu().numpy(),
+            g_cams.cpu().numpy(),
             50,
         )
         out["check_queries"] = n
@@ -131,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--noise", type=float, default=3.0, help="feature noise around the centres")
     p.add_argument("--metric", default="euclidean", choices=["euclidean", "sqeuclidean", "cosine"])
     p.add_argument("--threads", type=int, default=2, help="torch threads (the claim: 2 cores)")
+    p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (default cpu)")
     p.add_argument("--chunk", type=int, default=128, help="queries ranked at once")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--check", type=int, default=200, help="queries checked against numpy (0: no)")
@@ -171,7 +187,9 @@ def main(argv: list[str] | None = None) -> int:
         "normalize": True,
         "chunk": args.chunk,
         "threads": args.threads,
+        "device": args.device,
         "machine": {
+            "gpu": torch.cuda.get_device_name(args.device) if args.device != "cpu" else None,
             "cpu": cpu_name(),
             "cpu_count": os.cpu_count(),
             "python": platform.python_version(),
@@ -189,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
         "check_max_abs_diff": runs[0].get("check_max_abs_diff"),
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
-    tag = args.tag or f"cpu{args.threads}"
+    tag = args.tag or (f"cpu{args.threads}" if args.device == "cpu" else args.device)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"reid_eval-{tag}.json").write_text(json.dumps(result, indent=2) + "\n")
@@ -197,7 +215,8 @@ def main(argv: list[str] | None = None) -> int:
         f"# Re-id evaluation: {args.queries:,} queries x {args.gallery:,} gallery, "
         f"{args.dim}-d, {args.metric} (L2-normalised)",
         "",
-        f"{result['machine']['cpu']}, {args.threads} torch thread(s), torch "
+        f"{result['machine']['gpu'] or result['machine']['cpu']}, {args.threads} torch "
+        f"thread(s), device {args.device}, torch "
         f"{torch.__version__}; {args.repeats} repeat(s), each in a fresh process; "
         f"{result['date']}.",
         "",
@@ -217,6 +236,8 @@ def main(argv: list[str] | None = None) -> int:
         f"mAP {runs[0]['mAP']:.4f} over {runs[0]['valid_queries']:,} valid queries (synthetic "
         f"features).",
     ]
+    if runs[0].get("cuda_peak_mib") is not None:
+        md.append(f"CUDA allocator peak: {max(r['cuda_peak_mib'] for r in runs):.0f} MiB.")
     if result["check_max_abs_diff"] is not None:
         md.append(
             f"Checked on the first {runs[0]['check_queries']} queries against a per-query numpy "
