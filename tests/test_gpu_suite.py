@@ -79,7 +79,8 @@ def test_a_failing_step_fails_the_run_and_keeps_the_other_results(tmp_path: Path
     (tests / "test_cuda_paths.py").write_text(
         "import pytest\n\n\n"
         "@pytest.mark.gpu\ndef test_a_cuda_path_that_works():\n    assert 1 + 1 == 2\n\n\n"
-        "@pytest.mark.gpu\ndef test_a_cuda_path_that_breaks():\n    assert 1 + 1 == 3\n"
+        "@pytest.mark.gpu\ndef test_a_cuda_path_that_breaks():\n"
+        "    two = 1 + 1\n    assert two == 3\n"
     )
     out = tmp_path / "out"
     args = ["--steps", "machine,tests,cifar_epoch,reid_eval", "--tests", str(tests)]
