@@ -8,6 +8,7 @@ hold the suite); what a child printed goes to a ``.log`` file beside the results
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
 import json
@@ -96,7 +97,9 @@ def run_limited(
             out, _ = proc.communicate(timeout=max(timeout, 1.0))
             code: int | None = proc.returncode
         except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+            # the group may have ended between the timeout and the kill
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
             out, _ = proc.communicate()
             code = None
             err.write(f"\n[gpu_suite] killed after {timeout:.0f} s\n")

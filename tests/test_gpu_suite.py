@@ -8,6 +8,7 @@ measurement) makes the exit status non-zero while the other steps' results stay.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -19,10 +20,8 @@ ROOT = Path(__file__).resolve().parent.parent
 SUITE = ROOT / "benchmarks" / "gpu_suite.py"
 STEPS = ["machine", "deps", "tests", "cifar_epoch", "reid_eval", "bench"]
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(torch.cuda.is_available(), reason="the dry run is the CPU's stand-in"),
-]
+# whole runs of the suite (a minute or more of CPU time each): in the full run only
+dry_run = pytest.mark.skipif(torch.cuda.is_available(), reason="the dry run is the CPU's stand-in")
 
 
 def _dry_run(out: Path, *args: str) -> tuple[subprocess.CompletedProcess, dict]:
@@ -36,6 +35,8 @@ def _dry_run(out: Path, *args: str) -> tuple[subprocess.CompletedProcess, dict]:
     return proc, record
 
 
+@pytest.mark.slow
+@dry_run
 def test_dry_run_runs_every_step_and_writes_its_results(tmp_path: Path):
     proc, record = _dry_run(tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -73,6 +74,8 @@ def test_dry_run_runs_every_step_and_writes_its_results(tmp_path: Path):
     assert all(f"| {name} | ok |" in page for name in STEPS)
 
 
+@pytest.mark.slow
+@dry_run
 def test_a_failing_step_fails_the_run_and_keeps_the_other_results(tmp_path: Path):
     tests = tmp_path / "cuda_tests"
     tests.mkdir()
@@ -102,3 +105,26 @@ def test_a_failing_step_fails_the_run_and_keeps_the_other_results(tmp_path: Path
     assert (out / "reid_eval-cpu-dry-run.json").is_file()
     assert steps["machine"]["status"] == "ok"
     assert "| tests | failed |" in (out / "gpu_suite-cpu-dry-run.md").read_text()
+
+
+def test_a_step_out_of_time_is_killed_with_its_children(tmp_path: Path):
+    """run_limited kills the whole process group at the limit (a hung compile worker or CUDA
+    call cannot hold the suite) and keeps what the step printed before."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from gpu_suite_steps import run_limited
+
+    pid_file = tmp_path / "child.pid"
+    script = (
+        "import subprocess, sys, time\n"
+        "child = subprocess.Popen(['sleep', '60'])\n"
+        f"open({str(pid_file)!r}, 'w').write(str(child.pid))\n"
+        "print('started', flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    log = tmp_path / "step.log"
+    code, out = run_limited([sys.executable, "-c", script], 3, log, dict(os.environ))
+    assert code is None and out.strip() == "started"
+    assert "killed after 3 s" in log.read_text()
+    status = Path(f"/proc/{pid_file.read_text()}/status")
+    # gone, or a zombie waiting for a reaper: either way no longer running
+    assert not status.exists() or "State:\tZ" in status.read_text()
