@@ -165,10 +165,15 @@ def _summary(name: str, r: dict[str, Any]) -> str:
     return ""
 
 
+def _cell(text: str) -> str:
+    """Text for a Markdown table cell (a '|' in it would end the cell)."""
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
 def markdown(record: dict[str, Any]) -> str:
     rows = [
         f"| {name} | {r['status']} | {r['seconds']:.1f} | {r['budget_s'] or '-'} | "
-        f"{_summary(name, r)} | {', '.join(r.get('files', []))} |"
+        f"{_cell(_summary(name, r))} | {', '.join(r.get('files', []))} |"
         for name, r in record["steps"].items()
     ]
     kind = "dry run on the CPU (tiny sizes)" if record["dry_run"] else f"on {record['device']}"
