@@ -119,8 +119,10 @@ def test_model_forward_backward_channels_last_bf16(arch: str, device: str):
         with torch.autocast(device, dtype=torch.bfloat16):
             got = model(x_cl)
     assert got.shape == (n, 10) and got.dtype == torch.bfloat16
+    # bf16 keeps 8 bits of mantissa: ~0.4 % per layer, tens of layers; a wrong layout or a
+    # wrong kernel is off by the whole scale
     scale = float(want.abs().max())
-    assert float((got.float() - want).abs().max()) <= 0.05 * scale + 1e-3
+    assert float((got.float() - want).abs().max()) <= 0.1 * scale + 1e-3
 
     # train mode: the backward reaches every parameter, in fp32, finite
     model.train()
