@@ -383,13 +383,14 @@ def _bench_summary(results: list[dict[str, Any]]) -> dict[str, float]:
 
 def step_bench(ctx: Context, budget: float) -> dict[str, Any]:
     from dmlkit import bench
+    from dmlkit.machine import environment
 
     end = time.monotonic() + budget
     stem = f"throughput-{ctx.slug}"
     log = ctx.out / f"{stem}.log"
     payload: dict[str, Any] = {
         "command": "python benchmarks/gpu_suite.py (step bench)",
-        "environment": bench._environment(ctx.device),
+        "environment": environment(ctx.device),
         "matmul_peak_flops": bench.matmul_peak(ctx.device),
         "profile": "gpu_suite",
         "rounds": 1,
