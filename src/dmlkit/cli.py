@@ -47,7 +47,23 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--version", action="version", version=f"dml (dmlkit) {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    _add_train_parser(sub)
+    _add_eval_parser(sub)
+    _add_reproduce_parser(sub)
+    _add_analysis_parsers(sub)
+    sub.add_parser("list", help="list the registered models, datasets, methods and experiments")
+    _add_bench_parser(sub)
+    for name, command in sub.choices.items():
+        if name != "bench":  # bench has its own parser
+            command.add_argument(
+                "--no-progress",
+                action="store_true",
+                help="hide the progress bars (they hide themselves when output is not a terminal)",
+            )
+    return p
 
+
+def _add_train_parser(sub: argparse._SubParsersAction) -> None:
     t = sub.add_parser("train", help="train a configured cohort into a run directory")
     t.add_argument("-c", "--config", help="YAML config file (default: the built-in digits cohort)")
     t.add_argument(
@@ -62,11 +78,15 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run")
     _add_data_flags(t)
 
+
+def _add_eval_parser(sub: argparse._SubParsersAction) -> None:
     e = sub.add_parser("eval", help="re-evaluate a run from its last checkpoint")
     e.add_argument("run_dir", help="run directory (or a checkpoint .pt file inside one)")
     e.add_argument("--split", choices=["test", "val", "train"], default="test")
     e.add_argument("--device", default=None, help="override train.device (e.g. cpu)")
 
+
+def _add_reproduce_parser(sub: argparse._SubParsersAction) -> None:
     r = sub.add_parser("reproduce", help="run a named experiment (arms x seeds) and compare")
     r.add_argument("name", nargs="?", default="digits", help="experiment (default: digits)")
     r.add_argument(
@@ -101,20 +121,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     _add_data_flags(r)
 
-    _add_analysis_parsers(sub)
-    sub.add_parser("list", help="list the registered models, datasets, methods and experiments")
+
+def _add_bench_parser(sub: argparse._SubParsersAction) -> None:
+    # Listed for ``dml --help`` only: main() hands ``dml bench ...`` to the bench's own parser.
     b = sub.add_parser(
         "bench", help="measure DML step throughput (dml bench --help)", add_help=False
     )
     b.add_argument("bench_args", nargs=argparse.REMAINDER)
-    for name, command in sub.choices.items():
-        if name != "bench":  # bench has its own parser
-            command.add_argument(
-                "--no-progress",
-                action="store_true",
-                help="hide the progress bars (they hide themselves when output is not a terminal)",
-            )
-    return p
 
 
 def _add_data_flags(parser: argparse.ArgumentParser) -> None:
