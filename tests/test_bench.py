@@ -7,7 +7,8 @@ import json
 import pytest
 import torch
 
-from dmlkit.bench import VARIANTS, Case, _table, main, plan, run_case
+from dmlkit.bench import VARIANTS, Case, main, plan, run_case
+from dmlkit.bench.report import _table
 
 
 @pytest.mark.parametrize(
@@ -89,7 +90,7 @@ def test_flops_per_step_of_a_known_network_counted_by_hand(monkeypatch):
     """FLOPs per step = 3 x the forward's (backward = input + weight gradients), each layer
     counted from its shapes as 2 x multiply-adds; the depthwise layer counts its groups
     (FlopCounterMode's backward would not, hence 3 x the forward)."""
-    from dmlkit import bench
+    from dmlkit.bench import runner
 
     net = torch.nn.Sequential(
         torch.nn.Conv2d(3, 4, 3, padding=1),  # 32x32 out, 4 x 3 x 3 x 3 weights
@@ -97,10 +98,10 @@ def test_flops_per_step_of_a_known_network_counted_by_hand(monkeypatch):
         torch.nn.Flatten(),
         torch.nn.Linear(4 * 32 * 32, 10),
     )
-    monkeypatch.setattr(bench, "_models", lambda case: [net])
+    monkeypatch.setattr(runner, "_models", lambda case: [net])
     batch = 2
     conv = 2 * batch * (32 * 32) * 4 * (3 * 3 * 3)  # per output pixel and channel: 27 MACs
     depthwise = 2 * batch * (32 * 32) * 4 * (1 * 3 * 3)  # 9 MACs: one input channel per group
     linear = 2 * batch * (4 * 32 * 32) * 10
-    flops = bench._flops_per_peer_step(Case("hand", 1, batch, "loop", "cpu"))
+    flops = runner._flops_per_peer_step(Case("hand", 1, batch, "loop", "cpu"))
     assert flops == 3 * (conv + depthwise + linear)
