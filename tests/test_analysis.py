@@ -187,7 +187,7 @@ def test_dead_units_counts_relu_channels_that_never_fire():
 def test_report_sets_the_papers_cifar100_numbers_beside_ours():
     from pathlib import Path
 
-    from dmlkit.analysis.report import Group, RunInfo, paper_section
+    from dmlkit.analysis.report import RunInfo, SeedGroup, paper_section
 
     def run(method: str, seed: int, top1: tuple[float, float]) -> RunInfo:
         peers = [
@@ -200,15 +200,15 @@ def test_report_sets_the_papers_cifar100_numbers_beside_ours():
                        None, None, 0.0)  # fmt: skip
 
     groups = [
-        Group("independent", [run("independent", 0, (0.70, 0.66))]),
-        Group("dml", [run("dml", 0, (0.72, 0.68)), run("dml", 1, (0.74, 0.70))]),
+        SeedGroup("independent", [run("independent", 0, (0.70, 0.66))]),
+        SeedGroup("dml", [run("dml", 0, (0.72, 0.68)), run("dml", 1, (0.74, 0.70))]),
     ]
     text = paper_section(groups)
     # MobileNet / ResNet-32: paper independent 73.65 / 68.99, DML 76.13 / 71.10
     assert "| dml | p0 | top-1 % | 76.13 | 73.00 ± 1.41 |" in text
     assert "| dml | p1 | top-1 % | 71.10 | 69.00 ± 1.41 |" in text
     assert "| independent | p0 | top-1 % | 73.65 | 70.00 |" in text
-    digits = [Group("dml", [run("dml", 0, (0.9, 0.9))])]
+    digits = [SeedGroup("dml", [run("dml", 0, (0.9, 0.9))])]
     digits[0].runs[0].flat["data.name"] = "digits"
     assert paper_section(digits) is None
 

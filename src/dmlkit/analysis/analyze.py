@@ -28,7 +28,7 @@ from dmlkit.analysis.measure import (
 )
 from dmlkit.analysis.outputs import write_outputs
 from dmlkit.analysis.runs import find_runs, order_labels, run_label
-from dmlkit.analysis.tables import Grouped, summary_tables
+from dmlkit.analysis.tables import ArmAnalyses, summary_tables
 from dmlkit.engine.checkpoint import atomic_write_text
 
 # The pieces live in measure (one run), tables (Markdown), outputs (files) and runs (finding
@@ -37,7 +37,7 @@ __all__ = [
     "DEFAULT_RELATIVE_SIGMAS",
     "DEFAULT_SIGMAS",
     "AnalysisOptions",
-    "Grouped",
+    "ArmAnalyses",
     "analyze",
     "analyze_run",
     "collapse_hints",

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from dmlkit.analysis.runs import Group, baseline_of
+from dmlkit.analysis.runs import SeedGroup, baseline_of
 from dmlkit.analysis.stats import MISSING, ci95
 
 # One run's analysis -> one number, averaged over its peers.
@@ -68,12 +68,12 @@ class _Paired:
 
 
 def _arm_pairs(
-    analysis: list[dict[str, Any]], groups: list[Group]
+    analysis: list[dict[str, Any]], groups: list[SeedGroup]
 ) -> tuple[dict[str, dict[int, dict[str, Any]]], list[tuple[str, str]], list[tuple[str, str]]]:
     """The analyses by arm and seed; (DML arm, its baseline) pairs; (DML_e arm, DML arm) pairs."""
     where = {str(r.path.resolve()): g for g in groups for r in g.runs}
     by_group: dict[str, dict[int, dict[str, Any]]] = {}
-    group_of: dict[str, Group] = {}
+    group_of: dict[str, SeedGroup] = {}
     for r in analysis:
         g = where.get(str(Path(r["path"]).resolve()))
         if g is not None:
@@ -95,7 +95,7 @@ def _arm_pairs(
     return by_group, pairs, e_pairs
 
 
-def claims_section(analysis: list[dict[str, Any]], groups: list[Group]) -> str | None:
+def claims_section(analysis: list[dict[str, Any]], groups: list[SeedGroup]) -> str | None:
     """The paper's Sec. 4.5 claims, checked for every DML arm against its independent baseline.
 
     Every comparison is paired by seed (the arms of a seed share initialisations and data

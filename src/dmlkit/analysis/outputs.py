@@ -8,7 +8,7 @@ from typing import Any
 
 from dmlkit.analysis import plots
 from dmlkit.analysis.stats import csv_text
-from dmlkit.analysis.tables import Grouped, noise_increase, summary_tables
+from dmlkit.analysis.tables import ArmAnalyses, noise_increase, summary_tables
 from dmlkit.engine.checkpoint import atomic_write_text
 from dmlkit.engine.evaluation import ENSEMBLE
 
@@ -62,7 +62,7 @@ def csv_files(results: list[dict[str, Any]]) -> dict[str, str]:
     }
 
 
-def _bars(g: Grouped, value: Any) -> dict[str, dict[str, list[float]]]:
+def _bars(g: ArmAnalyses, value: Any) -> dict[str, dict[str, list[float]]]:
     """``{label: {split: [value(run, split) for the label's runs, None left out]}}``."""
     return {
         lab: {
@@ -73,7 +73,7 @@ def _bars(g: Grouped, value: Any) -> dict[str, dict[str, list[float]]]:
     }
 
 
-def write_figures(results: list[dict[str, Any]], g: Grouped, out: Path) -> list[Path]:
+def write_figures(results: list[dict[str, Any]], g: ArmAnalyses, out: Path) -> list[Path]:
     """loss_curves.png, noise.png, entropy.png and (with two peers or more) agreement.png."""
     written = []
     curves = {
@@ -151,4 +151,4 @@ def write_outputs(results: list[dict[str, Any]], out: Path) -> list[Path]:
     for name, content in files.items():
         atomic_write_text(out / name, content)
         written.append(out / name)
-    return written + write_figures(results, Grouped.of(results), out)
+    return written + write_figures(results, ArmAnalyses.of(results), out)

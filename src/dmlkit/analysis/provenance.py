@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from dmlkit.analysis.runs import IGNORED_KEYS, Group, RunInfo, flatten_config
+from dmlkit.analysis.runs import IGNORED_KEYS, RunInfo, SeedGroup, flatten_config
 from dmlkit.analysis.stats import MISSING
 from dmlkit.engine.evaluation import ENSEMBLE
 from dmlkit.machine import cpu_name
@@ -34,7 +34,7 @@ _CORE_KEYS = (
 )
 
 
-def config_section(groups: list[Group]) -> str:
+def config_section(groups: list[SeedGroup]) -> str:
     """The config every run shares (the main keys and any changed default), then the arms."""
     from dmlkit.config import Config
 

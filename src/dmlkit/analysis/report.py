@@ -33,7 +33,7 @@ from dmlkit.analysis.provenance import (
     runs_section,
     timing_section,
 )
-from dmlkit.analysis.runs import Group, RunInfo, find_runs, group_runs, load_run_info
+from dmlkit.analysis.runs import RunInfo, SeedGroup, find_runs, group_runs, load_run_info
 from dmlkit.analysis.sections import metrics_section, paper_section
 from dmlkit.analysis.tables import summary_tables
 from dmlkit.engine.checkpoint import atomic_write_text
@@ -41,7 +41,7 @@ from dmlkit.errors import UserError
 
 # The public pieces of a page, importable from here as before the split.
 __all__ = [
-    "Group",
+    "SeedGroup",
     "RunInfo",
     "claims_section",
     "default_analysis_dir",
@@ -169,7 +169,7 @@ _ANALYSIS_PARTS = {
 
 
 def _analysis_parts(
-    analysis: list[dict[str, Any]], groups: list[Group], adir: Path, out: Path
+    analysis: list[dict[str, Any]], groups: list[SeedGroup], adir: Path, out: Path
 ) -> list[str]:
     """The "why it works" part: the claims, then each measurement's figure and table."""
     parts = ["## Why it works: the paper's analysis, measured here"]

@@ -2,7 +2,7 @@
 
 A run is a folder with ``config.yaml`` (``dml train`` / ``dml reproduce`` output). Runs are
 compared by *label*: the arm of a grid (``GRID/<arm>/seed<N>`` -> ``<arm>``), else the run
-directory's name; :class:`Group` holds the runs whose configs differ only by seed.
+directory's name; :class:`SeedGroup` holds the runs whose configs differ only by seed.
 """
 
 from __future__ import annotations
@@ -154,8 +154,8 @@ def load_run_info(path: Path) -> RunInfo:
 
 
 @dataclass
-class Group:
-    """Runs whose configs differ only by seed."""
+class SeedGroup:
+    """Runs whose configs differ only by seed: one arm of a grid, its seeds."""
 
     label: str
     runs: list[RunInfo]
@@ -172,9 +172,9 @@ class Group:
         return {r.seed: r for r in self.runs}
 
 
-def group_runs(runs: list[RunInfo]) -> list[Group]:
+def group_runs(runs: list[RunInfo]) -> list[SeedGroup]:
     """Group runs that differ only by seed; labels from the arm names, made unique if needed."""
-    groups: list[Group] = []
+    groups: list[SeedGroup] = []
     for r in runs:
         key = {k: v for k, v in r.flat.items() if k not in IGNORED_KEYS}
         for g in groups:
@@ -182,7 +182,7 @@ def group_runs(runs: list[RunInfo]) -> list[Group]:
                 g.runs.append(r)
                 break
         else:
-            groups.append(Group(r.label, [r]))
+            groups.append(SeedGroup(r.label, [r]))
     labels = [g.label for g in groups]
     for g in groups:
         if labels.count(g.label) > 1 or len({r.label for r in g.runs}) > 1:
@@ -191,7 +191,7 @@ def group_runs(runs: list[RunInfo]) -> list[Group]:
     return sorted(groups, key=lambda g: order.index(g.label))
 
 
-def baseline_of(group: Group, groups: list[Group]) -> Group | None:
+def baseline_of(group: SeedGroup, groups: list[SeedGroup]) -> SeedGroup | None:
     """The independent group whose config differs from ``group``'s only in ``method.*`` keys."""
     if group.method == "independent":
         return None

@@ -10,7 +10,7 @@ import statistics
 from typing import Any
 
 from dmlkit import paper
-from dmlkit.analysis.runs import Group, RunInfo, baseline_of
+from dmlkit.analysis.runs import RunInfo, SeedGroup, baseline_of
 from dmlkit.analysis.stats import mean_std
 from dmlkit.errors import UserError
 
@@ -33,7 +33,7 @@ def _table(corners: tuple[str, str], rows: list[str], cols: list[str], cell: Any
     return lines
 
 
-def metrics_section(groups: list[Group]) -> str:
+def metrics_section(groups: list[SeedGroup]) -> str:
     """Test metrics per peer and ensemble for every group, and paired gains over baselines."""
     members = list(dict.fromkeys(m for g in groups for r in g.runs for m in r.members))
     metrics = [
@@ -85,7 +85,7 @@ def metrics_section(groups: list[Group]) -> str:
     return "\n\n".join(parts)
 
 
-def _collapsed(groups: list[Group]) -> str | None:
+def _collapsed(groups: list[SeedGroup]) -> str | None:
     """A line per group with peers that ended near chance (top-1 below twice 1/C)."""
     lines = []
     for g in groups:
@@ -118,7 +118,7 @@ def _num_classes(r: RunInfo) -> int:
         return 0
 
 
-def _paired(g: Group, b: Group, member: str, key: str) -> list[float]:
+def _paired(g: SeedGroup, b: SeedGroup, member: str, key: str) -> list[float]:
     gs, bs = g.by_seed(), b.by_seed()
     out = []
     for seed in sorted(gs.keys() & bs.keys()):
@@ -128,7 +128,7 @@ def _paired(g: Group, b: Group, member: str, key: str) -> list[float]:
     return out
 
 
-def _cifar_rows(g: Group, archs: tuple[str, ...]) -> list[str]:
+def _cifar_rows(g: SeedGroup, archs: tuple[str, ...]) -> list[str]:
     """Rows of the paper's CIFAR-100 table for a pair of networks, in the group's peer order."""
     table = paper.CIFAR100_TOP1
     pair = archs if archs in table else tuple(reversed(archs))
@@ -148,7 +148,7 @@ def _cifar_rows(g: Group, archs: tuple[str, ...]) -> list[str]:
     return rows
 
 
-def _market_rows(g: Group, archs: tuple[str, ...], peers_text: str) -> list[str]:
+def _market_rows(g: SeedGroup, archs: tuple[str, ...], peers_text: str) -> list[str]:
     """Rows of the paper's Market-1501 numbers (mean of the peers, single query)."""
     rows = []
     for key, paper_value in paper.market1501_by_method().get(g.method, {}).items():
@@ -166,7 +166,7 @@ def _market_rows(g: Group, archs: tuple[str, ...], peers_text: str) -> list[str]
     return rows
 
 
-def paper_section(groups: list[Group]) -> str | None:
+def paper_section(groups: list[SeedGroup]) -> str | None:
     """Our numbers beside the paper's, where a group's recipe is one of the paper's tables."""
     rows = []
     for g in groups:

@@ -20,15 +20,16 @@ from dmlkit.engine.evaluation import ENSEMBLE
 
 
 @dataclass
-class Grouped:
-    """Run analyses grouped by label (the arms), in display order."""
+class ArmAnalyses:
+    """The per-run results of ``dml analyze``, grouped by arm label, arms in display order
+    (not to be confused with :class:`~dmlkit.analysis.runs.SeedGroup`: runs, before analysis)."""
 
     labels: list[str]
     peers: list[str]
     by_label: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
 
     @classmethod
-    def of(cls, results: list[dict[str, Any]]) -> Grouped:
+    def of(cls, results: list[dict[str, Any]]) -> ArmAnalyses:
         methods = {r["label"]: r["method"] for r in results}
         labels = order_labels([r["label"] for r in results], methods)
         peers = list(dict.fromkeys(p for r in results for p in r["peers"]))
@@ -46,7 +47,7 @@ def noise_increase(runs: list[dict[str, Any]], peer: str | None) -> np.ndarray:
     return np.concatenate(rows) if rows else np.zeros((0, 0))
 
 
-def _early_table(g: Grouped, epochs: Sequence[int] = (1, 2, 3, 5, 10)) -> str:
+def _early_table(g: ArmAnalyses, epochs: Sequence[int] = (1, 2, 3, 5, 10)) -> str:
     """The first epochs, where a collapse shows: training CE / mimicry term per label."""
     shown = [
         e
@@ -79,7 +80,7 @@ def _early_table(g: Grouped, epochs: Sequence[int] = (1, 2, 3, 5, 10)) -> str:
     )
 
 
-def _loss_table(g: Grouped) -> str:
+def _loss_table(g: ArmAnalyses) -> str:
     lines = [
         "| label | runs | final training CE | final training mimicry KL | max mimicry KL "
         "(epoch mean) | dead ReLU units % | test top-1 % |",
@@ -106,7 +107,7 @@ def _loss_table(g: Grouped) -> str:
     )
 
 
-def _noise_table(g: Grouped, first: dict[str, Any]) -> str:
+def _noise_table(g: ArmAnalyses, first: dict[str, Any]) -> str:
     sigmas = first["sigmas"]
     unit = "x tensor std" if first["relative"] else "absolute"
     head = " | ".join(f"σ={s:g}" for s in sigmas if s > 0)
@@ -127,7 +128,7 @@ def _noise_table(g: Grouped, first: dict[str, Any]) -> str:
     )
 
 
-def _entropy_table(g: Grouped, num_classes: int) -> str:
+def _entropy_table(g: ArmAnalyses, num_classes: int) -> str:
     lines = [
         "| label | peers, train | peers, test | ensemble, test |",
         "|---|---|---|---|",
@@ -152,7 +153,7 @@ def _entropy_table(g: Grouped, num_classes: int) -> str:
     )
 
 
-def _agreement_table(g: Grouped) -> str:
+def _agreement_table(g: ArmAnalyses) -> str:
     lines = [
         "| label | all peers agree, test | pairwise agreement, test | pairwise KL, test "
         "| pairwise KL, train |",
@@ -179,7 +180,7 @@ def summary_tables(results: list[dict[str, Any]]) -> dict[str, str]:
     Returns:
         ``{"loss": ..., "noise": ..., "entropy": ..., "agreement": ...}``.
     """
-    g = Grouped.of(results)
+    g = ArmAnalyses.of(results)
     return {
         "loss": _loss_table(g),
         "noise": _noise_table(g, results[0]["noise"]),
