@@ -10,8 +10,6 @@
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 import statistics
@@ -19,10 +17,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dmlkit.engine.checkpoint import atomic_write_text
+from dmlkit.analysis.stats import mean_std
 from dmlkit.engine.evaluation import ENSEMBLE
 from dmlkit.engine.rundir import RunDir
-from dmlkit.experiments.core import Experiment, RunResult, register_experiment
+from dmlkit.experiments.core import (
+    Experiment,
+    RunResult,
+    register_experiment,
+    write_results_files,
+)
 
 EPOCHS = 20
 
@@ -95,7 +98,11 @@ SELECTION_RULE = (
 
 
 def t_interval(diffs: list[float]) -> tuple[float, float]:
-    """Mean of paired differences and the half-width of its 95 % t-interval (inf if n < 2)."""
+    """Mean of paired differences and the half-width of its 95 % t-interval (inf if n < 2).
+
+    The exact t quantile (scipy), not :func:`dmlkit.analysis.stats.ci95`'s three-decimal table:
+    on the search's runs it moves two half-widths of its regime table by 0.01.
+    """
     from scipy.stats import t
 
     mean = statistics.fmean(diffs)
@@ -170,27 +177,22 @@ def gain_table(gains: list[Gain], split: str) -> str:
             else ("yes, DML worse" if mean + half < 0 else "no")
         )
         lines.append(
-            f"| {g.member} | {_ms(g.independent)} | {_ms(g.dml)} | {mean:+.2f} ± {half:.2f} "
-            f"| {verdict} |"
+            f"| {g.member} | {mean_std(g.independent)} | {mean_std(g.dml)} "
+            f"| {mean:+.2f} ± {half:.2f} | {verdict} |"
         )
     return "\n".join(lines)
 
 
-def _ms(values: list[float]) -> str:
-    if len(values) < 2:
-        return f"{statistics.fmean(values):.2f}"
-    return f"{statistics.fmean(values):.2f} ± {statistics.stdev(values):.2f}"
+GAINS_CSV_HEADER = ("regime", "split", "member", "seed_index", "independent", "dml", "gain")
 
 
-def write_gains_csv(path: Path, rows: list[tuple[str, str, Gain]]) -> None:
+def gains_csv_rows(rows: list[tuple[str, str, Gain]]) -> list[list[Any]]:
     """Every per-seed value: regime, split, member, seed index, independent, dml, gain."""
-    buf = io.StringIO()
-    w = csv.writer(buf)
-    w.writerow(["regime", "split", "member", "seed_index", "independent", "dml", "gain"])
-    for regime, split, g in rows:
-        for i, (a, b) in enumerate(zip(g.independent, g.dml, strict=True)):
-            w.writerow([regime, split, g.member, i, f"{a:.4f}", f"{b:.4f}", f"{b - a:.4f}"])
-    atomic_write_text(path, buf.getvalue())
+    return [
+        [regime, split, g.member, i, f"{a:.4f}", f"{b:.4f}", f"{b - a:.4f}"]
+        for regime, split, g in rows
+        for i, (a, b) in enumerate(zip(g.independent, g.dml, strict=True))
+    ]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -203,9 +205,8 @@ def demo_report(exp: Experiment, results: list[RunResult], out: Path, scale: flo
     table = gain_table(gains, "test")
     if scale != 1.0:
         table = f"Smoke run at --scale {scale:g} (epochs and data x {scale:g}).\n\n{table}"
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "results.md", f"# {exp.name}: {exp.description}\n\n{table}\n")
-    write_gains_csv(out / "results.csv", [(exp.name, "test", g) for g in gains])
+    rows = gains_csv_rows([(exp.name, "test", g) for g in gains])
+    write_results_files(exp, out, table, GAINS_CSV_HEADER, rows)
     return table
 
 
@@ -266,9 +267,8 @@ def regimes_report(exp: Experiment, results: list[RunResult], out: Path, scale: 
     text = "\n".join(parts)
     if scale != 1.0:
         text = f"Smoke run at --scale {scale:g}.\n\n{text}"
-    atomic_write_text(out / "results.md", f"# {exp.name}: {exp.description}\n\n{text}\n")
     rows = [(r.name, s, g) for s in gains for r, gs in gains[s].items() for g in gs]
-    write_gains_csv(out / "results.csv", rows)
+    write_results_files(exp, out, text, GAINS_CSV_HEADER, gains_csv_rows(rows))
     return text
 
 
