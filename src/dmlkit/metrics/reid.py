@@ -145,6 +145,8 @@ def rank_queries(
     Raises:
         ValueError: on shape mismatches, or when no query has a valid match.
     """
+    # Long by its docstring, its input checks and one chunked ranking loop that reads a dozen
+    # per-query tensors set up just before it: split, they would travel as arguments.
     dist = _as_tensor(distmat)
     if dist.ndim != 2:
         raise ValueError(f"distmat must be [Nq, Ng], got shape {tuple(dist.shape)}")

@@ -118,6 +118,8 @@ def write_market_fixture(
     Returns:
         A :class:`MarketFixture`.
     """
+    # Long by its docstring (every knob a test turns) and one pass writing Market's folders in
+    # order while counting the images the returned fixture reports.
     if not 2 <= cameras <= 6:
         raise ValueError(f"cameras must be in 2..6, got {cameras}")
     rng = np.random.default_rng(seed)
