@@ -20,7 +20,7 @@ from dmlkit.errors import UserError
 
 _SEED_DIR = re.compile(r"^seed\d+$")
 # Config keys that do not change what a run computes, or that differ between seeds by design.
-IGNORED_KEYS = ("seed", "train.progress", "train.device", "method.teacher")
+IGNORED_KEYS = ("seed", "train.progress", "train.device", "train.threads", "method.teacher")
 
 
 def find_runs(paths: Iterable[str | Path]) -> list[Path]:

@@ -110,6 +110,10 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     deterministic: bool = True
     progress: bool = True
+    # CPU threads of torch's intra-op pool. auto: OMP_NUM_THREADS if set, else the CPUs this
+    # process may use minus the load already on them (at least 1): a busy shared machine gets
+    # few threads instead of many threads fighting over its cores.
+    threads: Literal["auto"] | int = "auto"
     # loop: one module per peer; stacked: one batched (vmap) model for identical peers;
     # auto: stacked on CUDA when the cohort allows it.
     cohort_impl: Literal["auto", "loop", "stacked"] = "auto"

@@ -128,6 +128,10 @@ def _check_train(cfg: Config) -> None:
     )
     _check(t.eval_every >= 1, f"train.eval_every must be >= 1, got {t.eval_every}")
     _check(
+        t.threads == "auto" or t.threads >= 1,
+        f"train.threads must be auto or >= 1, got {t.threads}",
+    )
+    _check(
         t.checkpoint_every >= 1, f"train.checkpoint_every must be >= 1, got {t.checkpoint_every}"
     )
     _check(

@@ -8,11 +8,13 @@ that is what ``summary.json`` reports.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,7 @@ from tqdm.auto import tqdm
 
 from dmlkit.cohort import PeerSpec, build_cohort, peer_specs
 from dmlkit.config import Config, config_differences
+from dmlkit.config.usage import resolve_threads, resolved_root, unused_data_keys
 from dmlkit.data import DataBundle, build_data
 from dmlkit.distributed import DistContext, DistributedError, init_distributed
 from dmlkit.engine.checkpoint import (
@@ -32,6 +35,7 @@ from dmlkit.engine.checkpoint import (
 )
 from dmlkit.engine.evaluation import ENSEMBLE, check_reid_support, evaluate, evaluate_split
 from dmlkit.engine.faults import maybe_kill
+from dmlkit.engine.hints import early_instability
 from dmlkit.engine.names import check_names
 from dmlkit.engine.rundir import run_dir_for
 from dmlkit.errors import UserError, first_line
@@ -44,6 +48,7 @@ RESUMABLE_CHANGES = (
     "train.epochs",
     "train.iterations",
     "train.progress",
+    "train.threads",
     "train.eval_every",
     "train.checkpoint_every",
     "train.keep_checkpoints",
@@ -101,6 +106,9 @@ class Trainer:
         dist: DistContext | None = None,
     ) -> None:
         check_names(cfg)  # a misspelt name fails before any work (and any writing)
+        # stored absolute: `dml eval RUN` then works from any folder
+        cfg = dataclasses.replace(cfg, data=resolved_root(cfg.data))
+        torch.set_num_threads(resolve_threads(cfg.train.threads))
         self.cfg = cfg
         self.resume = resume
         self.desc = desc or cfg.method.name
@@ -109,6 +117,8 @@ class Trainer:
         self.dist = dist
         self.device = dist.device
         self.run = run_dir_for(dist.is_main, run_dir)  # rank 0 writes, the other ranks only read
+        for message in unused_data_keys(cfg.data) if dist.is_main else []:
+            warnings.warn(message, stacklevel=2)
         dist.on_main(self._check_run_dir)
         seed_everything(cfg.seed, cfg.train.deterministic)
         self.data: DataBundle = build_data(cfg.data, seed=cfg.seed, device=self.device)
@@ -146,6 +156,7 @@ class Trainer:
         self.epoch = 0  # completed epochs
         self.iteration = 0  # completed steps
         self.skipped_steps = 0  # steps skipped for a non-finite loss (train.nonfinite=skip)
+        self._hinted = False  # the early-instability hint is given once per run
 
     # -- set-up ---------------------------------------------------------------------------------
     def _check_run_dir(self) -> None:
@@ -255,6 +266,7 @@ class Trainer:
                 # data mode: logs and BatchNorm statistics averaged over the processes
                 train_logs = self.dist.end_epoch(self.cohort, self._train_epoch(bar))
                 epoch = self.epoch = self.epoch + 1
+                self._hint(epoch, train_logs)
                 records = [
                     {
                         "epoch": epoch,
@@ -283,6 +295,14 @@ class Trainer:
         finally:
             bar.close()
         return self.finish()
+
+    def _hint(self, epoch: int, train_logs: list[dict[str, float]]) -> None:
+        """One warning, once per run, for an unstable start (epochs 1-2)."""
+        if self.dist.is_main and not self._hinted:
+            hint = early_instability(epoch, self.cohort.names, train_logs, self.data.num_classes)
+            if hint:
+                self._hinted = True
+                warnings.warn(hint, stacklevel=2)
 
     def _train_epoch(self, bar: tqdm) -> list[dict[str, float]]:
         cohort, method = self.cohort, self.method
