@@ -1,4 +1,4 @@
-"""The ``dml`` command: train, eval, reproduce, list.
+"""The ``dml`` command: train, eval, reproduce, analyze, report, list, predict, export, bench.
 
 User errors (bad config, paths, data, checkpoints) print one line ``dml: error: ...`` and exit
 with status 2, no traceback; a training failure (non-finite loss) exits 1; Ctrl-C exits 130
@@ -52,6 +52,9 @@ def _parser() -> argparse.ArgumentParser:
     _add_reproduce_parser(sub)
     _add_analysis_parsers(sub)
     sub.add_parser("list", help="list the registered models, datasets, methods and experiments")
+    from dmlkit.cli_use import add_parsers
+
+    add_parsers(sub)  # predict, export
     _add_bench_parser(sub)
     for name, command in sub.choices.items():
         if name != "bench":  # bench has its own parser
@@ -435,10 +438,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return EXIT_USER_ERROR
-    from dmlkit.cli_use import cmd_list
+    from dmlkit.cli_use import cmd_export, cmd_list, cmd_predict
 
     commands = {"train": cmd_train, "eval": cmd_eval, "reproduce": cmd_reproduce, "list": cmd_list}
-    commands.update(analyze=cmd_analyze, report=cmd_report)
+    commands.update(analyze=cmd_analyze, report=cmd_report, predict=cmd_predict, export=cmd_export)
     try:
         return commands[args.command](args)
     except UserError as exc:

@@ -39,3 +39,70 @@ def cmd_list(args: argparse.Namespace) -> int:
     for kind in BUILTIN_NAMES:
         print(f"{kind}: {', '.join(registered_names(kind))}")
     return 0
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    """The ``predict`` and ``export`` subcommands."""
+    p = sub.add_parser("predict", help="classify image files with a trained run")
+    p.add_argument("run_dir", help="run directory (or a checkpoint .pt file inside one)")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files or folders")
+    _add_which(p)
+    p.add_argument("--top-k", type=int, default=1, help="classes per image (default 1)")
+    p.add_argument("--format", choices=["json", "csv"], default="json", help="default json")
+    p.add_argument("--out", help="write here instead of to standard output")
+    p.add_argument("--device", default="cpu", help="where to run (default cpu)")
+
+    e = sub.add_parser("export", help="write one peer or the ensemble for use without dmlkit")
+    e.add_argument("run_dir", help="run directory (or a checkpoint .pt file inside one)")
+    e.add_argument("--out", required=True, help="folder to write the model files into")
+    _add_which(e)
+
+
+def _add_which(parser: argparse.ArgumentParser) -> None:
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--peer", type=int, help="use peer N (0-based) alone")
+    which.add_argument(
+        "--ensemble", action="store_true", help="use the ensemble of all peers (the default)"
+    )
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    import csv
+    import io
+    import json
+    from pathlib import Path
+
+    from dmlkit.engine.predict import load_predictor
+    from dmlkit.errors import UserError
+
+    if args.top_k < 1:
+        raise UserError(f"--top-k must be >= 1, got {args.top_k}")
+    predictor = load_predictor(args.run_dir, peer=args.peer, device=args.device)
+    rows = predictor.predict(args.images, top_k=args.top_k)
+    if args.format == "json":
+        text = json.dumps({"model": predictor.which, "predictions": rows}, indent=2) + "\n"
+    else:
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        writer.writerow(["file", "rank", "class", "index", "probability"])
+        for row in rows:
+            for rank, top in enumerate(row["top"], 1):
+                writer.writerow(
+                    [row["file"], rank, top["class"], top["index"], f"{top['probability']:.6f}"]
+                )
+        text = buf.getvalue()
+    if args.out:
+        Path(args.out).write_text(text, encoding="utf-8")
+        print(f"{len(rows)} image(s) -> {args.out}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from dmlkit.engine.predict import export, load_predictor
+
+    predictor = load_predictor(args.run_dir, peer=args.peer)
+    for path in export(predictor, args.out):
+        print(path)
+    return 0

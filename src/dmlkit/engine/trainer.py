@@ -37,6 +37,7 @@ from dmlkit.engine.evaluation import ENSEMBLE, check_reid_support, evaluate, eva
 from dmlkit.engine.faults import maybe_kill
 from dmlkit.engine.hints import early_instability
 from dmlkit.engine.names import check_names
+from dmlkit.engine.predict import preprocess_of
 from dmlkit.engine.rundir import run_dir_for
 from dmlkit.errors import UserError, first_line
 from dmlkit.methods import Method, NonFiniteLoss, build_method, update_order
@@ -430,6 +431,7 @@ def make_summary(
         about["device"] = str(device)
     if data is not None:  # the class names let `dml predict` answer in words
         about.update(num_classes=data.num_classes, classes=list(data.class_names))
+        about["preprocess"] = preprocess_of(data)
     return {
         "method": cfg.method.name,
         "update": update_order(cfg.method),

@@ -1,0 +1,219 @@
+"""A trained cohort on new images (``dml predict``) and outside dmlkit (``dml export``).
+
+Both start from :func:`dmlkit.engine.checkpoint.load_cohort`, the one checkpoint -> peers
+path. What an image goes through before the network (channels, size, the training set's
+per-channel mean and std) and the class names come from the run's ``summary.json`` (written
+since they are stored there), else from rebuilding the run's dataset.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from dmlkit.data import DataBundle, build_data
+from dmlkit.data.imagefolder import IMAGE_EXTENSIONS
+from dmlkit.data.images import decode_rgb
+from dmlkit.engine.checkpoint import atomic_write_text, load_cohort
+from dmlkit.engine.rundir import RunDir
+from dmlkit.errors import UserError
+
+
+def preprocess_of(data: DataBundle) -> dict[str, Any] | None:
+    """What a new image needs to look like the training batches: channels, ``[H, W]``, and the
+    per-channel ``mean`` / ``std`` of pixel values scaled to 0..1 (None if the loader has no
+    plain normalisation)."""
+    transform = getattr(data.train, "transform", None)
+    mean, std = getattr(transform, "mean", None), getattr(transform, "std", None)
+    if mean is None or std is None:
+        return None
+    return {
+        "in_channels": data.in_channels,
+        "image_size": list(data.image_size),
+        "scale": "pixel / 255",
+        "mean": [float(v) for v in torch.as_tensor(mean).flatten()],
+        "std": [float(v) for v in torch.as_tensor(std).flatten()],
+        "resize": "bilinear",
+    }
+
+
+class Ensemble(nn.Module):
+    """The cohort's ensemble as one module: log of the mean of the peers' softmax ``[N, C]``."""
+
+    def __init__(self, peers: list[nn.Module]) -> None:
+        super().__init__()
+        self.peers = nn.ModuleList(peers)
+
+    def forward(self, x: Tensor) -> Tensor:
+        log_probs = torch.stack([torch.log_softmax(p(x).float(), dim=1) for p in self.peers])
+        return torch.logsumexp(log_probs, dim=0) - math.log(len(self.peers))
+
+
+@dataclass
+class Predictor:
+    """One peer or the ensemble of a run, ready for image files.
+
+    ``model(x)`` maps a normalised batch ``[N, C, H, W]`` to logits or log-probabilities
+    ``[N, classes]``; a softmax of either gives the class probabilities.
+    """
+
+    model: nn.Module
+    which: str  # a peer's name, or "ensemble"
+    classes: list[str]
+    preprocess: dict[str, Any]
+    device: torch.device
+    peers: list[dict[str, Any]]  # arch, kwargs, ... of the peers in the model (to rebuild it)
+
+    def load_images(self, files: list[Path]) -> Tensor:
+        """Image files -> the normalised float batch ``[N, C, H, W]`` the model expects."""
+        p = self.preprocess
+        size = tuple(p["image_size"])
+        arrays = [decode_rgb(f, size) for f in files]  # [H, W, 3] uint8 each
+        x = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() / 255.0
+        if p["in_channels"] == 1:  # grey, as PIL's "L" weighs the channels
+            weights = torch.tensor([0.299, 0.587, 0.114])[None, :, None, None]
+            x = (x * weights).sum(1, keepdim=True)
+        mean = torch.tensor(p["mean"])[None, :, None, None]
+        std = torch.tensor(p["std"])[None, :, None, None]
+        return ((x - mean) / std).to(self.device)
+
+    @torch.no_grad()
+    def probabilities(self, files: list[Path], batch_size: int = 256) -> Tensor:
+        """Class probabilities ``[N, classes]`` of the files, in their order."""
+        out = [
+            torch.softmax(self.model(self.load_images(files[i : i + batch_size])).float(), 1)
+            for i in range(0, len(files), batch_size)
+        ]
+        return torch.cat(out).cpu() if out else torch.zeros(0, len(self.classes))
+
+    def predict(self, inputs: list[str | Path], top_k: int = 1) -> list[dict[str, Any]]:
+        """The ``top_k`` classes of every image among ``inputs`` (files, or folders searched
+        recursively), as ``{"file", "top": [{"class", "index", "probability"}, ...]}``."""
+        files = image_files(inputs)
+        probs = self.probabilities(files)
+        k = max(1, min(top_k, len(self.classes)))
+        values, indices = probs.topk(k, dim=1) if len(files) else (probs, probs.long())
+        return [
+            {
+                "file": str(f),
+                "top": [
+                    {"class": self.classes[i], "index": int(i), "probability": float(v)}
+                    for v, i in zip(values[n].tolist(), indices[n].tolist())
+                ],
+            }
+            for n, f in enumerate(files)
+        ]
+
+
+def image_files(inputs: list[str | Path]) -> list[Path]:
+    """The image files named, and those under the folders named (sorted), in order given."""
+    files: list[Path] = []
+    for item in map(Path, inputs):
+        if item.is_dir():
+            found = sorted(
+                f for f in item.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS
+            )
+            if not found:
+                raise UserError(f"{item}: no images ({', '.join(IMAGE_EXTENSIONS)}) in it")
+            files += found
+        elif item.is_file():
+            files.append(item)
+        else:
+            raise UserError(f"{item}: no such file or folder")
+    return files
+
+
+def _run_facts(run: RunDir) -> tuple[list[str], dict[str, Any]]:
+    """(class names, preprocessing) of a run: from summary.json, else from its dataset."""
+    if run.summary_path.is_file():
+        summary = json.loads(run.summary_path.read_text(encoding="utf-8"))
+        if summary.get("classes") and summary.get("preprocess"):
+            return summary["classes"], summary["preprocess"]
+    cfg = run.load_config()  # an older or unfinished run: rebuild its data to learn them
+    data = build_data(cfg.data, seed=cfg.seed)
+    preprocess = preprocess_of(data)
+    if preprocess is None:
+        raise UserError(f"{run.path}: the {cfg.data.name} data has no plain image preprocessing")
+    return list(data.class_names), preprocess
+
+
+def load_predictor(
+    run_dir: str | Path,
+    peer: int | None = None,
+    device: torch.device | str = "cpu",
+) -> Predictor:
+    """Peer ``peer`` of a run (or its checkpoint file), or the ensemble when ``peer`` is None.
+
+    Example::
+
+        from dmlkit.engine.predict import load_predictor
+        p = load_predictor("runs/my-run")
+        p.predict(["cat.png", "more_images/"], top_k=3)
+    """
+    path = Path(run_dir).expanduser()
+    run = RunDir(path if path.is_dir() else path.parent.parent)
+    if not run.config_path.is_file():
+        raise UserError(f"{run.path}: not a run directory (no config.yaml)")
+    cohort, _ = load_cohort(path, device)
+    classes, preprocess = _run_facts(run)
+    specs = [dataclasses.asdict(s) for s in cohort.specs]
+    if peer is None:
+        model, which = Ensemble(list(cohort.peers)), "ensemble"
+    elif 0 <= peer < len(cohort.peers):
+        model, which, specs = cohort.peers[peer], cohort.specs[peer].name, [specs[peer]]
+    else:
+        raise UserError(f"--peer {peer}: the run has peers 0..{len(cohort.peers) - 1}")
+    return Predictor(model.eval(), which, classes, preprocess, torch.device(device), specs)
+
+
+def export(predictor: Predictor, out: str | Path) -> list[Path]:
+    """Write the predictor for use without dmlkit into folder ``out``.
+
+    ``weights.safetensors`` (``weights.pt`` without the safetensors package): the state dict;
+    ``model.json``: class names, preprocessing, and the peers' architecture names and kwargs;
+    ``model.pt2``: the network as a ``torch.export`` program (loaded with
+    ``torch.export.load(path).module()``, no dmlkit needed), when the model can be exported.
+    Returns the files written.
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    model = predictor.model.cpu().eval()
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    written = []
+    try:
+        from safetensors.torch import save_file
+
+        save_file(state, str(out / "weights.safetensors"))
+        written.append(out / "weights.safetensors")
+    except ImportError:  # safetensors is optional
+        torch.save(state, out / "weights.pt")
+        written.append(out / "weights.pt")
+    p = predictor.preprocess
+    example = torch.zeros(2, p["in_channels"], *p["image_size"])  # 2: not specialised to 1
+    program = None
+    try:
+        batch = torch.export.Dim("batch")  # any batch size
+        program = torch.export.export(model, (example,), dynamic_shapes=({0: batch},))
+        torch.export.save(program, out / "model.pt2")
+        written.append(out / "model.pt2")
+    except Exception as exc:  # noqa: BLE001  (any model torch.export cannot trace: say so)
+        program = f"not exported: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+    meta = {
+        "which": predictor.which,
+        "output": "log-probabilities" if predictor.which == "ensemble" else "logits",
+        "classes": predictor.classes,
+        "preprocess": p,
+        "peers": predictor.peers,
+        "program": "model.pt2" if not isinstance(program, str) else program,
+    }
+    atomic_write_text(out / "model.json", json.dumps(meta, indent=2))
+    written.append(out / "model.json")
+    return written
