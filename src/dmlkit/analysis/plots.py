@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.ticker import LogFormatter, ScalarFormatter
 
 # One colour per label, in label order (matplotlib's default cycle, without the grey); past
 # the colours, the line style changes too, so that up to 28 labels stay apart.
@@ -30,8 +31,37 @@ def style(i: int) -> str:
 
 def _save(fig: Figure, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
+    fig.savefig(path, dpi=110, bbox_inches="tight")  # "tight" keeps the outside legends
     return path
+
+
+def _plain_log_ticks(ax: Any) -> None:
+    """Log-axis tick labels as plain numbers ("4", "0.5"), never "4×10⁰"."""
+    ax.yaxis.set_major_formatter(LogFormatter())
+    ax.yaxis.set_minor_formatter(LogFormatter(labelOnlyBase=False))
+
+
+def _min_span(ax: Any, values: list[float], span: float, floor: float | None = None) -> None:
+    """Show at least ``span`` on the y axis: a nearly flat line (0.00 vs 0.01 % error) is not
+    stretched over the whole axis into a zig-zag of noise."""
+    finite = [v for v in values if math.isfinite(v)]
+    if not finite:
+        return
+    lo, hi = min(finite), max(finite)
+    if hi - lo >= span:
+        return
+    mid = (lo + hi) / 2
+    bottom = mid - span / 2 if floor is None else max(floor, mid - span / 2)
+    ax.set_ylim(bottom, bottom + span)
+    ax.yaxis.set_major_formatter(ScalarFormatter(useOffset=False))
+
+
+def _legend_outside(ax: Any, fontsize: int) -> None:
+    """The legend right of the axes, where it covers no bar and no curve."""
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(
+            fontsize=fontsize, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0
+        )
 
 
 def _mean_band(series: Sequence[Sequence[float]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -61,7 +91,9 @@ def plot_curves(
         path: the PNG to write.
     """
     has_val = any(val.get(lab, {}).get(p) for lab in labels for p in peers)
-    bands = len(labels) <= 4  # with more labels the min..max bands hide the lines
+    several = any(len(c.get(p, [])) > 1 for c in curves.values() for p in peers)
+    # with more labels the min..max bands hide the lines; with one run each there is no band
+    bands = len(labels) <= 4 and several
     rows = 2 if has_val else 1
     width = 3.6 if len(labels) <= 6 else 5.0  # room for a long legend
     fig = Figure(figsize=(width * len(peers) + 0.6, 3.0 * rows + 0.4))
@@ -80,6 +112,7 @@ def plot_curves(
             if len(runs) > 1 and bands:
                 ax.fill_between(epochs, lo, hi, color=colour(i), alpha=0.18, lw=0)
         ax.set_yscale("log")
+        _plain_log_ticks(ax)
         ax.set_title(peer, fontsize=9)
         ax.set_xlabel("epoch")
         if j == 0:
@@ -87,21 +120,24 @@ def plot_curves(
         ax.grid(alpha=0.3, which="both")
         if has_val:
             ax = axes[1][j]
+            shown: list[float] = []
             for i, lab in enumerate(labels):
                 runs = val.get(lab, {}).get(peer, [])
                 if not runs:
                     continue
                 series = [[100 * (1 - v) for v in r["top1"]] for r in runs]
                 mean, lo, hi = _mean_band(series)
+                shown += [*lo.tolist(), *hi.tolist()]
                 epochs = runs[0]["epoch"][: len(mean)]
                 ax.plot(epochs, mean, marker="o", ls=style(i), color=colour(i), ms=3, lw=1.2)
                 if len(runs) > 1 and bands:
                     ax.fill_between(epochs, lo, hi, color=colour(i), alpha=0.18, lw=0)
+            _min_span(ax, shown, span=2.0, floor=0.0)  # percentage points
             ax.set_xlabel("epoch")
             if j == 0:
                 ax.set_ylabel("validation error %")
             ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=7 if len(labels) > 6 else 8)
+    _legend_outside(axes[0][-1], 7 if len(labels) > 6 else 8)
     title = "Training loss (mean" + (", band = min..max over runs)" if bands else " over runs)")
     fig.suptitle(title, fontsize=10)
     return _save(fig, path)
@@ -154,7 +190,7 @@ def plot_noise(
         if j == 0:
             ax.set_ylabel("training loss increase")
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7 if len(labels) > 6 else 8)
+    _legend_outside(axes[-1], 7 if len(labels) > 6 else 8)
     fig.suptitle("Wide-minima probe: Gaussian noise on every weight (mean ± std)", fontsize=10)
     return _save(fig, path)
 
@@ -198,7 +234,7 @@ def _bars(
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=9)
     if len(groups) > 1:
-        ax.legend(fontsize=8)
+        _legend_outside(ax, 8)
     ax.grid(alpha=0.3, axis="y")
 
 
