@@ -23,7 +23,7 @@ SRC = Path(__file__).parents[1] / "src"
 LAYERS: list[tuple[str, ...]] = [
     # leaves: the package docstring, error types, the name table, the config schema
     ("dmlkit", "dmlkit.errors", "dmlkit.registry", "dmlkit.machine", "dmlkit.config"),
-    ("dmlkit.losses",),  # pure functions of logits
+    ("dmlkit.losses", "dmlkit.online_losses"),  # pure functions of logits
     ("dmlkit.models", "dmlkit.metrics", "dmlkit.data"),  # networks, metrics, datasets
     ("dmlkit.cohort",),  # K peers with their optimizers
     ("dmlkit.methods",),  # the update order of one step
