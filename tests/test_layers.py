@@ -26,7 +26,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("dmlkit.losses", "dmlkit.online_losses"),  # pure functions of logits
     ("dmlkit.models", "dmlkit.metrics", "dmlkit.data"),  # networks, metrics, datasets
     ("dmlkit.cohort",),  # K peers with their optimizers
-    ("dmlkit.methods",),  # the update order of one step
+    ("dmlkit.methods", "dmlkit.online_methods"),  # the update order of one step
     ("dmlkit.distributed",),  # the cohort and the step spread over processes
     ("dmlkit.engine",),  # trainer, checkpoints, evaluation, run directory
     ("dmlkit.analysis",),  # reading finished runs

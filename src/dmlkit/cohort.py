@@ -164,10 +164,25 @@ class Cohort(nn.Module):
         # modules so that state_dict keys do not change.
         self._forwards = [torch.compile(p) if compile else p for p in self.peers]
         _warn_identical(self.specs, [p.state_dict() for p in self.peers])
+        # A multi-branch peer (dmlkit.models.multibranch) gives one member per branch: the
+        # members are what the methods, the logs and the evaluation see as the cohort's peers.
+        self.branches = [num_branches(p) for p in self.peers]
 
     @property
     def names(self) -> list[str]:
-        return [s.name for s in self.specs]
+        """One name per member: a peer's own, or ``<peer>.b<i>`` for each of its branches."""
+        return [m.name for m in self.member_specs]
+
+    @property
+    def member_specs(self) -> list[PeerSpec]:
+        """The spec of the network holding each member, renamed after the member."""
+        out = []
+        for spec, k in zip(self.specs, self.branches):
+            if k is None:
+                out.append(spec)
+            else:
+                out += [replace(spec, name=f"{spec.name}.b{i + 1}") for i in range(k)]
+        return out
 
     def __len__(self) -> int:
         return len(self.peers)
@@ -179,13 +194,21 @@ class Cohort(nn.Module):
         return x
 
     def forward(self, x: Tensor) -> list[Tensor]:
-        """x: ``[B, ...]`` -> K logits ``[B, C]``."""
+        """x: ``[B, ...]`` -> one logits ``[B, C]`` per member (K for K one-branch peers)."""
         x = self._layout(x)
-        return [f(x) for f in self._forwards]
+        out: list[Tensor] = []
+        for f, peer, k in zip(self._forwards, self.peers, self.branches):
+            if k is None:
+                out.append(f(x))
+            else:
+                out += peer.branch_logits(x)
+        return out
 
     @torch.no_grad()
     def repredict(self, k: int, x: Tensor) -> Tensor:
         """Peer k's current prediction on ``x`` (train mode, no grad, running stats untouched)."""
+        if any(b is not None for b in self.branches):
+            raise NotImplementedError("a multi-branch peer's branches step together")
         with preserved_buffers(self.peers[k]):
             return self._forwards[k](self._layout(x))
 
@@ -195,7 +218,9 @@ class Cohort(nn.Module):
             sched.apply(opt, epoch)
 
     def lrs(self) -> list[float]:
-        return [opt.param_groups[0]["lr"] for opt in self.optimizers]
+        """The learning rate of each member (a branch has its network's)."""
+        lrs = [opt.param_groups[0]["lr"] for opt in self.optimizers]
+        return [lr for lr, k in zip(lrs, self.branches) for _ in range(k or 1)]
 
     # -- checkpoint state ---------------------------------------------------------------------
     def training_state(self) -> dict[str, Any]:
@@ -211,6 +236,12 @@ class Cohort(nn.Module):
         if optimizers:
             for opt, sd in zip(self.optimizers, state["optimizers"]):
                 opt.load_state_dict(sd)
+
+
+def num_branches(model: nn.Module) -> int | None:
+    """K for a multi-branch network (``num_branches`` and ``branch_logits``), else None."""
+    k = getattr(model, "num_branches", None)
+    return k if isinstance(k, int) and callable(getattr(model, "branch_logits", None)) else None
 
 
 def _warn_identical(specs: list[PeerSpec], states: list[dict[str, Tensor]]) -> None:
@@ -386,6 +417,9 @@ def stacking_problem(specs: list[PeerSpec], optim: list[OptimConfig]) -> str | N
             return f"peers {first.name!r} and {s.name!r} differ in architecture or arguments"
     if any(o != optim[0] for o in optim[1:]):
         return "peers have different optimizer settings"
+    with torch.device("meta"):  # no memory, no weights read
+        if num_branches(first.without_pretrained().build()) is not None:
+            return "a multi-branch peer's branches are members of the loop cohort only"
     return None
 
 
@@ -413,14 +447,15 @@ def build_cohort(
     stacked = impl == "stacked" or (impl == "auto" and not problem and device.type == "cuda")
     if stacked:
         return StackedCohort(specs, optim, total_epochs, device, compile=compile)
-    return Cohort(
-        specs,
-        optim,
-        total_epochs,
-        device,
-        compile=compile,
-        channels_last=channels_last,
+    cohort = Cohort(
+        specs, optim, total_epochs, device, compile=compile, channels_last=channels_last
     )
+    if update == "sequential" and any(k is not None for k in cohort.branches):
+        raise ConfigError(
+            "method.update=sequential steps one network at a time, but a multi-branch peer's "
+            "branches share their trunk; use method.update=simultaneous"
+        )
+    return cohort
 
 
 def peer_specs(

@@ -129,6 +129,11 @@ class Method:
 
     name: ClassVar[str]
     needs_teacher: ClassVar[bool] = False  # True: built with a trained teacher network
+    # Constructor arguments the method needs in every peer's model (e.g. PCL's temporal mean);
+    # the trainer adds them to the peers' kwargs before building the cohort.
+    model_kwargs: ClassVar[dict[str, Any]] = {}
+    # x -> {name: logits}: what the method evaluates besides the peers (None: nothing).
+    eval_heads: Any = None
 
     def __init__(
         self,
@@ -150,6 +155,10 @@ class Method:
         The cohort is built for it (the sequential update cannot be stacked) and the summary
         reports it.
         """
+        return None
+
+    def deployed(self) -> str | None:
+        """The name of the evaluated output this method deploys, if it defines one."""
         return None
 
     def set_progress(self, epoch: float) -> None:
@@ -316,6 +325,11 @@ def update_order(cfg: MethodConfig) -> str | None:
     """The update order the configured method follows (``sequential`` | ``simultaneous``), or
     None for a method without one (independent, kd)."""
     return METHODS.get(cfg.name).update_order(cfg)
+
+
+def model_kwargs(cfg: MethodConfig) -> dict[str, Any]:
+    """The model arguments the configured method needs in every peer (see Method.model_kwargs)."""
+    return dict(METHODS.get(cfg.name).model_kwargs)
 
 
 def build_method(

@@ -58,6 +58,8 @@ class MethodConfig:
     teacher: str | None = None  # kd: a run directory or checkpoint file of an earlier run
     teacher_peer: int = 0  # kd: which peer of the teacher checkpoint
     alpha: float = 0.9  # kd: weight of the soft-target term
+    ensemble: Literal["minlogit", "naive"] = "minlogit"  # kdcl: how the teacher is built
+    ema_decay: float = 0.999  # pcl: decay of the temporal mean (mean-teacher warm-up first)
 
 
 @dataclass

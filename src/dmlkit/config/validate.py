@@ -68,6 +68,7 @@ def _check_method(m: MethodConfig) -> None:
     _check(m.mimicry_weight >= 0, f"method.mimicry_weight must be >= 0, got {m.mimicry_weight}")
     _check(m.mimicry_rampup >= 0, f"method.mimicry_rampup must be >= 0, got {m.mimicry_rampup}")
     _check(0 <= m.alpha <= 1, f"method.alpha must be in [0, 1], got {m.alpha}")
+    _check(0 <= m.ema_decay < 1, f"method.ema_decay must be in [0, 1), got {m.ema_decay}")
     if m.name == "kd":
         _check(
             bool(m.teacher),

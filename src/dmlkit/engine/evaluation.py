@@ -7,7 +7,7 @@ ensemble concatenates the peers' features. :func:`evaluate_split` picks one by t
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
@@ -26,17 +26,21 @@ ENSEMBLE = "ensemble"
 
 @torch.no_grad()
 def evaluate(
-    cohort: Cohort, batches: Iterable[tuple[Tensor, Tensor]]
+    cohort: Cohort,
+    batches: Iterable[tuple[Tensor, Tensor]],
+    heads: Callable[[Tensor], dict[str, Tensor]] | None = None,
 ) -> dict[str, dict[str, float]]:
     """Top-1, top-5 and cross-entropy of every peer and of the ensemble, in eval mode.
 
     Args:
         cohort: the peers (switched to eval mode here, restored afterwards).
         batches: ``(x [B, ...], y [B])`` pairs.
+        heads: ``x -> {name: logits [B, C]}``, outputs a method evaluates besides the peers
+            (a teacher head, a temporal-mean network); not part of the ensemble.
 
     Returns:
-        ``{peer name or "ensemble": {"top1": f, "top5": f, "ce": f}}``, accuracies as
-        fractions in [0, 1].
+        ``{peer name, head name or "ensemble": {"top1": f, "top5": f, "ce": f}}``, accuracies
+        as fractions in [0, 1].
     """
     was_training = cohort.training
     cohort.eval()
@@ -46,7 +50,11 @@ def evaluate(
     for x, y in batches:
         log_probs = [F.log_softmax(z.float(), dim=1) for z in cohort(x)]
         ens = mean_log_probs(log_probs)
-        for name, lp in zip(names, [*log_probs, ens]):
+        extra = heads(x) if heads is not None else {}
+        for name in extra:
+            acc.setdefault(name, [])
+        outputs = [*log_probs, ens, *[F.log_softmax(z.float(), dim=1) for z in extra.values()]]
+        for name, lp in zip([*names, *extra], outputs):
             hits = topk_correct(lp, y, (1, 5))
             nll = F.nll_loss(lp, y, reduction="sum")
             acc[name].append(torch.stack([hits[1].double(), hits[5].double(), nll.double()]))
@@ -55,7 +63,7 @@ def evaluate(
     if total == 0:
         raise ValueError("evaluate() got no batches")
     out = {}
-    for name in names:
+    for name in acc:
         top1, top5, ce = (torch.stack(acc[name]).sum(0) / total).tolist()
         out[name] = {"top1": top1, "top5": top5, "ce": ce}
     return out
@@ -65,11 +73,14 @@ def evaluate(
 # re-identification
 
 
-def evaluate_split(cohort: Any, split: Any) -> dict[str, dict[str, float]]:
-    """Evaluate a test/val split: retrieval metrics for a :class:`RetrievalSplit`, else top-k."""
+def evaluate_split(
+    cohort: Any, split: Any, heads: Callable[[Tensor], dict[str, Tensor]] | None = None
+) -> dict[str, dict[str, float]]:
+    """Evaluate a test/val split: retrieval metrics for a :class:`RetrievalSplit`, else top-k
+    (with the method's ``heads``, see :func:`evaluate`)."""
     if isinstance(split, RetrievalSplit):
         return evaluate_reid(cohort, split)
-    return evaluate(cohort, split)
+    return evaluate(cohort, split, heads)
 
 
 def check_reid_support(cohort: Any) -> None:

@@ -16,6 +16,7 @@ import sys
 import time
 import warnings
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +41,8 @@ from dmlkit.engine.names import check_names
 from dmlkit.engine.predict import preprocess_of
 from dmlkit.engine.rundir import run_dir_for
 from dmlkit.errors import UserError, first_line
-from dmlkit.methods import Method, NonFiniteLoss, build_method, update_order
+from dmlkit.methods import Method, NonFiniteLoss, build_method, model_kwargs, update_order
+from dmlkit.models.registry import accepts
 
 log = logging.getLogger("dmlkit")
 
@@ -132,6 +134,7 @@ class Trainer:
         self.total_steps = t.iterations if t.iterations else t.epochs * self.steps_per_epoch
         self.num_epochs = math.ceil(self.total_steps / self.steps_per_epoch)
         specs = peer_specs(cfg, self.data.num_classes, self.data.in_channels, self.data.image_size)
+        specs = [_with_method_kwargs(s, model_kwargs(cfg.method)) for s in specs]
         optims = [cfg.peer_optim(i) for i in range(len(specs))]
         total_epochs = self.total_steps / self.steps_per_epoch
         mine = dist.peer_slice(len(specs))  # all peers, or this process's share (cohort mode)
@@ -281,7 +284,8 @@ class Trainer:
                 ]
                 last = epoch == self.num_epochs
                 if self.data.val is not None and (epoch % cfg.train.eval_every == 0 or last):
-                    records += self._records(epoch, "val", evaluate(self.cohort, self.data.val))
+                    val = evaluate(self.cohort, self.data.val, self.method.eval_heads)
+                    records += self._records(epoch, "val", val)
                 self.run.log(records)
                 if epoch % cfg.train.checkpoint_every == 0 or last:
                     self._save()
@@ -400,17 +404,22 @@ class Trainer:
 
     def finish(self) -> dict[str, Any]:
         """Evaluate the final cohort on the test split; write and return summary.json."""
-        test = evaluate_split(self.cohort, self.data.test)  # top-k, or re-id mAP/CMC
+        # top-k (with the method's own heads), or re-id mAP/CMC
+        test = evaluate_split(self.cohort, self.data.test, self.method.eval_heads)
         self.run.log(self._records(self.epoch, "test", test))
+        members = getattr(self.cohort, "member_specs", self.cohort.specs)  # branches: members
         summary = make_summary(
             self.cfg,
-            self.cohort.specs,
+            members,
             test,
             self.epoch,
             self.iteration,
             data=self.data,
             device=self.device,
         )
+        deployed = self.method.deployed()
+        if deployed is not None:
+            summary["deployed"] = {"name": deployed, "metrics": test[deployed]}
         self.run.write_summary(summary)
         return summary
 
@@ -441,6 +450,7 @@ def make_summary(
         "split": "test",
         "peers": [{"name": s.name, "arch": s.arch, "metrics": metrics[s.name]} for s in specs],
         ENSEMBLE: {"metrics": metrics[ENSEMBLE]},
+        **_heads(specs, metrics),
         **about,
     }
 
@@ -448,6 +458,20 @@ def make_summary(
 def _is_terminal() -> bool:
     isatty = getattr(sys.stderr, "isatty", None)
     return bool(isatty and isatty())
+
+
+def _with_method_kwargs(spec: PeerSpec, kwargs: dict[str, Any]) -> PeerSpec:
+    """The spec plus the method's model arguments that its model takes (the method itself
+    refuses a cohort it cannot train, in one line)."""
+    extra = {k: v for k, v in kwargs.items() if accepts(spec.arch, k)}
+    return replace(spec, kwargs={**spec.kwargs, **extra}) if extra else spec
+
+
+def _heads(specs: list[PeerSpec], metrics: dict[str, dict[str, float]]) -> dict[str, Any]:
+    """``{"heads": {name: {"metrics": ...}}}`` for what a method evaluates besides its peers."""
+    peers = {s.name for s in specs} | {ENSEMBLE}
+    heads = {n: {"metrics": m} for n, m in metrics.items() if n not in peers}
+    return {"heads": heads} if heads else {}
 
 
 def _postfix(records: list[dict[str, Any]]) -> str:

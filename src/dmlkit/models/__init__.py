@@ -9,6 +9,7 @@ from __future__ import annotations
 from dmlkit.models import small  # noqa: F401
 from dmlkit.models import cifar  # noqa: F401
 from dmlkit.models import mobilenet_v1  # noqa: F401
+from dmlkit.models import multibranch  # noqa: F401
 from dmlkit.models.registry import MODELS, build_model, list_models
 
 __all__ = ["MODELS", "build_model", "list_models"]

@@ -43,5 +43,10 @@ def build_model(
         ) from None
 
 
+def accepts(arch: str, argument: str) -> bool:
+    """Whether the constructor of the registered model ``arch`` takes ``argument``."""
+    return argument in inspect.signature(MODELS.get(arch)).parameters
+
+
 def list_models() -> list[str]:
     return MODELS.names()

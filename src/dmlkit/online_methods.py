@@ -1,0 +1,211 @@
+"""DML's online-distillation successors as methods: ``one``, ``kdcl``, ``okddip``, ``pcl``.
+
+Each is a small :class:`dmlkit.methods.Method` over the pure losses of
+:mod:`dmlkit.online_losses`, registered in ``METHODS`` (imported by :mod:`dmlkit.engine.names`,
+so every config the trainer sees can name them).
+
+* ``kdcl`` trains a cohort of separate (possibly heterogeneous) peers, like DML.
+* ``one``, ``okddip`` and ``pcl`` train ONE multi-branch network (``peers: [resnet32_mb]`` or
+  ``[wrn_mb]``, :mod:`dmlkit.models.multibranch`): its branches are the cohort's members, so they
+  are logged, evaluated and ensembled like peers; one optimizer steps the whole network on the
+  method's total loss.
+
+The config keys they read: ``method.temperature`` (the papers use 3 for ONE, OKDDip and PCL, 2
+for KDCL; the recipes set them), ``method.mimicry_weight`` and ``method.mimicry_rampup`` (the
+weight of the distillation terms, ramped linearly; OKDDip's and PCL's code ramp a sigmoid
+instead), ``method.ensemble`` (kdcl) and ``method.ema_decay`` (pcl).
+
+Not implemented: KDCL's and PCL's per-peer input augmentations (every member sees the loader's
+batch, as in DML), CL-ILR and feature-level mimicry.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor
+
+from dmlkit.errors import ConfigError
+from dmlkit.losses import cross_entropy, mimicry_kl
+from dmlkit.methods import METHODS, Method, PeerLog, _log
+from dmlkit.online_losses import (
+    ema_decay,
+    ema_update,
+    gate_ensemble,
+    kdcl_losses,
+    okddip_loss,
+    one_loss,
+    pcl_loss,
+    peer_attention,
+)
+
+
+@METHODS.register("kdcl")
+class KDCL(Method):
+    """KDCL (Guo et al. CVPR 2020): every peer distils from a teacher built from all peers'
+    logits (``method.ensemble``: ``minlogit`` or ``naive``, :func:`kdcl_teacher`), detached, at
+    ``method.temperature``, weighted by ``method.mimicry_weight``; plus its own CE."""
+
+    name = "kdcl"
+
+    def train_step(self, x: Tensor, y: Tensor) -> list[PeerLog]:
+        with self.precision.autocast():
+            terms = kdcl_losses(
+                self.cohort(x),
+                y,
+                temperature=self.cfg.temperature,
+                weight=self.mimicry_weight,
+                variant=self.cfg.ensemble,
+            )
+        self._step_all([t.total for t in terms])
+        return [_log(t.total, t.ce, t.distill) for t in terms]
+
+
+class BranchMethod(Method):
+    """A method over one multi-branch network: the cohort must be that single peer."""
+
+    def __init__(self, cohort: Any, cfg: Any, precision: Any = None, sync: Any = None) -> None:
+        super().__init__(cohort, cfg, precision, sync)
+        branches = getattr(cohort, "branches", [None])
+        if len(branches) != 1 or branches[0] is None:
+            raise ConfigError(
+                f"method.name={self.name} trains one multi-branch network: set "
+                f"peers=[resnet32_mb] (or wrn_mb; peers.0.kwargs.branches=K)"
+            )
+        self.net = cohort.peers[0]
+        self.peer = cohort.specs[0].name
+        self.eval_heads = self._heads
+
+    def _heads(self, x: Tensor) -> dict[str, Tensor]:
+        return {}
+
+    def _logs(self, logits: list[Tensor], y: Tensor, teachers: list[Tensor]) -> list[PeerLog]:
+        """Per branch: its CE, its soft term against its teacher, their weighted sum."""
+        t, w = self.cfg.temperature, self.mimicry_weight
+        with torch.no_grad():
+            ce = [cross_entropy(z, y) for z in logits]
+            kl = [mimicry_kl(z, q, t) for z, q in zip(logits, teachers)]
+        return [_log(c + w * k, c, k) for c, k in zip(ce, kl)]
+
+
+@METHODS.register("one")
+class ONE(BranchMethod):
+    """ONE (Lan et al. NeurIPS 2018): a gate weights the branches' logits into an ensemble
+    teacher, trained with CE; each branch distils from it (detached) at ``method.temperature``
+    (paper: 3), the soft terms weighted by ``method.mimicry_weight`` (paper: 1). The gate
+    ensemble is evaluated as ``<peer>.gate``."""
+
+    name = "one"
+
+    def train_step(self, x: Tensor, y: Tensor) -> list[PeerLog]:
+        with self.precision.autocast():
+            out = self.net.branch_outputs(x)
+            gate = self.net.gate(out.trunk)
+            terms = one_loss(out.logits, gate, y, self.cfg.temperature)
+            # one_loss weighs its soft term 1; the configured weight scales it here
+            total = terms.ce + self.mimicry_weight * terms.distill
+        self._step_all([total])
+        ens = gate_ensemble(out.logits, gate).detach()
+        return self._logs(out.logits, y, [ens] * len(out.logits))
+
+    def _heads(self, x: Tensor) -> dict[str, Tensor]:
+        out = self.net.branch_outputs(x)
+        return {f"{self.peer}.gate": gate_ensemble(out.logits, self.net.gate(out.trunk))}
+
+
+@METHODS.register("okddip")
+class OKDDip(BranchMethod):
+    """OKDDip (Chen et al. AAAI 2020): the first K - 1 branches are auxiliary peers, each
+    distilling from its own attention-weighted ensemble of the peers; the last branch is the
+    group leader, distilled from the peers' mean and deployed. Soft terms at
+    ``method.temperature`` (paper: 3), weighted by ``method.mimicry_weight``; targets not
+    detached, as in the authors' code (see :func:`okddip_loss`)."""
+
+    name = "okddip"
+
+    def train_step(self, x: Tensor, y: Tensor) -> list[PeerLog]:
+        with self.precision.autocast():
+            out = self.net.branch_outputs(x)
+            peers, leader = out.logits[:-1], out.logits[-1]
+            att = peer_attention(*self.net.attention(out.features[:-1]))
+            terms = okddip_loss(
+                peers,
+                leader,
+                att,
+                y,
+                temperature=self.cfg.temperature,
+                weight=self.mimicry_weight,
+            )
+        self._step_all([terms.total])
+        z = torch.stack(peers, dim=1).detach()
+        teachers = list(torch.bmm(att.detach(), z).unbind(1)) + [z.mean(dim=1)]
+        return self._logs(out.logits, y, teachers)
+
+    def deployed(self) -> str | None:
+        return self.cohort.names[-1]  # the group leader
+
+
+@METHODS.register("pcl")
+class PCL(BranchMethod):
+    """PCL (Wu & Gong AAAI 2021): a fusion head over the branches' features is the peer
+    ensemble teacher (trained with CE); the temporal mean (EMA, ``method.ema_decay``) of the
+    network gives the peer mean teachers; each branch distils from the ensemble and from the
+    other branches' means (:func:`pcl_loss`). The temporal-mean network, run in eval mode
+    (running statistics that are themselves averaged), is what is deployed: its first branch,
+    ``<peer>.mean.b1``; all its branches and the fusion head are evaluated too."""
+
+    name = "pcl"
+    model_kwargs: ClassVar[dict[str, Any]] = {"temporal_mean": True}
+
+    def __init__(self, cohort: Any, cfg: Any, precision: Any = None, sync: Any = None) -> None:
+        super().__init__(cohort, cfg, precision, sync)
+        self.mean = self.net.mean_net
+        if self.mean is None:
+            raise ConfigError("method.name=pcl: peers.0.kwargs.temporal_mean must be true")
+
+    @torch.no_grad()
+    def _mean_logits(self, x: Tensor) -> list[Tensor]:
+        was = self.mean.training
+        self.mean.eval()
+        try:
+            return self.mean.branch_logits(x)
+        finally:
+            self.mean.train(was)
+
+    def train_step(self, x: Tensor, y: Tensor) -> list[PeerLog]:
+        with self.precision.autocast():
+            mean_logits = self._mean_logits(x)
+            out = self.net.branch_outputs(x)
+            ens = self.net.fusion(out.features)
+            terms = pcl_loss(
+                out.logits,
+                ens,
+                mean_logits,
+                y,
+                temperature=self.cfg.temperature,
+                weight=self.mimicry_weight,
+            )
+        self._step_all([terms.total])
+        self._update_mean()
+        return self._logs(out.logits, y, [ens.detach()] * len(out.logits))
+
+    def _update_mean(self) -> None:
+        # The update count is a buffer of the network (saved with its weights), so a resumed
+        # run continues the same mean-teacher warm-up.
+        count = self.net.mean_updates
+        decay = ema_decay(int(count), self.cfg.ema_decay)
+        own = self.net.state_dict()
+        names = list(self.mean.state_dict())
+        ema_update([self.mean.state_dict()[n] for n in names], [own[n] for n in names], decay)
+        count += 1
+
+    def _heads(self, x: Tensor) -> dict[str, Tensor]:
+        out = self.net.branch_outputs(x)
+        heads = {f"{self.peer}.fusion": self.net.fusion(out.features)}
+        for i, z in enumerate(self.mean.branch_logits(x)):
+            heads[f"{self.peer}.mean.b{i + 1}"] = z
+        return heads
+
+    def deployed(self) -> str | None:
+        return f"{self.peer}.mean.b1"

@@ -1,0 +1,63 @@
+"""Multi-branch CIFAR networks: what is shared at each branch point, the heads, the EMA copy."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from dmlkit.errors import ConfigError
+from dmlkit.models import build_model
+
+SMALL = {"resnet32_mb": {"depth": 8}, "wrn_mb": {"depth": 10, "widen_factor": 1}}
+
+
+@pytest.mark.parametrize("arch", sorted(SMALL))
+@pytest.mark.parametrize("branch_at", [0, 1, 2, 3])
+def test_branches_share_exactly_the_stages_before_the_branch_point(arch, branch_at) -> None:
+    torch.manual_seed(0)
+    net = build_model(arch, 7, 3, branches=3, branch_at=branch_at, **SMALL[arch]).eval()
+    assert len(net.trunk) == 1 + branch_at  # the stem and the shared stages
+    convs = [sum(isinstance(m, torch.nn.Conv2d) for m in b.modules()) for b in net.branch_nets]
+    assert len(set(convs)) == 1 and (convs[0] > 0) == (branch_at < 3)
+    x = torch.randn(4, 3, 8, 8)
+    out = net.branch_outputs(x)
+    assert [z.shape for z in out.logits] == [torch.Size([4, 7])] * 3
+    # different initial weights per branch: different predictions
+    assert not torch.allclose(out.logits[0], out.logits[1])
+    # forward: the log of the branches' mean probability
+    mean = torch.stack([z.softmax(1) for z in out.logits]).mean(0)
+    torch.testing.assert_close(net(x).exp(), mean)
+
+
+def test_a_branch_gradient_reaches_the_trunk_and_not_the_other_branches() -> None:
+    net = build_model("resnet32_mb", 5, 3, depth=8, branches=2)
+    net.branch_logits(torch.randn(2, 3, 8, 8))[0].sum().backward()
+    assert all(p.grad is None for p in net.branch_nets[1].parameters())
+    assert all(p.grad is not None for p in net.trunk.parameters())
+
+
+def test_heads_gate_attention_fusion() -> None:
+    net = build_model("resnet32_mb", 5, 3, depth=8, branches=3).eval()
+    out = net.branch_outputs(torch.randn(4, 3, 8, 8))
+    g = net.gate(out.trunk)
+    assert g.shape == (4, 3) and torch.allclose(g.sum(1), torch.ones(4))
+    q, k = net.attention(out.features[:2])
+    assert q.shape == k.shape == (4, 2, 8)  # width 64 // 8
+    assert net.fusion(out.features).shape == (4, 5)
+
+
+def test_temporal_mean_copy_starts_equal_has_no_gradient_and_is_saved() -> None:
+    net = build_model("resnet32_mb", 5, 3, depth=8, temporal_mean=True)
+    assert net.mean_net.mean_net is None  # no copy of the copy
+    for a, b in zip(net.branch_nets.parameters(), net.mean_net.branch_nets.parameters()):
+        assert torch.equal(a, b) and not b.requires_grad
+    assert any(k.startswith("mean_net.") for k in net.state_dict())
+    assert not any(k.startswith("mean_net.") for k in build_model("resnet32_mb", 5, 3).state_dict())
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "key"), [({"branches": 1}, "branches"), ({"branch_at": 4}, "branch_at")]
+)
+def test_bad_arguments_name_the_key(kwargs, key) -> None:
+    with pytest.raises(ConfigError, match=key):
+        build_model("resnet32_mb", 5, 3, **kwargs)
