@@ -37,13 +37,16 @@ def test_a_branch_gradient_reaches_the_trunk_and_not_the_other_branches() -> Non
 
 
 def test_heads_gate_attention_fusion() -> None:
-    net = build_model("resnet32_mb", 5, 3, depth=8, branches=3).eval()
+    heads = {"gate": True, "attention": True, "fusion": True}
+    net = build_model("resnet32_mb", 5, 3, depth=8, branches=3, **heads).eval()
     out = net.branch_outputs(torch.randn(4, 3, 8, 8))
     g = net.gate(out.trunk)
     assert g.shape == (4, 3) and torch.allclose(g.sum(1), torch.ones(4))
     q, k = net.attention(out.features[:2])
     assert q.shape == k.shape == (4, 2, 8)  # width 64 // 8
     assert net.fusion(out.features).shape == (4, 5)
+    plain = build_model("resnet32_mb", 5, 3, depth=8)  # heads only on request
+    assert not any(hasattr(plain, n) for n in ("gate_fc", "query", "fusion_fc"))
 
 
 def test_temporal_mean_copy_starts_equal_has_no_gradient_and_is_saved() -> None:

@@ -13,16 +13,17 @@ import sys
 # themselves by importing the modules that define the networks). tests/test_cli_feel.py checks
 # that this table equals the registries: a newly registered name must be added here.
 BUILTIN_NAMES = {
-    "models": "inception_v1 mlp mobilenet mobilenet_v1 resnet32 small_cnn wrn28_10",
+    "models": "inception_v1 mlp mobilenet mobilenet_v1 resnet32 resnet32_mb small_cnn wrn28_10 "
+    "wrn_mb",
     "datasets": "cifar100 digits digits-pairs imagefolder market1501",
-    "methods": "dml dml_e independent kd",
+    "methods": "dml dml_e independent kd kdcl okddip one pcl",
     "experiments": "cifar100-table digits digits-analysis digits-pairs digits-pairs-regimes "
     "digits-why market1501-cohort-size market1501-dml-e market1501-table",
 }
 _REGISTRIES = {
     "models": ("dmlkit.models.registry", "MODELS"),
     "datasets": ("dmlkit.data.registry", "DATASETS"),
-    "methods": ("dmlkit.methods", "METHODS"),
+    "methods": ("dmlkit.online_methods", "METHODS"),  # importing it registers every method
     "experiments": ("dmlkit.experiments.core", "EXPERIMENTS"),
 }
 

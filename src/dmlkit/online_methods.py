@@ -97,6 +97,7 @@ class ONE(BranchMethod):
     ensemble is evaluated as ``<peer>.gate``."""
 
     name = "one"
+    model_kwargs: ClassVar[dict[str, Any]] = {"gate": True}
 
     def train_step(self, x: Tensor, y: Tensor) -> list[PeerLog]:
         with self.precision.autocast():
@@ -123,6 +124,7 @@ class OKDDip(BranchMethod):
     detached, as in the authors' code (see :func:`okddip_loss`)."""
 
     name = "okddip"
+    model_kwargs: ClassVar[dict[str, Any]] = {"attention": True}
 
     def train_step(self, x: Tensor, y: Tensor) -> list[PeerLog]:
         with self.precision.autocast():
@@ -156,7 +158,7 @@ class PCL(BranchMethod):
     ``<peer>.mean.b1``; all its branches and the fusion head are evaluated too."""
 
     name = "pcl"
-    model_kwargs: ClassVar[dict[str, Any]] = {"temporal_mean": True}
+    model_kwargs: ClassVar[dict[str, Any]] = {"temporal_mean": True, "fusion": True}
 
     def __init__(self, cohort: Any, cfg: Any, precision: Any = None, sync: Any = None) -> None:
         super().__init__(cohort, cfg, precision, sync)

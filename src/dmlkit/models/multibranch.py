@@ -8,16 +8,16 @@ stages 1-2 and duplicates stage 3, as in all three papers' ResNet-32; ``0`` shar
 
 Each branch is a *member* of the cohort (:class:`dmlkit.cohort.Cohort` evaluates, logs and
 ensembles the branches like separate peers), so a plain DML run over one of these networks is
-DML with a shared trunk. The small heads the successors need are always built (a few thousand
-parameters); a head a method does not use gets no gradient and is never stepped:
+DML with a shared trunk. The small heads the successors need are built on request (the methods
+ask for theirs through ``Method.model_kwargs``, so a plain run has none):
 
-* ``gate(trunk) -> [B, K]``: ONE's gate, as in the authors' code a linear layer on the pooled
-  trunk features, BatchNorm, ReLU, softmax over the branches.
-* ``attention(features) -> [B, M, M]``: OKDDip's query / key projections (``width // 8``
+* ``gate=True``, ``gate(trunk) -> [B, K]``: ONE's gate, as in the authors' code a linear
+  layer on the pooled trunk features, BatchNorm, ReLU, softmax over the branches.
+* ``attention=True``, ``attention(features)``: OKDDip's query / key projections (``width // 8``
   dimensions, no bias, as in the authors' code) of the first ``M = K - 1`` branches (the last
   branch is the group leader).
-* ``fusion(features) -> [B, C]``: PCL's peer-ensemble teacher, a linear classifier on the
-  concatenated branch features.
+* ``fusion=True``, ``fusion(features) -> [B, C]``: PCL's peer-ensemble teacher, a linear
+  classifier on the concatenated branch features.
 * ``temporal_mean=True`` adds ``mean_net``, a copy of the whole network whose weights are the
   exponential moving average of this one (PCL's temporal mean); it has no gradient, so SGD and
   Adam skip it, and it is saved with the weights (so a resumed run continues the same mean),
@@ -65,6 +65,7 @@ class MultiBranchNet(nn.Module):
         branches: K >= 2.
         branch_at: number of shared stages, 0..3.
         temporal_mean: also keep an EMA copy of the network (``mean_net``).
+        heads: which of ``gate``, ``attention``, ``fusion`` to build.
     """
 
     def __init__(
@@ -78,6 +79,7 @@ class MultiBranchNet(nn.Module):
         branches: int,
         branch_at: int,
         temporal_mean: bool,
+        heads: dict[str, bool],
     ) -> None:
         super().__init__()
         if branches < 2:
@@ -96,12 +98,15 @@ class MultiBranchNet(nn.Module):
         width = widths[-1]
         trunk_width = widths[branch_at - 1] if branch_at else stem_width
         self.classifiers = nn.ModuleList(nn.Linear(width, num_classes) for _ in range(branches))
-        self.gate_fc = nn.Linear(trunk_width, branches)
-        self.gate_bn = nn.BatchNorm1d(branches)
-        proj = max(1, width // 8)
-        self.query = nn.Linear(width, proj, bias=False)
-        self.key = nn.Linear(width, proj, bias=False)
-        self.fusion_fc = nn.Linear(width * branches, num_classes)
+        if heads.get("gate"):
+            self.gate_fc = nn.Linear(trunk_width, branches)
+            self.gate_bn = nn.BatchNorm1d(branches)
+        if heads.get("attention"):
+            proj = max(1, width // 8)
+            self.query = nn.Linear(width, proj, bias=False)
+            self.key = nn.Linear(width, proj, bias=False)
+        if heads.get("fusion"):
+            self.fusion_fc = nn.Linear(width * branches, num_classes)
         _init_weights(self)
         self.mean_net: MultiBranchNet | None = None
         if temporal_mean:
@@ -158,6 +163,9 @@ def resnet32_mb(
     branches: int = 3,
     branch_at: int = 2,
     temporal_mean: bool = False,
+    gate: bool = False,
+    attention: bool = False,
+    fusion: bool = False,
 ) -> MultiBranchNet:
     """Multi-branch CIFAR ResNet (default ResNet-32; ``depth=110`` for ResNet-110): the blocks of
     :class:`dmlkit.models.cifar.CifarResNet`, stages after ``branch_at`` duplicated per branch."""
@@ -174,6 +182,7 @@ def resnet32_mb(
         branches,
         branch_at,
         temporal_mean,
+        {"gate": gate, "attention": attention, "fusion": fusion},
     )
 
 
@@ -190,16 +199,19 @@ def _wide_stage(i: int, n: int, widths: tuple[int, int, int], dropout: float) ->
 def wrn_mb(
     num_classes: int,
     in_channels: int = 3,
-    depth: int = 28,
-    widen_factor: int = 10,
+    depth: int = 16,
+    widen_factor: int = 2,
     dropout: float = 0.0,
     branches: int = 3,
     branch_at: int = 2,
     temporal_mean: bool = False,
+    gate: bool = False,
+    attention: bool = False,
+    fusion: bool = False,
 ) -> MultiBranchNet:
-    """Multi-branch Wide ResNet (default WRN-28-10, ``depth=16, widen_factor=2`` for a small
-    one): the blocks of :class:`dmlkit.models.cifar.WideResNet`, each branch ending in its own
-    BN-ReLU."""
+    """Multi-branch Wide ResNet (default WRN-16-2; ``depth=28, widen_factor=10`` is the DML
+    paper's WRN-28-10, three times over after the branch point): the blocks of
+    :class:`dmlkit.models.cifar.WideResNet`, each branch ending in its own BN-ReLU."""
     if depth < 10 or (depth - 4) % 6:
         raise ConfigError(f"peers[].kwargs.depth of the Wide ResNet must be 6n + 4, got {depth}")
     if widen_factor < 1:
@@ -216,4 +228,5 @@ def wrn_mb(
         branches,
         branch_at,
         temporal_mean,
+        {"gate": gate, "attention": attention, "fusion": fusion},
     )
