@@ -44,6 +44,8 @@ MODEL_INPUTS: dict[str, tuple[int, dict[str, tuple[tuple[int, int], dict]]]] = {
     # when run after the rest of the suite, never alone; CPU oneDNN state, not investigated
     "mobilenet_v1": (3, {"cpu": ((64, 32), {"width": 0.25}), "cuda": ((256, 128), {})}),
     "inception_v1": (3, {"cpu": ((8, 8), {}), "cuda": ((32, 32), {})}),
+    "resnet32_mb": (3, {"cpu": ((8, 8), {"depth": 8}), "cuda": ((32, 32), {})}),
+    "wrn_mb": (3, {"cpu": ((8, 8), {"depth": 10, "widen_factor": 1}), "cuda": ((32, 32), {})}),
 }
 HEAVY_ON_CPU = {"mobilenet", "mobilenet_v1", "inception_v1"}  # seconds each in emulated bf16
 
