@@ -158,6 +158,18 @@ CASES = [
         "/nonexistent/teacher",
     ),
     ("kd-no-teacher", _nothing, ["--set", "method.name=kd"], "kd needs the run directory"),
+    (
+        "unknown-optimizer",
+        _nothing,
+        ["--set", "optim.name=AdamX"],
+        "optim.name: 'AdamX' is not a torch.optim optimizer (did you mean 'Adamax'?)",
+    ),
+    (
+        "arch-import-fails",
+        _nothing,
+        ["--set", "peers.0.arch=no_such_pkg.nets:build"],
+        "peers.0.arch: cannot import 'no_such_pkg.nets'",
+    ),
     ("cuda-unavailable", _nothing, ["--set", "train.device=cuda"], "CUDA is not available"),
     (
         "out-is-inside-a-file",

@@ -297,6 +297,29 @@ def test_data_mode_equals_one_process_with_the_global_batch(tmp_path):
 
 
 @pytest.mark.slow
+def test_data_mode_stream_reads_each_share_once(tmp_path):
+    """The streamed image folder in data mode: each rank reads its shard of the global batch."""
+    from dmlkit.testing import write_image_folder
+
+    root = write_image_folder(tmp_path / "images", train_per_class=16, classes=4, size=8)
+    overrides = [
+        *[o for o in DIST if not o.startswith("data.train_size")],
+        "train.epochs=2",
+        "peers=[small_cnn,mlp]",
+        "peers.0.kwargs.batchnorm=false",
+        "data.name=imagefolder",
+        f"data.root={root}",
+        "data.loader=stream",
+        "data.num_workers=0",
+        "data.hflip=true",
+        "data.batch_size=16",
+    ]
+    run = tmp_path / "dist"
+    _run_ranks([*overrides, "distributed.mode=data"], run, tmp_path)
+    _assert_same_cohort(_checkpoint(run), _one_process(overrides, tmp_path / "one"))
+
+
+@pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
 def test_hung_rank_stops_the_other_within_the_timeout(tmp_path):
     overrides = [*DIST, "train.epochs=3", "distributed.mode=data", "distributed.timeout_s=3"]

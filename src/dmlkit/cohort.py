@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import itertools
-import math
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,6 +23,7 @@ from torch.func import functional_call, stack_module_state, vmap
 from dmlkit.config import Config, OptimConfig
 from dmlkit.errors import ConfigError
 from dmlkit.models import build_model
+from dmlkit.optim import ELEMENTWISE, LRSchedule, build_optimizer
 
 
 @dataclass
@@ -62,54 +62,6 @@ class PeerSpec:
         return model.eval()
 
 
-class LRSchedule:
-    """Learning rate as a function of the fractional epoch, set before every optimizer step.
-
-    ``constant``; ``step``: x gamma every ``step_size`` epochs; ``multistep``: x gamma at each
-    milestone; ``cosine``: half a cosine from the base LR to 0 over ``total_epochs``. Stateless:
-    the trainer's iteration counter is all a resumed run needs.
-    """
-
-    def __init__(self, cfg: OptimConfig, total_epochs: float) -> None:
-        self.cfg = cfg
-        self.total_epochs = max(total_epochs, 1e-12)
-
-    def factor(self, epoch: float) -> float:
-        c = self.cfg
-        if c.schedule == "constant":
-            return 1.0
-        if c.schedule == "step":
-            return c.gamma ** math.floor(epoch / c.step_size + 1e-9)
-        if c.schedule == "multistep":
-            return c.gamma ** sum(epoch >= m - 1e-9 for m in c.milestones)
-        # cosine
-        return 0.5 * (1.0 + math.cos(math.pi * min(epoch / self.total_epochs, 1.0)))
-
-    def apply(self, optimizer: torch.optim.Optimizer, epoch: float) -> None:
-        for group in optimizer.param_groups:
-            group["lr"] = group["initial_lr"] * self.factor(epoch)
-
-
-def build_optimizer(params: Iterator[nn.Parameter], cfg: OptimConfig) -> torch.optim.Optimizer:
-    """SGD (optionally Nesterov) or Adam, with ``initial_lr`` recorded for the schedule."""
-    params = list(params)
-    if cfg.name == "sgd":
-        opt: torch.optim.Optimizer = torch.optim.SGD(
-            params,
-            lr=cfg.lr,
-            momentum=cfg.momentum,
-            nesterov=cfg.nesterov and cfg.momentum > 0,
-            weight_decay=cfg.weight_decay,
-        )
-    else:
-        opt = torch.optim.Adam(
-            params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay
-        )
-    for group in opt.param_groups:
-        group["initial_lr"] = cfg.lr
-    return opt
-
-
 @contextmanager
 def preserved_buffers(module: nn.Module) -> Iterator[None]:
     """Run a forward pass without letting it change BatchNorm running statistics.
@@ -138,6 +90,10 @@ class Cohort(nn.Module):
         compile: run each peer's forward through ``torch.compile``.
         channels_last: keep conv weights in channels-last layout and convert 4-d inputs to it
             (faster convolutions on CUDA and on the CPU; see benchmarks/results/).
+        modules: the peers themselves (a user's ``nn.Module`` instances, :func:`dmlkit.fit`)
+            instead of building them from ``specs``; ``specs`` then only name them.
+        optimizers, schedules: the peers' optimizers and schedules (anything with
+            ``apply(optimizer, epoch)``), instead of building them from ``optim``.
     """
 
     def __init__(
@@ -149,17 +105,23 @@ class Cohort(nn.Module):
         *,
         compile: bool = False,
         channels_last: bool = False,
+        modules: list[nn.Module] | None = None,
+        optimizers: list[torch.optim.Optimizer] | None = None,
+        schedules: list[Any] | None = None,
     ) -> None:
         super().__init__()
         if not specs:
             raise ValueError("a cohort needs at least one peer")
         self.specs = specs
         self.channels_last = channels_last
-        self.peers = nn.ModuleList([s.build() for s in specs]).to(device)
+        built = modules if modules is not None else [s.build() for s in specs]
+        self.peers = nn.ModuleList(built).to(device)
         if channels_last:
             self.peers.to(memory_format=torch.channels_last)
-        self.optimizers = [build_optimizer(p.parameters(), o) for p, o in zip(self.peers, optim)]
-        self.schedules = [LRSchedule(o, total_epochs) for o in optim]
+        self.optimizers = optimizers or [
+            build_optimizer(p.parameters(), o) for p, o in zip(self.peers, optim)
+        ]
+        self.schedules = schedules or [LRSchedule(o, total_epochs) for o in optim]
         # Compiled callables share the peers' parameters; the peers themselves stay plain
         # modules so that state_dict keys do not change.
         self._forwards = [torch.compile(p) if compile else p for p in self.peers]
@@ -225,10 +187,15 @@ class Cohort(nn.Module):
     # -- checkpoint state ---------------------------------------------------------------------
     def training_state(self) -> dict[str, Any]:
         """Weights and optimizer states of every peer (plain containers of tensors)."""
-        return {
+        state = {
             "models": [p.state_dict() for p in self.peers],
             "optimizers": [o.state_dict() for o in self.optimizers],
         }
+        if any(hasattr(s, "state_dict") for s in self.schedules):  # a user's torch scheduler
+            state["schedules"] = [
+                s.state_dict() if hasattr(s, "state_dict") else None for s in self.schedules
+            ]
+        return state
 
     def load_training_state(self, state: dict[str, Any], *, optimizers: bool = True) -> None:
         for peer, sd in zip(self.peers, state["models"]):
@@ -236,6 +203,9 @@ class Cohort(nn.Module):
         if optimizers:
             for opt, sd in zip(self.optimizers, state["optimizers"]):
                 opt.load_state_dict(sd)
+            for sched, sd in zip(self.schedules, state.get("schedules") or []):
+                if sd is not None and hasattr(sched, "load_state_dict"):
+                    sched.load_state_dict(sd)
 
 
 def num_branches(model: nn.Module) -> int | None:
@@ -417,6 +387,8 @@ def stacking_problem(specs: list[PeerSpec], optim: list[OptimConfig]) -> str | N
             return f"peers {first.name!r} and {s.name!r} differ in architecture or arguments"
     if any(o != optim[0] for o in optim[1:]):
         return "peers have different optimizer settings"
+    if optim[0].name.lower() not in ELEMENTWISE:
+        return f"optim.name={optim[0].name} does not update element by element"
     with torch.device("meta"):  # no memory, no weights read
         if num_branches(first.without_pretrained().build()) is not None:
             return "a multi-branch peer's branches are members of the loop cohort only"

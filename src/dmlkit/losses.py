@@ -219,3 +219,62 @@ def kd_loss(
     """
     soft = mimicry_kl(student_logits, teacher_logits, temperature)
     return alpha * soft + (1.0 - alpha) * cross_entropy(student_logits, targets)
+
+
+class DMLLoss(torch.nn.Module):
+    """Deep Mutual Learning as a criterion for your own training loop.
+
+    ``DMLLoss()(logits_list, targets)`` is ``sum_k dml_losses(...)[k]``: since each peer's
+    mimicry targets are detached, one ``backward()`` of this sum gives every peer exactly the
+    gradient of its own loss (the simultaneous update). Use :func:`dmlkit.step` for the paper's
+    sequential update (Algorithm 1).
+
+    Args:
+        mode: ``"dml"`` (paper Eq. 10) or ``"dml_e"`` (paper Eq. 11).
+        temperature: mimicry softmax temperature (paper: 1); the mimicry term is scaled by T^2.
+        mimicry_weight: weight of the mimicry term (paper: 1).
+        reduction: ``"sum"`` (a scalar, the sum over peers) or ``"none"`` (``[K]``, one loss
+            per peer).
+
+    Shapes:
+        logits: K tensors ``[B, C]``; targets: ``[B]`` class indices (``-1`` = unlabelled).
+    """
+
+    def __init__(
+        self,
+        mode: str = "dml",
+        temperature: float = 1.0,
+        mimicry_weight: float = 1.0,
+        reduction: str = "sum",
+    ) -> None:
+        super().__init__()
+        if mode not in DML_MODES:
+            raise ValueError(f"DMLLoss: mode must be one of {DML_MODES}, got {mode!r}")
+        if temperature <= 0:
+            raise ValueError(f"DMLLoss: temperature must be > 0, got {temperature}")
+        if reduction not in ("sum", "none"):
+            raise ValueError(f"DMLLoss: reduction must be 'sum' or 'none', got {reduction!r}")
+        self.mode = mode
+        self.temperature = temperature
+        self.mimicry_weight = mimicry_weight
+        self.reduction = reduction
+
+    def forward(self, logits: Sequence[Tensor], targets: Tensor) -> Tensor:
+        if isinstance(logits, Tensor):
+            raise TypeError("DMLLoss: pass a list of K logits tensors [B, C], one per peer")
+        losses = torch.stack(
+            dml_losses(
+                logits,
+                targets,
+                mode=self.mode,
+                temperature=self.temperature,
+                mimicry_weight=self.mimicry_weight,
+            )
+        )
+        return losses.sum() if self.reduction == "sum" else losses
+
+    def extra_repr(self) -> str:
+        return (
+            f"mode={self.mode!r}, temperature={self.temperature}, "
+            f"mimicry_weight={self.mimicry_weight}, reduction={self.reduction!r}"
+        )

@@ -16,17 +16,27 @@ from dmlkit.config.convert import build_dataclass
 class OptimConfig:
     """Optimizer and learning-rate schedule of a peer (``optim`` applies to every peer)."""
 
-    name: Literal["sgd", "adam"] = "sgd"
+    # sgd | adam | any torch.optim optimizer by name (AdamW, RMSprop, ...; see dmlkit.optim)
+    name: str = "sgd"
     lr: float = 0.05
     momentum: float = 0.9  # SGD only
     nesterov: bool = True  # SGD only
     weight_decay: float = 5e-4
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # Adam only
     # The schedule is a function of the (fractional) epoch, applied at every iteration.
-    schedule: Literal["constant", "step", "multistep", "cosine"] = "cosine"
+    schedule: Literal["constant", "step", "multistep", "cosine", "onecycle"] = "cosine"
     step_size: float = 60.0  # step: multiply by gamma every step_size epochs
     milestones: list[float] = field(default_factory=list)  # multistep: epochs
     gamma: float = 0.1
+    kwargs: dict[str, Any] = field(default_factory=dict)  # more arguments of the optimizer
+    # linear warm-up from warmup_factor * lr over the first epochs (cosine: then over the rest)
+    warmup_epochs: float = 0.0
+    warmup_factor: float = 0.01
+    # onecycle: the rise takes pct_start of the run, from lr / div_factor to lr, then falls to
+    # lr / (div_factor * final_div_factor) (torch.optim.lr_scheduler.OneCycleLR's defaults)
+    pct_start: float = 0.3
+    div_factor: float = 25.0
+    final_div_factor: float = 1e4
 
 
 @dataclass
@@ -98,6 +108,19 @@ class DataConfig:
     pairs_eval_per_class: int = 20
     pairs_classes: int = 100
     label_noise: float = 0.0
+    # imagefolder: decode every image into memory once (memory), read files lazily through a
+    # DataLoader (stream), or memory up to memory_limit_mb of decoded pixels, stream above (auto)
+    loader: Literal["auto", "memory", "stream"] = "auto"
+    memory_limit_mb: float = 1024.0  # auto: the threshold (benchmarks/results/stream-cpu.md)
+    num_workers: int | None = None  # stream: DataLoader worker processes (null: up to 8 CPUs)
+    # stream: RandomResizedCrop to image_size with this [min, max] area scale (e.g. [0.08, 1]),
+    # instead of crop_padding's padded random crop
+    random_resized_crop: list[float] | None = None
+    # stream: normalisation statistics (0..1 scale, one per channel); null: computed from a
+    # seeded sample of up to 2048 training images (all of them in smaller sets)
+    mean: list[float] | None = None
+    std: list[float] | None = None
+    on_bad_image: Literal["stop", "skip"] = "stop"  # stream: an unreadable image file
 
 
 @dataclass

@@ -33,6 +33,23 @@ def _optim_errors(opt: OptimConfig) -> list[tuple[str, str]]:
             opt.schedule != "multistep" or bool(opt.milestones),
             "milestones: the multistep schedule needs milestones (epochs), e.g. [60, 120]",
         ),
+        (
+            "warmup_epochs",
+            opt.warmup_epochs >= 0,
+            f"warmup_epochs must be >= 0, got {opt.warmup_epochs}",
+        ),
+        (
+            "warmup_factor",
+            0 <= opt.warmup_factor <= 1,
+            f"warmup_factor must be in [0, 1], got {opt.warmup_factor}",
+        ),
+        ("pct_start", 0 < opt.pct_start < 1, f"pct_start must be in (0, 1), got {opt.pct_start}"),
+        ("div_factor", opt.div_factor >= 1, f"div_factor must be >= 1, got {opt.div_factor}"),
+        (
+            "final_div_factor",
+            opt.final_div_factor >= 1,
+            f"final_div_factor must be >= 1, got {opt.final_div_factor}",
+        ),
     ]
     return [(key, message) for key, ok, message in checks if not ok]
 
@@ -102,6 +119,27 @@ def _check_data(d: DataConfig) -> None:
     _check(
         (d.image_height is None) == (d.image_width is None),
         "data.image_height and data.image_width: set both (e.g. 256 and 128) or neither",
+    )
+    _check(d.memory_limit_mb >= 0, f"data.memory_limit_mb must be >= 0, got {d.memory_limit_mb}")
+    _check(
+        d.num_workers is None or d.num_workers >= 0,
+        f"data.num_workers must be >= 0 or null, got {d.num_workers}",
+    )
+    rrc = d.random_resized_crop
+    _check(
+        rrc is None or (len(rrc) == 2 and 0 < rrc[0] <= rrc[1] <= 1),
+        f"data.random_resized_crop must be [min, max] with 0 < min <= max <= 1, got {rrc}",
+    )
+    for key in ("mean", "std"):
+        value = getattr(d, key)
+        _check(
+            value is None or (len(value) >= 1 and (key == "mean" or min(value) > 0)),
+            f"data.{key} must be a list of per-channel values (std > 0) or null, got {value}",
+        )
+    _check(
+        (d.mean is None) == (d.std is None) and (d.mean is None or len(d.mean) == len(d.std)),
+        "data.mean and data.std: give both, one value per channel (e.g. [0.5, 0.5, 0.5]), "
+        "or neither",
     )
     _check(
         d.pairs_per_class >= 1 and d.pairs_eval_per_class >= 1 and 2 <= d.pairs_classes <= 100,

@@ -13,6 +13,7 @@ from dmlkit.data import (  # noqa: E402,F401,I001
     digits,
     digits_pairs,
     imagefolder,
+    user,
 )
 from dmlkit.data.core import DataBundle, TensorLoader, build_data, random_crop_flip
 from dmlkit.data.registry import DATASETS

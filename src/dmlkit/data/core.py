@@ -120,11 +120,14 @@ class TensorLoader:
         self.train = train
         self.seed = seed
         self.epoch = 0
+        self.start = 0
         # Dropping a short last batch keeps BatchNorm away from batches of one sample.
         self.drop_last = train and len(y) >= batch_size
 
-    def set_epoch(self, epoch: int) -> None:
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """The epoch to draw next; ``start``: the first batch (a run resumed mid-epoch)."""
         self.epoch = epoch
+        self.start = start
 
     def __len__(self) -> int:
         n = len(self.y)
@@ -141,7 +144,9 @@ class TensorLoader:
         order = order.to(self.x.device)
         for i in range(len(self)):
             idx = order[i * self.batch_size : (i + 1) * self.batch_size]
-            yield self.transform(self.x[idx], gen), self.y[idx]
+            x = self.transform(self.x[idx], gen)
+            if i >= self.start:  # earlier batches: augmented only so that `gen` advances
+                yield x, self.y[idx]
 
 
 @dataclass
@@ -245,6 +250,16 @@ def channel_stats(x: Tensor) -> tuple[Tensor, Tensor]:
     return mean, std
 
 
+def user_stats(cfg: DataConfig, channels: int) -> tuple[Tensor, Tensor]:
+    """data.mean and data.std as ``[C]`` tensors, checked against the images' channels."""
+    if len(cfg.mean) != channels:
+        raise ConfigError(
+            f"data.mean and data.std: {len(cfg.mean)} values for {channels}-channel images; "
+            f"give one value per channel"
+        )
+    return torch.tensor(cfg.mean, dtype=torch.float32), torch.tensor(cfg.std, dtype=torch.float32)
+
+
 def in_memory_bundle(
     cfg: DataConfig,
     x_trainval: Tensor,
@@ -271,7 +286,10 @@ def in_memory_bundle(
         x_test, y_test = x_test[test_idx], y_test[test_idx]
     x_train, y_train = x_trainval[train_idx], y_trainval[train_idx].clone()
     y_train[torch.from_numpy(unlabelled)] = UNLABELLED
-    mean, std = channel_stats(x_train)
+    if cfg.mean is not None and cfg.std is not None:  # the user's normalisation
+        mean, std = user_stats(cfg, x_train.shape[1])
+    else:
+        mean, std = channel_stats(x_train)
     aug = BatchTransform(mean, std, cfg.crop_padding, cfg.hflip)
     plain = BatchTransform(mean, std)
     train = TensorLoader(x_train, y_train, cfg.batch_size, aug, train=True, seed=seed)

@@ -61,6 +61,8 @@ RESUMABLE_CHANGES = (
     "distributed.backend",
     "data.strict",
     "data.download",
+    "data.num_workers",  # the stream path seeds each sample: any number of workers, same batches
+    "data.on_bad_image",  # stop -> skip, to go on past the file a stopped run named
 )
 
 
@@ -107,6 +109,8 @@ class Trainer:
         resume: bool = False,
         desc: str = "",
         dist: DistContext | None = None,
+        data: DataBundle | None = None,
+        cohort_factory: Callable[[list[PeerSpec], float, int], Any] | None = None,
     ) -> None:
         check_names(cfg)  # a misspelt name fails before any work (and any writing)
         # stored absolute: `dml eval RUN` then works from any folder
@@ -124,7 +128,16 @@ class Trainer:
             warnings.warn(message, stacklevel=2)
         dist.on_main(self._check_run_dir)
         seed_everything(cfg.seed, cfg.train.deterministic)
-        self.data: DataBundle = build_data(cfg.data, seed=cfg.seed, device=self.device)
+        if data is None:
+            data = build_data(cfg.data, seed=cfg.seed, device=self.device)
+        else:  # a user's data (dmlkit.fit): batches move to the device as they come
+            for loader in (data.train, data.val, data.test):
+                if loader is not None:
+                    loader.to(self.device)
+        self.data: DataBundle = data
+        if cfg.distributed.mode == "data" and dist.world > 1 and hasattr(data.train, "shard"):
+            # each process reads only its share of every global batch (the stream path)
+            data.train.shard(dist.rank, dist.world)
         self.steps_per_epoch = len(self.data.train)
         if self.steps_per_epoch == 0:
             raise UserError(
@@ -138,16 +151,21 @@ class Trainer:
         optims = [cfg.peer_optim(i) for i in range(len(specs))]
         total_epochs = self.total_steps / self.steps_per_epoch
         mine = dist.peer_slice(len(specs))  # all peers, or this process's share (cohort mode)
-        cohort = build_cohort(
-            cfg.train.cohort_impl,
-            specs[mine],
-            optims[mine],
-            total_epochs=total_epochs,
-            device=self.device,
-            update=update_order(cfg.method) or "simultaneous",
-            compile=cfg.train.compile,
-            channels_last=cfg.train.channels_last,
-        )
+        if cohort_factory is not None:  # the user's own modules (dmlkit.fit)
+            if dist.world > 1:
+                raise UserError("dmlkit.fit runs in one process; use distributed.mode=none")
+            cohort = cohort_factory(specs, total_epochs, self.steps_per_epoch)
+        else:
+            cohort = build_cohort(
+                cfg.train.cohort_impl,
+                specs[mine],
+                optims[mine],
+                total_epochs=total_epochs,
+                device=self.device,
+                update=update_order(cfg.method) or "simultaneous",
+                compile=cfg.train.compile,
+                channels_last=cfg.train.channels_last,
+            )
         self.cohort = dist.wrap_cohort(cohort, specs, optims, total_epochs)  # the whole cohort
         teacher = load_teacher(cfg.method, self.data.num_classes, self.device)  # kd's, or None
         # data mode: the method averages its losses and gradients over the processes
@@ -320,7 +338,8 @@ class Trainer:
             if self.iteration >= self.total_steps:
                 break
             maybe_kill("kill-at-step", self.iteration + 1)
-            x, y = self.dist.shard(x, y)  # data mode: this process's share of the batch
+            if not getattr(loader, "sharded", False):  # a stream loader reads its share only
+                x, y = self.dist.shard(x, y)  # data mode: this process's share of the batch
             progress = self.iteration / self.steps_per_epoch
             cohort.set_lr(progress)
             method.set_progress(progress)

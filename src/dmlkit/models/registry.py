@@ -28,7 +28,13 @@ def build_model(
 
     ``image_size`` (H, W) is passed to constructors that take an ``image_size`` argument
     (networks whose layer sizes depend on it, like the MLP); the others never see it.
+    ``timm:NAME``, ``torchvision:NAME`` and ``package.module:function`` build through
+    :mod:`dmlkit.models.external`.
     """
+    if ":" in arch:
+        from dmlkit.models.external import build_external
+
+        return build_external(arch, num_classes, in_channels, image_size, **kwargs)
     fn = MODELS.get(arch)
     if image_size is not None and "image_size" in inspect.signature(fn).parameters:
         kwargs.setdefault("image_size", tuple(image_size))
@@ -44,8 +50,21 @@ def build_model(
 
 
 def accepts(arch: str, argument: str) -> bool:
-    """Whether the constructor of the registered model ``arch`` takes ``argument``."""
+    """Whether the constructor of the registered model ``arch`` takes ``argument`` (a
+    ``timm:`` / ``torchvision:`` / import-path arch: no)."""
+    if ":" in arch:
+        return False
     return argument in inspect.signature(MODELS.get(arch)).parameters
+
+
+def check_arch(arch: str, key: str) -> None:
+    """Raise a ConfigError naming ``key`` if ``arch`` names no model (nothing is built)."""
+    if ":" in arch:
+        from dmlkit.models.external import check_arch as check_external
+
+        check_external(arch, key)
+    else:
+        MODELS.get(arch, key=key)
 
 
 def list_models() -> list[str]:

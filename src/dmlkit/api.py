@@ -1,0 +1,305 @@
+"""Python API for your own models and data: :func:`fit`, :func:`load_peers`, :func:`export_peer`.
+
+``dmlkit.fit(models=[m1, m2], train=..., test=..., out="runs/mine")`` trains nn.Module
+instances of any architecture (heterogeneous cohorts too) with the Trainer that ``dml train``
+uses: the same run directory (config.yaml, env.json, metrics.jsonl, checkpoints/,
+summary.json), checkpoints after every epoch, bitwise resume (``resume=True`` with the same
+modules and data), validation, the test evaluation of every peer and of the ensemble.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from dmlkit.config import Config, config_from_dict, merge_dicts
+from dmlkit.data.user import PYTHON_DATA, user_bundle
+from dmlkit.engine.checkpoint import load_checkpoint, resolve_checkpoint
+from dmlkit.errors import UserError
+from dmlkit.models.external import INSTANCE
+from dmlkit.optim import ConstantSchedule, TorchSchedule
+
+#: An optimizer, or a factory ``params -> optimizer``.
+OptimizerLike = torch.optim.Optimizer | Callable[[Any], torch.optim.Optimizer]
+#: An LR scheduler, or a factory ``optimizer -> scheduler``.
+SchedulerLike = Any
+
+Data = Dataset | DataLoader
+
+
+def _arch_name(module: nn.Module) -> str:
+    # The class name only: the module path of one class differs between `python prog.py`
+    # (__main__) and `import prog`, and a resumed run must match its first part.
+    return f"{INSTANCE}:{type(module).__qualname__}"
+
+
+def fit_config(
+    models: Sequence[nn.Module],
+    *,
+    method: str,
+    update: str,
+    epochs: int,
+    batch_size: int,
+    seed: int,
+    names: Sequence[str] | None,
+    config: Config | dict[str, Any] | None,
+) -> Config:
+    """The run's Config: ``config`` (a Config or a dict like a YAML file) and the arguments."""
+    base = config.to_dict() if isinstance(config, Config) else dict(config or {})
+    given: dict[str, Any] = {
+        "seed": seed,
+        "method": {"name": method, "update": update},
+        "train": {"epochs": epochs},
+        "data": {"name": PYTHON_DATA, "batch_size": batch_size, "val_fraction": 0.0},
+        "peers": [
+            {"arch": _arch_name(m), "name": (names[i] if names else None), "seed": 0}
+            for i, m in enumerate(models)
+        ],
+    }
+    merged = merge_dicts(given, base)  # what `config` says wins over the defaults of fit()
+    merged["peers"] = given["peers"]  # the peers are the modules, whatever config says
+    merged["data"]["name"] = PYTHON_DATA
+    return config_from_dict(merged)
+
+
+def _num_classes(models: Sequence[nn.Module], data: Any) -> int:
+    """Class count from one forward of each peer on one training batch (no grad, eval mode)."""
+    loader = data if isinstance(data, DataLoader) else None
+    if loader is None:
+        x = data[0][0]
+        x = x.unsqueeze(0) if isinstance(x, torch.Tensor) else x
+    else:
+        x = next(iter(loader))[0]
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+        raise UserError(
+            f"train: inputs must be floating-point tensors, got "
+            f"{getattr(x, 'dtype', type(x).__name__)}; convert images with transforms.ToTensor()"
+        )
+    outputs = []
+    for k, m in enumerate(models):
+        device = next(m.parameters()).device
+        was = m.training
+        try:
+            with torch.no_grad():
+                z = m.eval()(x[:2].to(device))
+        except Exception as exc:  # noqa: BLE001 - any failure: name the peer and the shape
+            raise UserError(
+                f"models[{k}] ({type(m).__name__}) fails on a training batch of shape "
+                f"{tuple(x[:2].shape)}: {str(exc).splitlines()[0][:160]}"
+            ) from None
+        finally:
+            m.train(was)
+        if not isinstance(z, torch.Tensor) or z.dim() != 2:
+            got = tuple(z.shape) if isinstance(z, torch.Tensor) else type(z).__name__
+            raise UserError(
+                f"models[{k}] ({type(m).__name__}) returns {got}; the Trainer needs logits "
+                f"[B, num_classes]"
+            )
+        outputs.append(z.shape[1])
+    if len(set(outputs)) != 1:
+        raise UserError(f"the models predict different numbers of classes: {outputs}")
+    return outputs[0]
+
+
+def _optimizers(
+    models: Sequence[nn.Module], optimizers: Sequence[OptimizerLike] | None, cfg: Config
+) -> list[torch.optim.Optimizer] | None:
+    if optimizers is None:
+        return None  # built from cfg.optim / peers[].optim
+    if len(optimizers) != len(models):
+        raise UserError(f"give one optimizer per model: {len(models)} models, {len(optimizers)}")
+    out = []
+    for k, (m, o) in enumerate(zip(models, optimizers)):
+        opt = o if isinstance(o, torch.optim.Optimizer) else o(m.parameters())
+        if not isinstance(opt, torch.optim.Optimizer):
+            raise UserError(f"optimizers[{k}]: expected a torch.optim.Optimizer or a factory")
+        mine = {id(p) for p in m.parameters()}
+        if any(id(p) not in mine for g in opt.param_groups for p in g["params"]):
+            raise UserError(f"optimizers[{k}] holds parameters that are not models[{k}]'s")
+        out.append(opt)
+    return out
+
+
+def fit(
+    models: Sequence[nn.Module],
+    train: Data,
+    *,
+    out: str | Path,
+    val: Data | None = None,
+    test: Data | None = None,
+    method: str = "dml",
+    update: str = "simultaneous",
+    epochs: int = 10,
+    batch_size: int = 64,
+    seed: int = 0,
+    optimizers: Sequence[OptimizerLike] | None = None,
+    schedulers: Sequence[SchedulerLike] | None = None,
+    schedule_every: str = "epoch",
+    names: Sequence[str] | None = None,
+    config: Config | dict[str, Any] | None = None,
+    num_workers: int = 0,
+    resume: bool = False,
+    callbacks: Sequence[Any] | None = None,
+) -> dict[str, Any]:
+    """Train your own ``nn.Module`` peers with Deep Mutual Learning; returns summary.json.
+
+    Args:
+        models: K >= 1 peers, any architectures; ``model(x)`` returns logits ``[B, C]``.
+        train: a map-style Dataset of ``(x, y)`` (batched, shuffled and seeded by dmlkit) or a
+            DataLoader (used as given). ``x`` float tensors, ``y`` class indices (-1: unlabelled).
+        out: the run directory to create (or to continue with ``resume=True``).
+        val: evaluated every ``train.eval_every`` epochs and after the last one.
+        test: evaluated once, after training (summary.json); without it, ``val`` is.
+        method: ``"dml"``, ``"dml_e"`` or ``"independent"``.
+        update: ``"simultaneous"`` or ``"sequential"`` (the paper's Algorithm 1).
+        epochs, batch_size, seed: as ``train.epochs``, ``data.batch_size``, ``seed``.
+        optimizers: one per model, ``torch.optim`` objects or factories ``params -> optimizer``;
+            default: built from ``config``'s ``optim`` (SGD 0.05, cosine: see dmlkit.config).
+        schedulers: one per optimizer, ``torch.optim.lr_scheduler`` objects or factories
+            ``optimizer -> scheduler``, stepped every ``schedule_every`` (``"epoch"`` or
+            ``"step"``) and checkpointed; with your optimizers and no schedulers, the LR is
+            left as you set it.
+        names: the peers' names (default ``peer{i}_{class}``).
+        config: any other setting, as a Config or a dict shaped like a YAML config (e.g.
+            ``{"train": {"eval_every": 1, "device": "cpu"}, "method": {"temperature": 2}}``).
+        num_workers: DataLoader workers for Dataset inputs.
+        resume: continue the run in ``out`` from its last checkpoint (same modules and data).
+        callbacks: passed to the Trainer (see dmlkit.engine.callbacks where available).
+
+    Returns:
+        The summary (also written to ``out/summary.json``): final metrics per peer and of the
+        ensemble.
+    """
+    from dmlkit.cohort import Cohort, PeerSpec
+    from dmlkit.engine.trainer import Trainer, resolve_device
+
+    models = list(models)
+    if not models or not all(isinstance(m, nn.Module) for m in models):
+        raise UserError("models: give a list of torch.nn.Module instances (at least one)")
+    if len({id(m) for m in models}) != len(models):
+        raise UserError("models: the same module appears twice; give each peer its own instance")
+    if test is None and val is None:
+        raise UserError("give test= (or at least val=): the data the trained peers are scored on")
+    if method not in ("dml", "dml_e", "independent"):
+        raise UserError(f"method must be dml, dml_e or independent, got {method!r}")
+    if names is None:
+        names = [f"peer{i}_{type(m).__name__.lower()}" for i, m in enumerate(models)]
+    cfg = fit_config(
+        models,
+        method=method,
+        update=update,
+        epochs=epochs,
+        batch_size=batch_size,
+        seed=seed,
+        names=names,
+        config=config,
+    )
+    device = resolve_device(cfg.train.device)
+    for m in models:
+        m.to(device)
+    num_classes = _num_classes(models, train)
+    data = user_bundle(
+        train,
+        val,
+        test if test is not None else val,
+        num_classes=num_classes,
+        batch_size=cfg.data.batch_size,
+        eval_batch_size=cfg.data.eval_batch_size,
+        seed=cfg.seed,
+        num_workers=num_workers,
+    )
+    opts = _optimizers(models, optimizers, cfg)
+
+    def cohort(specs: list[PeerSpec], total_epochs: float, steps_per_epoch: int) -> Cohort:
+        optim = [cfg.peer_optim(i) for i in range(len(models))]
+        schedules = None
+        if opts is not None:
+            schedules = [ConstantSchedule() for _ in opts]
+        if schedulers is not None:
+            if opts is None or len(schedulers) != len(opts):
+                raise UserError("schedulers: give your optimizers too, one scheduler for each")
+            schedules = [
+                TorchSchedule(s if hasattr(s, "step") else s(o), steps_per_epoch, schedule_every)
+                for s, o in zip(schedulers, opts)
+            ]
+        return Cohort(
+            specs,
+            optim,
+            total_epochs,
+            device,
+            channels_last=cfg.train.channels_last,
+            modules=models,
+            optimizers=opts,
+            schedules=schedules,
+        )
+
+    kwargs: dict[str, Any] = {"data": data, "cohort_factory": cohort}
+    if callbacks:
+        kwargs["callbacks"] = list(callbacks)
+    trainer = Trainer(cfg, out, resume=resume, **kwargs)
+    return trainer.fit()
+
+
+def load_peers(path: str | Path, models: Sequence[nn.Module]) -> list[nn.Module]:
+    """Load a run's trained weights into your modules (one per peer, in the run's order).
+
+    Args:
+        path: a run directory (its last checkpoint) or a checkpoint file.
+        models: the modules to fill, built as they were for training.
+
+    Returns:
+        ``models``, with the checkpoint's weights, in eval mode.
+    """
+    state = load_checkpoint(path)
+    peers, weights = state["peers"], state["cohort"]["models"]
+    if len(models) != len(peers):
+        raise UserError(
+            f"{resolve_checkpoint(path)}: holds {len(peers)} peers "
+            f"({', '.join(p['name'] for p in peers)}), got {len(models)} modules"
+        )
+    for m, p, sd in zip(models, peers, weights):
+        try:
+            m.load_state_dict(sd)
+        except RuntimeError as exc:
+            raise UserError(
+                f"{resolve_checkpoint(path)}: peer {p['name']!r} ({p['arch']}) does not fit "
+                f"{type(m).__name__}: {str(exc).splitlines()[0][:160]}"
+            ) from None
+        m.eval()
+    return list(models)
+
+
+def export_peer(path: str | Path, peer: int | str, dest: str | Path) -> Path:
+    """Write one peer's weights as a plain state_dict: ``.safetensors`` or a torch ``.pt``.
+
+    The file needs nothing of dmlkit: ``model.load_state_dict(torch.load(dest))`` or
+    ``safetensors.torch.load_file(dest)``.
+
+    Args:
+        path: a run directory or checkpoint file.
+        peer: the peer's index or name.
+        dest: the file to write (``.safetensors`` by that suffix, else ``torch.save``).
+    """
+    state = load_checkpoint(path)
+    names = [p["name"] for p in state["peers"]]
+    index = names.index(peer) if isinstance(peer, str) and peer in names else peer
+    if not isinstance(index, int) or not 0 <= index < len(names):
+        raise UserError(f"{resolve_checkpoint(path)}: no peer {peer!r}; peers: {names}")
+    weights = {k: v.contiguous() for k, v in state["cohort"]["models"][index].items()}
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    if dest.suffix == ".safetensors":
+        from safetensors.torch import save_file
+
+        save_file(weights, str(dest))
+    else:
+        torch.save(weights, dest)
+    return dest
+
+
+__all__ = ["export_peer", "fit", "fit_config", "load_peers"]
