@@ -198,8 +198,10 @@ def _run_child(args: argparse.Namespace, images: int, loader: str) -> dict[str, 
     cmd = [sys.executable, __file__, "--child-images", str(images), "--child-loader", loader]
     for key in ("root", "size", "batch", "workers", "rss_batches"):
         cmd += [f"--{key.replace('_', '-')}", str(getattr(args, key))]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-    return json.loads(out.strip().splitlines()[-1])
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"{loader} child ({images} images) failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def _environment() -> dict[str, Any]:
