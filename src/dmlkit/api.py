@@ -169,7 +169,8 @@ def fit(
             ``{"train": {"eval_every": 1, "device": "cpu"}, "method": {"temperature": 2}}``).
         num_workers: DataLoader workers for Dataset inputs.
         resume: continue the run in ``out`` from its last checkpoint (same modules and data).
-        callbacks: passed to the Trainer (see dmlkit.engine.callbacks where available).
+        callbacks: objects with some of the Trainer's events (``Trainer.fit(callbacks=...)``,
+            :mod:`dmlkit.engine.callbacks`).
 
     Returns:
         The summary (also written to ``out/summary.json``): final metrics per peer and of the
@@ -238,10 +239,9 @@ def fit(
             schedules=schedules,
         )
 
-    kwargs: dict[str, Any] = {"data": data, "cohort_factory": cohort}
-    if callbacks:
-        kwargs["callbacks"] = list(callbacks)
-    trainer = Trainer(cfg, out, resume=resume, **kwargs)
+    trainer = Trainer(cfg, out, resume=resume, data=data, cohort_factory=cohort)
+    if callbacks:  # the Trainer's callback events (dmlkit.engine.callbacks)
+        return trainer.fit(callbacks=list(callbacks))
     return trainer.fit()
 
 
