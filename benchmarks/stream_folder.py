@@ -238,8 +238,8 @@ def markdown(payload: dict[str, Any]) -> str:
         lines.append(f"| {name} | {med:.0f} | {rounds} |")
     lines += ["", f"dmlkit / torchvision: **{tp['ratio']:.2f}x**", "", "## Peak memory", ""]
     lines += [
-        "| loader | images | peak PSS (MiB) | build (s) | epoch (s) |",
-        "|---|---:|---:|---:|---:|",
+        "| loader | training images | images read | peak PSS (MiB) | build (s) | reading (s) |",
+        "|---|---:|---:|---:|---:|---:|",
     ]
     for m in payload["memory"]:
         lines.append(

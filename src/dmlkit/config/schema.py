@@ -111,7 +111,9 @@ class DataConfig:
     # imagefolder: decode every image into memory once (memory), read files lazily through a
     # DataLoader (stream), or memory up to memory_limit_mb of decoded pixels, stream above (auto)
     loader: Literal["auto", "memory", "stream"] = "auto"
-    memory_limit_mb: float = 1024.0  # auto: the threshold (benchmarks/results/stream-cpu.md)
+    # auto's threshold: the memory path peaks at ~0.34 GiB + 9.6 x the decoded size
+    # (benchmarks/results/stream-cpu.md), ~2 GiB here; CIFAR-100's 176 MiB stays in memory
+    memory_limit_mb: float = 192.0
     num_workers: int | None = None  # stream: DataLoader worker processes (null: up to 8 CPUs)
     # stream: RandomResizedCrop to image_size with this [min, max] area scale (e.g. [0.08, 1]),
     # instead of crop_padding's padded random crop
