@@ -151,11 +151,10 @@ def test_kd_teacher_rebuilt_from_a_timm_run(tmp_path: Path) -> None:
     student = tmp_path / "student"
     code = _train(student, "method.name=kd", f"method.teacher={teacher}", "peers=[small_cnn]")
     assert code == 0
-    from dmlkit.engine.checkpoint import load_peer
+    from dmlkit.engine.checkpoint import load_cohort
 
-    model, spec = load_peer(teacher, 0)
+    cohort, _ = load_cohort(teacher)  # what the kd teacher, dml eval and dml analyze rebuild
     saved = torch.load(teacher / "checkpoints" / "last.pt", weights_only=True)
-    assert spec.arch == "timm:test_resnet"
-    assert all(
-        torch.equal(v, saved["cohort"]["models"][0][k]) for k, v in model.state_dict().items()
-    )
+    assert cohort.specs[0].arch == "timm:test_resnet"
+    weights = cohort.peers[0].state_dict()
+    assert all(torch.equal(v, saved["cohort"]["models"][0][k]) for k, v in weights.items())
