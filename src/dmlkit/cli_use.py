@@ -17,8 +17,9 @@ BUILTIN_NAMES = {
     "wrn_mb",
     "datasets": "cifar100 digits digits-pairs imagefolder market1501 python",
     "methods": "dml dml_e independent kd kdcl okddip one pcl",
-    "experiments": "cifar100-table digits digits-analysis digits-pairs digits-pairs-regimes "
-    "digits-why market1501-cohort-size market1501-dml-e market1501-table",
+    "experiments": "cifar100-table digits digits-analysis digits-online-kd digits-pairs "
+    "digits-pairs-regimes digits-why market1501-cohort-size market1501-dml-e market1501-table "
+    "online-kd-table",
 }
 _REGISTRIES = {
     "models": ("dmlkit.models.registry", "MODELS"),

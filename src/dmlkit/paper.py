@@ -38,3 +38,24 @@ def market1501_by_method() -> dict[str, dict[str, float]]:
         given = {k: v for k, v in zip(("mAP", "rank1"), values) if v is not None}
         out[arm.removesuffix("_pretrained")] = given
     return out
+
+
+# Online distillation, CIFAR-100, ResNet-32, top-1 %: the comparison table of Wu & Gong, "Peer
+# Collaborative Learning for Online Knowledge Distillation", AAAI 2021, as quoted in dmlkit's
+# issue 16. NOT VERIFIED: we could not read the paper's table from here (no copy of the paper
+# was reachable), so neither the values nor which network each one measures (a branch, the
+# ensemble or the deployed model) are checked. Keyed by the arm of `dml reproduce
+# online-kd-table`.
+ONLINE_KD_SOURCE = "Wu & Gong AAAI 2021, unverified"
+ONLINE_KD_CIFAR100_RESNET32: dict[str, float] = {
+    "dml": 73.68,
+    "one": 73.79,
+    "okddip": 73.25,
+    "kdcl": 73.76,
+    "pcl": 74.14,
+}
+ONLINE_KD_NOTE = (
+    "Published: the PCL paper's CIFAR-100 ResNet-32 comparison as quoted in issue 16, not "
+    "checked against the paper (see dmlkit.paper); its schedule and number of students may "
+    "differ from this grid's."
+)

@@ -5,6 +5,7 @@ from dmlkit.experiments import digits  # noqa: E402,F401,I001
 from dmlkit.experiments import digits_pairs  # noqa: E402,F401,I001
 from dmlkit.experiments import digits_analysis  # noqa: E402,F401,I001
 from dmlkit.experiments import cifar100  # noqa: E402,F401,I001
+from dmlkit.experiments import online_kd  # noqa: E402,F401,I001
 from dmlkit.experiments.core import (
     EXPERIMENTS,
     Experiment,
