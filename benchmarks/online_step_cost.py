@@ -21,10 +21,10 @@ from pathlib import Path
 import torch
 
 from dmlkit.cohort import build_cohort, peer_specs
-from dmlkit.config import build_config
 from dmlkit.experiments import EXPERIMENTS, arm_config
 from dmlkit.machine import environment
 from dmlkit.methods import build_method, model_kwargs
+from dmlkit.models.registry import accepts
 
 ARMS = ["independent", "dml", "dml_e", "kdcl", "one", "okddip", "pcl", "dml_shared"]
 
@@ -32,10 +32,9 @@ ARMS = ["independent", "dml", "dml_e", "kdcl", "one", "okddip", "pcl", "dml_shar
 def build(arm: str, batch: int):  # noqa: ANN201 - a (method, x, y) triple
     exp = EXPERIMENTS.get("digits-online-kd")
     cfg = arm_config(exp, arm, 0, [f"data.batch_size={batch}"])
-    cfg = build_config(cfg.to_dict())
     specs = peer_specs(cfg, 10, 1, (8, 8))
-    for s in specs:
-        s.kwargs.update({k: v for k, v in model_kwargs(cfg.method).items()})
+    for s in specs:  # what the trainer adds: the method's model arguments the model takes
+        s.kwargs.update({k: v for k, v in model_kwargs(cfg.method).items() if accepts(s.arch, k)})
     optims = [cfg.peer_optim(i) for i in range(len(specs))]
     cohort = build_cohort("loop", specs, optims, 1.0, torch.device("cpu"), channels_last=False)
     cohort.train()
