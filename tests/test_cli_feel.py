@@ -11,7 +11,8 @@ import sys
 import pytest
 
 from dmlkit import __version__
-from dmlkit.cli import _print_summary, _run_line, main
+from dmlkit.cli import main
+from dmlkit.cli_summary import print_summary, run_line
 from dmlkit.cli_use import BUILTIN_NAMES, registered_names
 
 from helpers import FAST, sets
@@ -109,8 +110,8 @@ def test_bars_switch_off_when_output_is_not_a_terminal(tmp_path, capsys):
 
 def test_summary_line_counts_in_words(capsys):
     s = {"epochs": 1, "method": "dml", "update": "sequential", "dataset": "digits"}
-    assert _run_line({**s, "device": "cpu"}) == "after 1 epoch (dml, sequential; digits; on cpu)"
-    assert _run_line({**s, "epochs": 3}).startswith("after 3 epochs (")
+    assert run_line({**s, "device": "cpu"}) == "after 1 epoch (dml, sequential; digits; on cpu)"
+    assert run_line({**s, "epochs": 3}).startswith("after 3 epochs (")
 
 
 def _summary(num_classes: int) -> dict:
@@ -127,10 +128,10 @@ def _summary(num_classes: int) -> dict:
 
 
 def test_no_top5_for_five_classes_or_fewer(capsys):
-    _print_summary(_summary(3))
+    print_summary(_summary(3))
     out = capsys.readouterr().out
     assert "top-5" not in out and "100.00%" not in out
-    _print_summary(_summary(10))
+    print_summary(_summary(10))
     out = capsys.readouterr().out
     assert "top-1 / top-5" in out and "100.00%" in out
 

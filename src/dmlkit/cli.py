@@ -17,6 +17,7 @@ import warnings
 from pathlib import Path
 
 from dmlkit import __version__
+from dmlkit.cli_summary import plural, print_summary
 from dmlkit.errors import UserError
 
 # Nothing heavy (torch, torchvision, matplotlib, sklearn) is imported at module level: every
@@ -154,55 +155,6 @@ def _data_overrides(args: argparse.Namespace) -> list[str]:
     return [assignment for assignment, given in flags if given]
 
 
-def _plural(n: int, noun: str) -> str:
-    return f"{n} {noun}" + ("" if n == 1 else "s")
-
-
-def _run_line(summary: dict) -> str:
-    """'after 3 epochs (dml, sequential; digits on cpu)': what was trained, on what, where."""
-    where = "; ".join(
-        x
-        for x in (
-            summary.get("dataset", ""),
-            f"on {summary['device']}" if summary.get("device") else "",
-        )
-        if x
-    )
-    inside = ", ".join(x for x in (summary["method"], summary.get("update")) if x)
-    return f"after {_plural(summary['epochs'], 'epoch')} ({inside}" + (
-        f"; {where})" if where else ")"
-    )
-
-
-def _print_summary(summary: dict) -> None:
-    if "mAP" in summary["ensemble"]["metrics"]:
-        _print_reid_summary(summary)
-        return
-    # top-5 of a problem with <= 5 classes is always 100 %: not worth a column
-    top5 = summary.get("num_classes", 6) > 5
-    split = summary.get("split", "test")
-    print(f"{split} top-1{' / top-5' if top5 else ''} {_run_line(summary)}:")
-    members = [(p["name"], p["metrics"]) for p in summary["peers"]]
-    members.append(("ensemble", summary["ensemble"]["metrics"]))
-    for name, m in members:
-        print(f"  {name:<24} {100 * m['top1']:6.2f}%" + (f"  {100 * m['top5']:6.2f}%" * top5))
-
-
-def _print_reid_summary(summary: dict) -> None:
-    """Re-id: mAP and CMC Rank-1/5/10/20 per peer and for the ensemble (concatenated features)."""
-    split = summary.get("split", "test")
-    print(f"{split} retrieval {_run_line(summary)}, %:")
-    keys = ["mAP", "rank1", "rank5", "rank10", "rank20"]
-    multi = "mq_mAP" in summary["ensemble"]["metrics"]
-    header = ["mAP", "Rank-1", "Rank-5", "Rank-10", "Rank-20"] + (["MQ mAP", "MQ R-1"] * multi)
-    keys += ["mq_mAP", "mq_rank1"] * multi
-    print(f"  {'':<24}" + "".join(f"{h:>9}" for h in header))
-    members = [(p["name"], p["metrics"]) for p in summary["peers"]]
-    members.append(("ensemble", summary["ensemble"]["metrics"]))
-    for name, m in members:
-        print(f"  {name:<24}" + "".join(f"{100 * m[k]:9.2f}" for k in keys))
-
-
 def cmd_train(args: argparse.Namespace) -> int:
     from dmlkit.config import build_config, load_config, load_yaml
 
@@ -239,7 +191,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"\ninterrupted; continue with: dml train --resume {out}", file=sys.stderr)
         return 130
     if main_process:
-        _print_summary(summary)
+        print_summary(summary)
     return 0
 
 
@@ -275,7 +227,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     atomic_write_text(run.path / f"eval_{args.split}.json", json.dumps(summary, indent=2))
     print(f"checkpoint: epoch {state['epoch']} of {run.path}")
-    _print_summary(summary)
+    print_summary(summary)
     return 0
 
 
@@ -303,7 +255,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         raise UserError(f"{exp.name} needs its data: give --data-root PATH")
     out = Path(args.out) if args.out else Path("runs") / exp.name
     n_seeds = args.seeds if args.seeds is not None else exp.seeds
-    print(f"{exp.name}: {exp.description}; {_plural(n_seeds, 'seed')} -> {out}")
+    print(f"{exp.name}: {exp.description}; {plural(n_seeds, 'seed')} -> {out}")
     start = time.perf_counter()
     results = run_experiment(
         exp,
@@ -323,7 +275,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         page = publish_experiment(exp, results, out, Path(args.docs))
         print(f"\nreport page: {page}")
     seconds = time.perf_counter() - start
-    print(f"\n{_plural(len(results), 'run')} in {seconds:.0f} s; results in {out}")
+    print(f"\n{plural(len(results), 'run')} in {seconds:.0f} s; results in {out}")
     return 0
 
 
