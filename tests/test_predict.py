@@ -138,3 +138,29 @@ def test_export_round_trip(trained, tmp_path, peer):
     else:
         log_mean = torch.logsumexp(torch.stack([r.log_softmax(1) for r in rebuilt]), 0)
         assert torch.allclose(log_mean - torch.log(torch.tensor(2.0)), expected, atol=1e-5)
+
+
+def test_an_image_file_is_prepared_as_the_training_batches_are(tmp_path):
+    """A digits test image written to a PNG, loaded by the predictor, equals the batch the
+    trainer would feed (up to the PNG's 8-bit rounding)."""
+    import numpy as np
+    from PIL import Image
+    from torch import nn
+
+    from dmlkit.config import DataConfig
+    from dmlkit.data import build_data
+    from dmlkit.engine.predict import Predictor, preprocess_of
+
+    data = build_data(DataConfig(), seed=0)
+    x = data.test.x[:3]  # [3, 1, 8, 8] in 0..1
+    files = []
+    for i, img in enumerate(x):
+        grey = np.round(img[0].numpy() * 255).astype(np.uint8)
+        Image.fromarray(grey).convert("RGB").save(tmp_path / f"{i}.png")
+        files.append(tmp_path / f"{i}.png")
+    p = Predictor(nn.Identity(), "p", list(data.class_names), preprocess_of(data), "cpu", [])
+    expected = data.test.transform(x, None)
+    got = p.load_images(files)
+    assert got.shape == expected.shape
+    step = 1 / 255 / float(data.test.transform.std.min())  # one grey level, normalised
+    assert torch.allclose(got, expected, atol=step)
