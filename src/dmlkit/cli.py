@@ -341,7 +341,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     )
     result = analyze(args.runs, args.out, options)
     n, seconds = len(result["runs"]), result["seconds"]
-    print(f"analysis of {n} run(s) in {seconds:.0f} s -> {result['out']}")
+    print(f"analysis of {plural(n, 'run')} in {seconds:.0f} s -> {result['out']}")
     print((result["out"] / "summary.md").read_text(encoding="utf-8"))
     return 0
 

@@ -74,6 +74,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
+    from dmlkit.cli_summary import plural
     from dmlkit.engine.predict import load_predictor
     from dmlkit.errors import UserError
 
@@ -95,7 +96,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         text = buf.getvalue()
     if args.out:
         Path(args.out).write_text(text, encoding="utf-8")
-        print(f"{len(rows)} image(s) -> {args.out}", file=sys.stderr)
+        print(f"{plural(len(rows), 'image')} -> {args.out}", file=sys.stderr)
     else:
         sys.stdout.write(text)
     return 0
