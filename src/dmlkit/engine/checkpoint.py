@@ -3,8 +3,15 @@
 A checkpoint holds only tensors and plain values: the peers' specs (to rebuild the networks),
 their weights and optimizer states, the epoch and iteration reached, the RNG state and the
 resolved config. Files: ``checkpoints/epoch_NNNN.pt``, each with an ``.sha256`` file (digest and
-size), and ``checkpoints/last.pt`` (the newest, a hard link where the filesystem allows). Loading
-a run picks its newest checkpoint that verifies.
+size), and ``checkpoints/last.pt`` (the newest, a hard link where the filesystem allows).
+
+``last.pt`` is only a convenience pointer, derived from the epoch files: a crash can leave it
+behind (killed before it is re-pointed) or half re-pointed (between its two renames), so no
+reader trusts it. Every reader goes through :func:`load_checkpoint`, which for a run picks the
+newest epoch checkpoint that verifies; a resume re-points ``last.pt`` (:func:`repair_last`).
+A loaded checkpoint is checked before use: its zip records against the file's size (no
+inflating archive), its keys and peer specs, finite weights, and (:func:`load_cohort`) the
+size of the networks its specs describe against the bytes the file holds.
 """
 
 from __future__ import annotations
@@ -13,9 +20,11 @@ import errno
 import hashlib
 import io
 import os
+import pickle
 import re
 import shutil
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -27,6 +36,7 @@ from dmlkit.config import MethodConfig, OptimConfig
 from dmlkit.engine.faults import fault, maybe_kill
 from dmlkit.errors import UserError, first_line
 from dmlkit.methods import METHODS
+from dmlkit.models import build_model
 
 FORMAT = "dmlkit-cohort"
 VERSION = 1
@@ -112,7 +122,8 @@ def save_checkpoint(ckpt_dir: Path, state: dict[str, Any], epoch: int, keep: int
     path = ckpt_dir / f"epoch_{epoch:04d}.pt"
     atomic_write_bytes_with(path, lambda f: _write_payload(f, payload, epoch))
     atomic_write_text(_checksum_path(path), digest)
-    _point_last(ckpt_dir, path)
+    maybe_kill("kill-before-last", epoch)  # a crash window the tests exercise
+    _point_last(ckpt_dir, path, epoch)
     for old in epoch_checkpoints(ckpt_dir)[keep + 1 :]:
         old.unlink(missing_ok=True)
         _checksum_path(old).unlink(missing_ok=True)
@@ -155,8 +166,12 @@ def newest_valid_checkpoint(ckpt_dir: Path) -> tuple[Path | None, list[tuple[Pat
     return None, skipped
 
 
-def _point_last(ckpt_dir: Path, target: Path) -> None:
-    """Atomically make ``last.pt`` the same file as ``target`` (hard link, else a copy)."""
+def _point_last(ckpt_dir: Path, target: Path, epoch: int = -1) -> None:
+    """Make ``last.pt`` the same file as ``target`` (hard link, else a copy).
+
+    Two renames (checksum, then payload): a crash between them leaves a ``last.pt`` that does
+    not verify, which no reader trusts and the next resume repairs.
+    """
     for src, name in ((_checksum_path(target), "last.pt.sha256"), (target, "last.pt")):
         tmp = ckpt_dir / f".{name}.tmp"
         tmp.unlink(missing_ok=True)
@@ -165,35 +180,170 @@ def _point_last(ckpt_dir: Path, target: Path) -> None:
         except OSError:
             shutil.copyfile(src, tmp)
         os.replace(tmp, ckpt_dir / name)
+        maybe_kill("kill-in-last", epoch)
     _fsync_dir(ckpt_dir)
 
 
+def repair_last(ckpt_dir: Path) -> None:
+    """Re-point ``last.pt`` at the newest epoch checkpoint that verifies, if it is not that."""
+    newest, _ = newest_valid_checkpoint(ckpt_dir)
+    last = ckpt_dir / "last.pt"
+    if newest is None:
+        return
+    if verify_checkpoint(last) is None and _checksum_path(last).read_bytes() == (
+        _checksum_path(newest).read_bytes()
+    ):
+        return
+    _point_last(ckpt_dir, newest)
+
+
 def resolve_checkpoint(path: str | Path) -> Path:
-    """A checkpoint file, or a run directory (-> its ``checkpoints/last.pt``)."""
+    """A checkpoint file, or a run directory (-> its newest epoch checkpoint that verifies)."""
     path = Path(path).expanduser()
     if path.is_dir():
-        last = path / "checkpoints" / "last.pt"
-        if not last.is_file():
-            raise UserError(f"{path}: no checkpoint found (expected {last}); was the run started?")
-        return last
+        ckpt_dir = path / "checkpoints"
+        found, skipped = newest_valid_checkpoint(ckpt_dir)
+        if found is not None:
+            return found
+        if skipped:
+            bad, reason = skipped[0]
+            raise UserError(
+                f"{path}: no checkpoint verifies ({bad.name}: {reason}); the run cannot be "
+                f"read, train it again"
+            )
+        raise UserError(f"{path}: no checkpoint found in {ckpt_dir}; was the run started?")
     if not path.is_file():
         raise UserError(f"checkpoint not found: {path} (give a run directory or a .pt file)")
     return path
 
 
+# A checkpoint's archive may hold a little more than its records (headers, the directory).
+_ARCHIVE_SLACK = 1 << 20
+
+
+def _check_archive(path: Path) -> None:
+    """Refuse an archive whose records would inflate past the file's own size before loading.
+
+    ``torch.save`` stores records uncompressed, so their sizes add up to about the file's; a
+    crafted archive of compressed records can claim gigabytes from a few megabytes.
+    """
+    size = path.stat().st_size
+    try:
+        with zipfile.ZipFile(path) as archive:
+            total = sum(info.file_size for info in archive.infolist())
+    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise UserError(
+            f"{path}: not a readable dmlkit checkpoint (not a torch.save archive: "
+            f"{first_line(exc, 80)})"
+        ) from None
+    if total > size + _ARCHIVE_SLACK:
+        raise UserError(
+            f"{path}: not a dmlkit checkpoint: its records claim {total} bytes but the file "
+            f"holds {size}; it will not be loaded"
+        )
+
+
+_REQUIRED = ("epoch", "iteration", "peers", "cohort")
+_SPEC_FIELDS = {f for f in PeerSpec.__dataclass_fields__}
+
+
+def _check_state(path: Path, state: dict[str, Any]) -> None:
+    """A loaded checkpoint has our keys, well-formed peer specs and finite weights."""
+    missing = [k for k in _REQUIRED if k not in state]
+    peers = state.get("peers")
+    models = (
+        state.get("cohort", {}).get("models") if isinstance(state.get("cohort"), dict) else None
+    )
+    if missing or not isinstance(peers, list) or not isinstance(models, list):
+        what = f"missing {', '.join(missing)}" if missing else "malformed peers or weights"
+        raise UserError(f"{path}: not a complete dmlkit checkpoint ({what}); use another one")
+    for i, spec in enumerate(peers):
+        extra = sorted(set(spec) - _SPEC_FIELDS) if isinstance(spec, dict) else ["?"]
+        absent = sorted(_SPEC_FIELDS - set(spec)) if isinstance(spec, dict) else []
+        required_absent = [f for f in absent if f in ("name", "arch", "num_classes", "seed")]
+        if extra or required_absent or len(peers) != len(models):
+            bad = ", ".join(extra or required_absent) or "peer count"
+            raise UserError(
+                f"{path}: peer {i} of the checkpoint has a malformed spec ({bad:.60}); "
+                f"not a checkpoint dmlkit wrote"
+            )
+    for spec, weights in zip(peers, models):
+        for name, tensor in weights.items():
+            if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                raise UserError(
+                    f"{path}: peer {str(spec.get('name'))[:40]!r} has non-finite weights "
+                    f"({name}); use an earlier checkpoint of the run"
+                )
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a dmlkit checkpoint safely (``weights_only=True``: no code runs while loading)."""
+    """Load a dmlkit checkpoint safely: the one verified loader of every reader.
+
+    A run directory gives its newest epoch checkpoint that verifies; a file is verified against
+    its ``.sha256`` file when it has one. Then the archive is checked against the file's size,
+    loaded with ``weights_only=True`` (no code runs) and its content checked (keys, specs,
+    finite weights).
+    """
     path = resolve_checkpoint(path)
     reason = verify_checkpoint(path) if _checksum_path(path).exists() else None
     if reason is not None:
         raise UserError(f"{path}: {reason}; use an earlier checkpoint of the run")
+    _check_archive(path)
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError:
+        raise UserError(
+            f"{path}: not a readable dmlkit checkpoint: loading it would run code or build "
+            f"objects a checkpoint never holds, so it will not be loaded"
+        ) from None
     except Exception as exc:  # noqa: BLE001 - any failure here means an unusable file
         raise UserError(f"{path}: not a readable dmlkit checkpoint ({first_line(exc)})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise UserError(f"{path}: not a dmlkit cohort checkpoint (no '{FORMAT}' format tag)")
+    _check_state(path, state)
     return state
+
+
+def _check_spec_size(path: Path, spec: PeerSpec) -> None:
+    """The network a spec describes must fit in the file that holds its weights.
+
+    Built on the meta device (no memory), so a crafted ``kwargs.width: 300000`` is refused
+    before terabytes are allocated.
+    """
+    kwargs = dict(spec.kwargs)
+    image_size = kwargs.pop("image_size", spec.image_size)
+    try:
+        with torch.device("meta"):
+            model = build_model(spec.arch, spec.num_classes, spec.in_channels, image_size, **kwargs)
+    except UserError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a spec no model accepts
+        raise UserError(
+            f"{path}: peer {spec.name[:40]!r} cannot be rebuilt ({first_line(exc, 120)}); "
+            f"not a checkpoint dmlkit wrote"
+        ) from None
+    need = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    if need > path.stat().st_size:
+        raise UserError(
+            f"{path}: peer {spec.name[:40]!r} ({spec.arch[:40]}) would need {need} bytes of "
+            f"weights but the file holds {path.stat().st_size}; it will not be loaded"
+        )
+
+
+def _check_specs_against_config(path: Path, specs: list[PeerSpec], config: Any) -> None:
+    """A checkpoint's peers are those of the config saved with it (arch and kwargs)."""
+    peers = config.get("peers") if isinstance(config, dict) else None
+    if not isinstance(peers, list):
+        return
+    ours = [
+        (p.get("arch"), p.get("kwargs") or {}) if isinstance(p, dict) else (p, {}) for p in peers
+    ]
+    theirs = [(s.arch, s.kwargs) for s in specs]
+    if ours != theirs:
+        raise UserError(
+            f"{path}: its peer specs differ from the config saved with it; "
+            f"not a checkpoint dmlkit wrote, it will not be loaded"
+        )
 
 
 def load_cohort(
@@ -215,9 +365,19 @@ def load_cohort(
         whole checkpoint (``epoch``, ``iteration``, ``config``, ...).
     """
     state = load_checkpoint(path, map_location=device)
-    specs = [PeerSpec(**s).without_pretrained() for s in state["peers"]]
+    found = resolve_checkpoint(path)
+    full = [PeerSpec(**s) for s in state["peers"]]
+    _check_specs_against_config(found, full, state.get("config"))
+    specs = [s.without_pretrained() for s in full]
+    for spec in specs:
+        _check_spec_size(found, spec)
     cohort = Cohort(specs, [OptimConfig()] * len(specs), 1.0, device)
-    cohort.load_training_state(state["cohort"], optimizers=False)
+    try:
+        cohort.load_training_state(state["cohort"], optimizers=False)
+    except (RuntimeError, KeyError, ValueError, TypeError) as exc:
+        raise UserError(
+            f"{found}: its weights do not fit its peer specs ({first_line(exc, 120)})"
+        ) from None
     return cohort.eval(), state
 
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from dmlkit.config import Config, config_from_dict, load_yaml, save_config
+from dmlkit.config import Config, config_differences, config_from_dict, load_yaml, save_config
 from dmlkit.engine.checkpoint import atomic_write_text
 from dmlkit.machine import environment
 
@@ -57,6 +57,13 @@ class RunDir:
         os.replace(tmp, self.config_path)
         atomic_write_text(self.path / "env.json", json.dumps(environment(device), indent=2))
         self.metrics_path.touch()
+
+    def update_config(self, cfg: Config) -> None:
+        """Rewrite config.yaml if ``cfg`` differs from it (a resume with a longer schedule)."""
+        if config_differences(self.load_config(), cfg):
+            tmp = self.path / ".config.yaml.tmp"
+            save_config(cfg, tmp)
+            os.replace(tmp, self.config_path)
 
     def load_config(self) -> Config:
         return config_from_dict(load_yaml(self.config_path))
@@ -101,6 +108,9 @@ class FollowerRunDir(RunDir):
         pass
 
     def truncate_metrics(self, epoch: int) -> None:
+        pass
+
+    def update_config(self, cfg: Any) -> None:
         pass
 
     def write_summary(self, summary: dict[str, Any]) -> None:

@@ -32,11 +32,13 @@ from dmlkit.engine.checkpoint import (
     load_checkpoint,
     load_teacher,
     newest_valid_checkpoint,
+    repair_last,
     save_checkpoint,
 )
 from dmlkit.engine.evaluation import ENSEMBLE, check_reid_support, evaluate, evaluate_split
 from dmlkit.engine.faults import maybe_kill
 from dmlkit.engine.hints import early_instability
+from dmlkit.engine.lock import LOCK_NAME, FolderLock
 from dmlkit.engine.names import check_names
 from dmlkit.engine.predict import preprocess_of
 from dmlkit.engine.rundir import run_dir_for
@@ -198,6 +200,12 @@ class Trainer:
                 f"--out {run.path} already holds a run; continue it with --resume {run.path} "
                 f"or choose another --out"
             )
+        elif run.path.is_dir() and any(p.name != LOCK_NAME for p in run.path.iterdir()):
+            # summary.json, metrics.jsonl... of something else would be overwritten or appended to
+            raise UserError(
+                f"--out {run.path} is not empty and holds no dmlkit run; choose an empty or "
+                f"new folder"
+            )
 
     def _newest_checkpoint(self) -> tuple[Path | None, dict[str, Any] | None]:
         found, skipped = newest_valid_checkpoint(self.run.checkpoints)
@@ -259,18 +267,42 @@ class Trainer:
 
     # -- the loop -------------------------------------------------------------------------------
     def fit(self, on_epoch: Callable[[int, dict[str, Any]], None] | None = None) -> dict[str, Any]:
-        """Train to the end, evaluate the test split, write summary.json and return it."""
+        """Train to the end, evaluate the test split, write summary.json and return it.
+
+        The run folder is locked (rank 0) from here to the end, whatever the exit.
+        """
+        lock = FolderLock(self.run.path, f"--out {self.run.path}")
+        try:
+            self.dist.on_main(lock.acquire)
+        except OSError as exc:
+            raise UserError(
+                f"--out {self.run.path}: cannot write the run directory ({exc.strerror}); "
+                f"choose a writable folder"
+            ) from None
+        try:
+            self.dist.on_main(self._check_run_dir)  # again, now that no one else can write
+            self._start()
+            return self._fit(on_epoch)
+        finally:
+            lock.release()
+
+    def _start(self) -> None:
+        """Create the run folder, or load the newest checkpoint to resume from."""
         if self.resume:
             self._load_checkpoint()
+            self.dist.on_main(repair_last, self.run.checkpoints)  # last.pt after a crash
             self.run.truncate_metrics(self.epoch)
-        else:
-            try:
-                self.dist.on_main(self.run.create, self.cfg, self.device)
-            except OSError as exc:
-                raise UserError(
-                    f"--out {self.run.path}: cannot write the run directory ({exc.strerror}); "
-                    f"choose a writable folder"
-                ) from None
+            self.dist.on_main(self.run.update_config, self.cfg)  # e.g. a longer train.epochs
+            return
+        try:
+            self.dist.on_main(self.run.create, self.cfg, self.device)
+        except OSError as exc:
+            raise UserError(
+                f"--out {self.run.path}: cannot write the run directory ({exc.strerror}); "
+                f"choose a writable folder"
+            ) from None
+
+    def _fit(self, on_epoch: Callable[[int, dict[str, Any]], None] | None) -> dict[str, Any]:
         cfg = self.cfg
         bar = tqdm(
             total=self.total_steps,

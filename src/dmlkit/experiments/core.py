@@ -21,6 +21,7 @@ from dmlkit.analysis.stats import csv_text, mean_std
 from dmlkit.config import Config, build_config, merge_dicts
 from dmlkit.engine.checkpoint import atomic_write_text
 from dmlkit.engine.evaluation import ENSEMBLE
+from dmlkit.engine.lock import FolderLock
 from dmlkit.engine.rundir import RunDir
 from dmlkit.engine.trainer import RESUMABLE_CHANGES, Trainer, config_differences
 from dmlkit.errors import UserError
@@ -137,6 +138,18 @@ def run_experiment(
     out = Path(out)
     n_seeds = seeds if seeds is not None else exp.seeds
     overrides = [*(overrides or []), f"train.progress={str(progress).lower()}"]
+    with FolderLock(out, f"--out {out}"):  # one grid process per folder (each run locks too)
+        return _run_grid(exp, out, n_seeds, overrides, scale, log)
+
+
+def _run_grid(
+    exp: Experiment,
+    out: Path,
+    n_seeds: int,
+    overrides: list[str],
+    scale: float,
+    log: Callable[[str], None],
+) -> list[RunResult]:
     results = []
     for seed in range(exp.first_seed, exp.first_seed + n_seeds):
         for arm in exp.arms:
