@@ -89,6 +89,15 @@ def _empty_dir(tmp: Path) -> dict:
     return {"run": str(tmp / "empty")}
 
 
+def _foreign_folder(tmp: Path) -> dict:
+    """A folder that is not a dmlkit run but holds files named like a run's."""
+    other = tmp / "other"
+    other.mkdir()
+    for name in ("summary.json", "env.json", "metrics.jsonl"):
+        (other / name).write_text("{}\n")
+    return {"out": str(other)}
+
+
 CASES = [
     (
         "unknown-key",
@@ -178,6 +187,7 @@ CASES = [
         "cannot write the run directory",
     ),
     ("out-holds-a-run", _run_with_config, ["--out", "{run}"], "already holds a run"),
+    ("out-not-a-run", _foreign_folder, ["--out", "{out}"], "is not empty and holds no dmlkit run"),
     ("resume-nothing", _empty_dir, ["--resume", "{run}"], "no run there"),
     (
         "resume-changed-config",

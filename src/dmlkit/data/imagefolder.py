@@ -26,6 +26,19 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".pgm", ".tif", ".t
 LAYOUT = "ROOT/train/<class>/<image> and ROOT/test/<class>/<image>, or ROOT/<class>/<image>"
 
 
+def _unreadable(exc: OSError) -> UserError:
+    return UserError(
+        f"data.root: cannot read {exc.filename!r} ({exc.strerror or exc}); fix its permissions "
+        f"or move it out of data.root"
+    )
+
+
+def _fail(exc: OSError) -> None:
+    """os.walk's error hook: a folder that cannot be read fails (a class never loses its images
+    without a word)."""
+    raise _unreadable(exc)
+
+
 def _scan(
     folder: Path, root: Path, classes: list[str] | None = None
 ) -> tuple[np.ndarray, np.ndarray, list[str]]:
@@ -35,7 +48,10 @@ def _scan(
         ``(paths [N] bytes relative to root, labels [N] int64, class names)``, sorted. One numpy
         byte array, not N Python objects: a million-file folder costs ~100 MB, not ~1 GB.
     """
-    found = sorted(e.name for e in os.scandir(folder) if e.is_dir() and not _hidden(e.name))
+    try:
+        found = sorted(e.name for e in os.scandir(folder) if e.is_dir() and not _hidden(e.name))
+    except OSError as exc:  # never an unreadable folder taken for an empty one
+        raise _unreadable(exc) from None
     classes = classes if classes is not None else found
     if not classes:
         raise UserError(f"data.root: no class folders in {folder} (expected layout: {LAYOUT})")
@@ -46,7 +62,7 @@ def _scan(
         if not sub.is_dir():
             continue
         found_here = []
-        for dirpath, dirnames, filenames in os.walk(sub):
+        for dirpath, dirnames, filenames in os.walk(sub, onerror=_fail):
             dirnames[:] = [d for d in dirnames if not _hidden(d)]  # .ipynb_checkpoints...
             rel = os.path.relpath(dirpath, root)
             # ._x.png (macOS resource forks), .DS_Store: hidden entries are never images
@@ -56,6 +72,11 @@ def _scan(
                 if not _hidden(f) and f.lower().endswith(IMAGE_EXTENSIONS)
             ]
         found_here.sort(key=lambda p: p.split(os.sep))  # the order of sorted(Path.rglob())
+        if not found_here and name in found:
+            raise UserError(
+                f"data.root: the class folder {sub} holds no images ({', '.join(IMAGE_EXTENSIONS)})"
+                f"; add images or remove the folder"
+            )
         paths += [p.encode() for p in found_here]
         labels += [label] * len(found_here)
     if not paths:
