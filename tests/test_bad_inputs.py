@@ -204,6 +204,82 @@ CASES = [
 ]
 
 
+# A "billion laughs": nine levels of ten aliases each, 10**9 values from a few hundred bytes.
+_LAUGHS = ["&a [x, x, x, x, x, x, x, x, x, x]"] + [
+    f"&{b} [{', '.join([f'*{a}'] * 10)}]" for a, b in zip("abcdefgh", "bcdefghi")
+]
+_BOMB_FILE = (
+    "anchors:\n"
+    + "".join(f"  - {level}\n" for level in _LAUGHS)
+    + "peers:\n  - {arch: small_cnn, kwargs: {width: *i}}\n"
+)
+
+
+def _big_yaml(tmp: Path) -> dict:
+    path = tmp / "big.yaml"
+    path.write_text("# padding\n" * 200_000)  # 2 MB of comments
+    return {"cfg": str(path)}
+
+
+CASES += [
+    ("yaml-alias-bomb", _yaml(_BOMB_FILE), ["-c", "{cfg}"], "expand to more than 100000 values"),
+    (
+        "set-alias-bomb",
+        _nothing,
+        ["--set", f"peers.0.kwargs.width=[{', '.join(_LAUGHS)}]"],
+        "--set peers.0.kwargs.width: its aliases (*name) expand to more than",
+    ),
+    ("yaml-too-big", _big_yaml, ["-c", "{cfg}"], "a config file is at most 1048576"),
+    (
+        "yaml-too-deep",
+        _yaml("train: " + "[" * 500 + "]" * 500 + "\n"),
+        ["-c", "{cfg}"],
+        "nested more than 20 levels deep",
+    ),
+    (
+        "yaml-duplicate-key",
+        _yaml("train:\n  epochs: 1\n  epochs: 2\n"),
+        ["-c", "{cfg}"],
+        "key 'epochs' appears twice in one mapping (line 3)",
+    ),
+    (
+        "long-value-in-message",
+        _nothing,
+        ["--set", "method.update=" + "x" * 100_000],
+        "method.update: must be one of",
+    ),
+    ("seed-too-big", _nothing, ["--set", "seed=100000000000000000000"], "seed must be in [0, "),
+    (
+        "split-seed-negative",
+        _nothing,
+        ["--set", "data.split_seed=-1"],
+        "data.split_seed must be in [0, ",
+    ),
+    ("device-typo", _nothing, ["--set", "train.device=cudax"], "train.device must be auto, cpu"),
+    ("device-mps", _nothing, ["--set", "train.device=mps"], "MPS (Apple GPU) is not available"),
+    (
+        "crop-padding-huge",
+        _nothing,
+        ["--set", "data.crop_padding=1000000"],
+        "data.crop_padding must be in [0, 128]",
+    ),
+    ("image-size-1", _nothing, ["--set", "data.image_size=1"], "data.image_size must be in [4,"),
+    (
+        "image-size-huge",
+        _nothing,
+        ["--set", "data.image_size=100000"],
+        "data.image_size must be in [4, 4096]",
+    ),
+    ("lr-inf", _nothing, ["--set", "optim.lr=.inf"], "optim.lr: expected a finite number, got inf"),
+    (
+        "newline-in-file-name",
+        _nothing,
+        ["-c", "/nonexistent/a\nb.yaml"],
+        "config file not found: /nonexistent/a\\nb.yaml",
+    ),
+]
+
+
 def _kd_mismatch_setup(tmp: Path) -> dict:
     """A 10-class digits teacher for a student on a 2-class image folder."""
     names = _teacher_10_classes(tmp)
@@ -254,6 +330,7 @@ def test_bad_train_input(tmp_path, capsys, setup, argv, needle):
     lines = [ln for ln in err.splitlines() if not ln.startswith("dml: warning:")]
     assert len(lines) == 1 and lines[0].startswith("dml: error: "), err
     assert needle.format(**names) in lines[0]
+    assert len(lines[0]) < 600  # never an unbounded value in a message
     assert "Traceback" not in err
     after = _snapshot(tmp_path)
     assert after == before  # nothing written, nothing changed

@@ -4,14 +4,22 @@ commands' inputs, interrupts and full disks. Each: one line naming the problem, 
 from __future__ import annotations
 
 import os
+import shutil
+import signal
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
 
+from dmlkit.cli import main
 from dmlkit.config import DataConfig
 from dmlkit.data.imagefolder import build_imagefolder
 from dmlkit.errors import UserError
+
+from helpers import FAST, sets
+
+FAST_ARGS = sets(*FAST)
 
 
 def _image_folder(root: Path, classes: dict[str, int]) -> Path:
@@ -59,3 +67,165 @@ def test_imagefolder_unreadable_class_folder_is_an_error(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "scandir", scandir)
     with pytest.raises(UserError, match=r"cannot read '.*/b' \(Permission denied\)"):
         build_imagefolder(_imagefolder_cfg(root), seed=0)
+
+
+# -- the other commands' inputs --------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory) -> Path:
+    """A finished one-epoch digits run; tests copy it before changing anything."""
+    run = tmp_path_factory.mktemp("done") / "run"
+    assert main(["train", "--out", str(run), *FAST_ARGS]) == 0
+    return run
+
+
+def _copy(run: Path, tmp: Path) -> Path:
+    shutil.copytree(run, tmp / "run")
+    return tmp / "run"
+
+
+def _one_error(capsys, prefix: str = "dml: error: ") -> str:
+    err = capsys.readouterr().err.strip()
+    lines = [ln for ln in err.splitlines() if not ln.startswith(("dml: warning:", "dml: resum"))]
+    assert len(lines) == 1 and lines[0].startswith(prefix), err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+@pytest.mark.parametrize("command", ["eval", "analyze"])
+def test_device_typo_on_eval_and_analyze(finished, capsys, command):
+    assert main([command, str(finished), "--device", "foo"]) == 2
+    assert "--device='foo': not a device" in _one_error(capsys)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_eval_on_cuda_without_gpu_blames_the_flag(finished, capsys):
+    assert main(["eval", str(finished), "--device", "cuda"]) == 2
+    assert "--device=cuda: CUDA is not available here" in _one_error(capsys)
+
+
+def test_report_to_an_unwritable_path(finished, tmp_path, capsys):
+    (tmp_path / "a-file").write_text("x")
+    page = tmp_path / "a-file" / "report.md"
+    assert main(["report", str(finished), "--out", str(page)]) == 2
+    assert "cannot write there" in _one_error(capsys)
+
+
+@pytest.mark.parametrize("name", ["summary.json", "env.json"])
+def test_report_of_a_truncated_json_file(finished, tmp_path, capsys, name):
+    run = _copy(finished, tmp_path)
+    path = run / name
+    path.write_text(path.read_text()[:40])
+    assert main(["report", str(run), "--out", str(tmp_path / "r.md")]) == 2
+    assert f"{path}: unreadable" in _one_error(capsys)
+    assert not (tmp_path / "r.md").exists()
+
+
+def test_analyze_of_a_truncated_summary(finished, tmp_path, capsys):
+    run = _copy(finished, tmp_path)
+    (run / "summary.json").write_text('{"method": "dml", "pee')
+    argv = ["analyze", str(run), "--out", str(tmp_path / "a"), "--draws", "1", "--samples", "64"]
+    assert main(argv) == 2
+    assert "summary.json: unreadable" in _one_error(capsys)
+
+
+def test_reproduce_with_a_truncated_summary(tmp_path, capsys):
+    grid = tmp_path / "grid"
+    argv = ["reproduce", "digits", "--seeds", "1", "--scale", "0.05", "--out", str(grid)]
+    argv += ["--arms", "independent", "--no-progress"]
+    assert main(argv) == 0
+    summary = grid / "independent" / "seed0" / "summary.json"
+    summary.write_text(summary.read_text()[:30])
+    capsys.readouterr()
+    assert main(argv) == 2
+    assert f"{summary}: unreadable" in _one_error(capsys)
+
+
+def test_malformed_metrics_line_is_skipped_by_every_reader(finished, tmp_path, capsys):
+    run = _copy(finished, tmp_path)
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    lines[1:1] = ["{not json", "5", '{"epoch": 1}']  # damaged, not an object, not a record
+    (run / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    with pytest.warns(UserWarning, match="line 2 is not a record; skipped"):
+        assert main(["report", str(run), "--out", str(tmp_path / "r.md")]) == 0
+    (run / "summary.json").unlink()
+    with pytest.warns(UserWarning, match="is not a record"):
+        assert main(["train", "--resume", str(run)]) == 0  # re-evaluates the test split
+    assert all('"split"' in ln for ln in (run / "metrics.jsonl").read_text().splitlines())
+
+
+# -- interrupts ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def sigint_restored():
+    handler = signal.getsignal(signal.SIGINT)
+    yield
+    signal.signal(signal.SIGINT, handler)
+
+
+def test_ctrl_c_during_reproduce_is_one_line_with_the_way_on(
+    tmp_path, capsys, monkeypatch, sigint_restored
+):
+    import dmlkit.experiments
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(dmlkit.experiments, "run_experiment", interrupted)
+    assert main(["reproduce", "digits", "--out", str(tmp_path / "g")]) == 130
+    err = capsys.readouterr().err
+    assert "interrupted; finished runs are kept" in err and "Traceback" not in err
+    assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN  # a second Ctrl-C is ignored
+
+
+def test_second_ctrl_c_after_train_is_interrupted_is_ignored(
+    tmp_path, capsys, monkeypatch, sigint_restored
+):
+    from dmlkit.engine.trainer import Trainer
+
+    def interrupted(self, *args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Trainer, "fit", interrupted)
+    assert main(["train", "--out", str(tmp_path / "r"), *FAST_ARGS]) == 130
+    assert "continue with: dml train --resume" in capsys.readouterr().err
+    assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+
+
+# -- full disks ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("fault", "file"),
+    [("enospc-in-metrics@1", "metrics.jsonl"), ("enospc-in-summary@1", "summary.json")],
+    ids=["metrics-append", "summary"],
+)
+def test_full_disk_while_training_is_one_line(tmp_path, capsys, monkeypatch, fault, file):
+    run = tmp_path / "run"
+    monkeypatch.setenv("DMLKIT_FAULT", fault)
+    assert main(["train", "--out", str(run), *FAST_ARGS]) == 1
+    line = _one_error(capsys, "dml: training stopped: ")
+    assert f"cannot write {run / file} (No space left on device)" in line
+    assert "dml train --resume" in line
+    monkeypatch.delenv("DMLKIT_FAULT")
+    assert main(["train", "--resume", str(run)]) == 0  # free space, resume: done
+
+
+def test_full_disk_at_resume_is_one_line(finished, tmp_path, capsys, monkeypatch):
+    run = _copy(finished, tmp_path)
+    (run / "summary.json").unlink()
+    monkeypatch.setenv("DMLKIT_FAULT", "enospc-in-resume@1")
+    assert main(["train", "--resume", str(run)]) == 1
+    assert "metrics.jsonl (No space left on device)" in _one_error(
+        capsys, "dml: training stopped: "
+    )
+
+
+def test_full_disk_at_eval_is_one_line(finished, tmp_path, capsys, monkeypatch):
+    run = _copy(finished, tmp_path)
+    monkeypatch.setenv("DMLKIT_FAULT", "enospc-in-eval@1")
+    assert main(["eval", str(run)]) == 2
+    assert "eval_test.json (No space left on device)" in _one_error(capsys)
+    assert not (run / "eval_test.json").exists()

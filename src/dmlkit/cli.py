@@ -11,6 +11,8 @@ import argparse
 import dataclasses
 import json
 import logging
+import shlex
+import signal
 import sys
 import time
 import warnings
@@ -155,6 +157,11 @@ def _data_overrides(args: argparse.Namespace) -> list[str]:
     return [assignment for assignment, given in flags if given]
 
 
+def _ignore_interrupts() -> None:
+    """After a first Ctrl-C, a second one must not break the clean-up (atexit) in a traceback."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from dmlkit.config import build_config, load_config, load_yaml
 
@@ -188,6 +195,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     try:
         summary = trainer.fit()
     except KeyboardInterrupt:
+        _ignore_interrupts()
         print(f"\ninterrupted; continue with: dml train --resume {out}", file=sys.stderr)
         return 130
     if main_process:
@@ -207,7 +215,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if not run.config_path.is_file():
         raise UserError(f"{run.path}: not a run directory (no config.yaml)")
     cfg = run.load_config()
-    device = resolve_device(args.device or cfg.train.device)
+    device = resolve_device(*((args.device, "--device") if args.device else (cfg.train.device,)))
     cohort, state = load_cohort(path, device)
     data = build_data(cfg.data, seed=cfg.seed, device=device)
     loader = {"test": data.test, "val": data.val, "train": data.train}[args.split]
@@ -224,8 +232,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
     )
     summary["split"] = args.split
     from dmlkit.engine.checkpoint import atomic_write_text
+    from dmlkit.engine.faults import maybe_enospc
 
-    atomic_write_text(run.path / f"eval_{args.split}.json", json.dumps(summary, indent=2))
+    target = run.path / f"eval_{args.split}.json"
+    try:
+        maybe_enospc("enospc-in-eval", state["epoch"])
+        atomic_write_text(target, json.dumps(summary, indent=2))
+    except OSError as exc:
+        raise UserError(f"cannot write {target} ({exc.strerror or exc}); free space") from None
     print(f"checkpoint: epoch {state['epoch']} of {run.path}")
     print_summary(summary)
     return 0
@@ -257,14 +271,24 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     n_seeds = args.seeds if args.seeds is not None else exp.seeds
     print(f"{exp.name}: {exp.description}; {plural(n_seeds, 'seed')} -> {out}")
     start = time.perf_counter()
-    results = run_experiment(
-        exp,
-        out,
-        seeds=n_seeds,
-        overrides=overrides,
-        scale=args.scale,
-        progress=not args.no_progress,
-    )
+    try:
+        results = run_experiment(
+            exp,
+            out,
+            seeds=n_seeds,
+            overrides=overrides,
+            scale=args.scale,
+            progress=not args.no_progress,
+        )
+    except KeyboardInterrupt:
+        _ignore_interrupts()
+        again = shlex.join(["dml", *sys.argv[1:]]) if sys.argv[1:2] == ["reproduce"] else ""
+        print(
+            f"\ninterrupted; finished runs are kept and the interrupted one resumes: run the "
+            f"same command again{': ' + again if again else ''}",
+            file=sys.stderr,
+        )
+        return 130
     report = exp.report or comparison_report
     text = report(exp, results, out, args.scale)
     print()
@@ -347,8 +371,6 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    import shlex
-
     from dmlkit.analysis.analyze import analyze
     from dmlkit.analysis.report import write_report
 
@@ -398,14 +420,19 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return commands[args.command](args)
     except UserError as exc:
-        print(f"dml: error: {exc}", file=sys.stderr)
+        print(f"dml: error: {_one_line(exc)}", file=sys.stderr)
         return EXIT_USER_ERROR
     except Exception as exc:
         stopped = _stopped(exc)
         if stopped is None:
             raise
-        print(f"dml: {stopped}: {exc}", file=sys.stderr)
+        print(f"dml: {stopped}: {_one_line(exc)}", file=sys.stderr)
         return 1
+
+
+def _one_line(exc: BaseException) -> str:
+    """The message on one line: a path with a newline in it must not split it."""
+    return str(exc).replace("\r", "\\r").replace("\n", "\\n")
 
 
 def _stopped(exc: Exception) -> str | None:

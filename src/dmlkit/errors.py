@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import reprlib
+from typing import Any
+
 
 class UserError(Exception):
     """Bad input from the user (config, paths, data, checkpoints): message names problem and fix."""
@@ -19,3 +22,18 @@ def first_line(exc: BaseException, limit: int | None = 200) -> str:
     """
     text = str(exc).strip()
     return text.splitlines()[0][:limit] if text else type(exc).__name__
+
+
+_SHOWN = reprlib.Repr()
+_SHOWN.maxstring = _SHOWN.maxother = 60
+_SHOWN.maxlist = _SHOWN.maxtuple = _SHOWN.maxdict = _SHOWN.maxset = 4
+_SHOWN.maxlevel = 2
+
+
+def shown(value: Any) -> str:
+    """``repr(value)`` for a message, bounded: long strings, deep or long containers cut short.
+
+    A config value can be a YAML alias bomb (a small text that expands to billions of items)
+    or a 10 MB string: a message must never grow with it.
+    """
+    return _SHOWN.repr(value).replace("\n", "\\n")

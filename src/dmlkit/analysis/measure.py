@@ -6,7 +6,6 @@ entropy and peer agreement (train and test), dead ReLU units, and the run's test
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -136,7 +135,7 @@ def _test_metrics(run: RunDir) -> dict[str, dict[str, float]]:
     """The test metrics of every peer and the ensemble from summary.json ({} if unfinished)."""
     if not run.is_finished():
         return {}
-    summary = json.loads(run.summary_path.read_text(encoding="utf-8"))
+    summary = run.read_summary()
     test_metrics = {p["name"]: p["metrics"] for p in summary["peers"]}
     test_metrics[ENSEMBLE] = summary[ENSEMBLE]["metrics"]
     return test_metrics
@@ -155,12 +154,13 @@ def analyze_run(
     """
     from dmlkit.data import build_data
     from dmlkit.engine.checkpoint import load_cohort
+    from dmlkit.engine.trainer import resolve_device
 
     run = RunDir(path)
     if not run.config_path.is_file():
         raise UserError(f"{run.path}: not a run directory (no config.yaml)")
     cfg = run.load_config()
-    device = torch.device(options.device)
+    device = resolve_device(options.device, "--device")
     cohort, state = load_cohort(run.path, device)
     specs, models = cohort.specs, list(cohort.peers)
     names = [s.name for s in specs]

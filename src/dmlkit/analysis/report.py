@@ -101,6 +101,7 @@ def write_report(
     out = Path(out)
     if out.suffix.lower() != ".md":
         raise UserError(f"--out {out}: the report is Markdown; give a file name ending in .md")
+    _check_writable(out)
     run_paths = find_runs(paths)
     runs = [load_run_info(p) for p in run_paths]
     groups = group_runs(runs)
@@ -137,10 +138,25 @@ def write_report(
     parts += ["### Timing", timing_section(runs, analysis_seconds)]
     parts += ["## Every run in this report", runs_section(runs, Path.cwd())]
     text = "\n\n".join(p.strip() for p in parts if p) + "\n"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out, text)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out, text)
+    except OSError as exc:
+        raise UserError(f"--out {out}: cannot write the page ({exc.strerror or exc})") from None
     _readable(out)
     return text
+
+
+def _check_writable(out: Path) -> None:
+    """Fail before any work when ``out`` cannot be written (checked on its nearest folder)."""
+    folder = out.parent.absolute()
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+        raise UserError(
+            f"--out {out}: cannot write there ({folder} is not a writable folder); "
+            f"choose another path"
+        )
 
 
 def _load_analysis(

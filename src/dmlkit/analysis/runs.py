@@ -7,7 +7,6 @@ directory's name; :class:`SeedGroup` holds the runs whose configs differ only by
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -129,11 +128,9 @@ def _peers_text(peers: list[dict[str, Any]]) -> str:
 def load_run_info(path: Path) -> RunInfo:
     run = RunDir(path)
     cfg = run.load_config()
-    summary = (
-        json.loads(run.summary_path.read_text(encoding="utf-8")) if run.is_finished() else None
-    )
+    summary = run.read_summary() if run.is_finished() else None
     env_path = run.path / "env.json"
-    env = json.loads(env_path.read_text(encoding="utf-8")) if env_path.is_file() else {}
+    env = run.read_json("env.json") if env_path.is_file() else {}
     seconds = sum(
         float(r.get("seconds", 0.0))
         for r in run.read_metrics()

@@ -6,8 +6,8 @@ from typing import Any
 
 import yaml
 
-from dmlkit.config.files import parse_yaml
-from dmlkit.errors import ConfigError
+from dmlkit.config.files import MAX_FILE_BYTES, parse_yaml
+from dmlkit.errors import ConfigError, shown
 
 
 def apply_override(data: dict[str, Any], assignment: str) -> dict[str, Any]:
@@ -17,17 +17,23 @@ def apply_override(data: dict[str, Any], assignment: str) -> dict[str, Any]:
     ``peers.*.kwargs.pretrained=imagenet`` for a cohort of any size.
     """
     if "=" not in assignment:
-        raise ConfigError(f"--set {assignment!r}: expected KEY=VALUE, e.g. --set train.epochs=5")
+        raise ConfigError(
+            f"--set {shown(assignment)}: expected KEY=VALUE, e.g. --set train.epochs=5"
+        )
     dotted, raw = assignment.split("=", 1)
     parts = dotted.strip().split(".")
-    if not all(parts):
-        raise ConfigError(f"--set {assignment!r}: empty key part in {dotted!r}")
+    if not all(parts) or len(dotted) > 200:
+        raise ConfigError(f"--set {shown(assignment)}: empty or overlong key {shown(dotted)}")
+    if len(raw) > MAX_FILE_BYTES:
+        raise ConfigError(f"--set {dotted}: a value of {len(raw)} characters is too long")
     if "*" in parts:
         return _apply_to_every_item(data, parts, raw)
     try:
         value = parse_yaml(raw) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw  # not YAML: take it as a plain string
+    except ConfigError as exc:
+        raise ConfigError(f"--set {dotted}: {exc}") from None
     data = dict(data)
     node: Any = data
     for i, part in enumerate(parts[:-1]):

@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
+import re
+
 from dmlkit.config.schema import Config, DataConfig, MethodConfig, OptimConfig
-from dmlkit.errors import ConfigError
+from dmlkit.errors import ConfigError, shown
+
+MAX_SEED = 2**32 - 1  # numpy's and torch's seeds both take this range
+MAX_IMAGE_SIDE = 4096  # one 4096 x 4096 RGB image is 50 MB decoded
+MIN_IMAGE_SIDE = 4  # the networks pool twice
+MAX_CROP_PADDING = 128
+_DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d{1,2})?)$")
 
 
 def _check(ok: bool, message: str) -> None:
@@ -24,7 +32,7 @@ def _optim_errors(opt: OptimConfig) -> list[tuple[str, str]]:
         (
             "betas",
             len(opt.betas) == 2 and all(0 <= b < 1 for b in opt.betas),
-            f"betas must be two numbers in [0, 1), got {opt.betas}",
+            f"betas must be two numbers in [0, 1), got {shown(opt.betas)}",
         ),
         ("gamma", 0 < opt.gamma <= 1, f"gamma must be in (0, 1], got {opt.gamma}"),
         ("step_size", opt.step_size > 0, f"step_size must be > 0, got {opt.step_size}"),
@@ -61,6 +69,12 @@ def validate(cfg: Config) -> None:
     layer that builds them (:func:`dmlkit.engine.names.check_names`).
     """
     k = len(cfg.peers)
+    _check(0 <= cfg.seed <= MAX_SEED, f"seed must be in [0, {MAX_SEED}], got {shown(cfg.seed)}")
+    for i, peer in enumerate(cfg.peers):
+        _check(
+            peer.seed is None or 0 <= peer.seed <= MAX_SEED,
+            f"peers.{i}.seed must be in [0, {MAX_SEED}] or null, got {shown(peer.seed)}",
+        )
     _check(
         k >= 1, "peers: a cohort needs at least 1 peer, got 0 (e.g. peers: [small_cnn, small_cnn])"
     )
@@ -73,7 +87,8 @@ def validate(cfg: Config) -> None:
     names = [cfg.peer_name(i) for i in range(k)]
     dup = sorted({n for n in names if names.count(n) > 1})
     _check(
-        not dup, f"peers: peer names must be unique, {dup} appear more than once (set peers.N.name)"
+        not dup,
+        f"peers: peer names must be unique, {shown(dup)} appear more than once (set peers.N.name)",
     )
     _check_method(cfg.method)
     _check_data(cfg.data)
@@ -108,14 +123,21 @@ def _check_data(d: DataConfig) -> None:
     )
     _check(d.batch_size >= 1, f"data.batch_size must be >= 1, got {d.batch_size}")
     _check(d.eval_batch_size >= 1, f"data.eval_batch_size must be >= 1, got {d.eval_batch_size}")
-    _check(d.crop_padding >= 0, f"data.crop_padding must be >= 0, got {d.crop_padding}")
     _check(
-        d.image_size is None or d.image_size >= 1,
-        f"data.image_size must be >= 1 or null, got {d.image_size}",
+        0 <= d.split_seed <= MAX_SEED,
+        f"data.split_seed must be in [0, {MAX_SEED}], got {shown(d.split_seed)}",
     )
-    for key in ("image_height", "image_width"):
+    _check(
+        0 <= d.crop_padding <= MAX_CROP_PADDING,
+        f"data.crop_padding must be in [0, {MAX_CROP_PADDING}] pixels, got {shown(d.crop_padding)}",
+    )
+    for key in ("image_size", "image_height", "image_width"):
         value = getattr(d, key)
-        _check(value is None or value >= 1, f"data.{key} must be >= 1 or null, got {value}")
+        _check(
+            value is None or MIN_IMAGE_SIDE <= value <= MAX_IMAGE_SIDE,
+            f"data.{key} must be in [{MIN_IMAGE_SIDE}, {MAX_IMAGE_SIDE}] pixels or null, "
+            f"got {shown(value)}",
+        )
     _check(
         (d.image_height is None) == (d.image_width is None),
         "data.image_height and data.image_width: set both (e.g. 256 and 128) or neither",
@@ -177,8 +199,8 @@ def _check_train(cfg: Config) -> None:
         t.keep_checkpoints >= 0, f"train.keep_checkpoints must be >= 0, got {t.keep_checkpoints}"
     )
     _check(
-        t.device == "auto" or t.device == "cpu" or t.device.startswith("cuda") or t.device == "mps",
-        f"train.device must be auto, cpu, cuda or cuda:N, got {t.device!r}",
+        bool(_DEVICE.match(t.device)),
+        f"train.device must be auto, cpu, cuda, cuda:N or mps, got {shown(t.device)}",
     )
     _check(
         cfg.distributed.timeout_s > 0,

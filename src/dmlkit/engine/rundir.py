@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,8 @@ import torch
 
 from dmlkit.config import Config, config_differences, config_from_dict, load_yaml, save_config
 from dmlkit.engine.checkpoint import atomic_write_text
+from dmlkit.engine.faults import maybe_enospc
+from dmlkit.errors import UserError, first_line
 from dmlkit.machine import environment
 
 
@@ -70,31 +73,63 @@ class RunDir:
 
     def log(self, records: list[dict[str, Any]]) -> None:
         """Append records to metrics.jsonl (flushed at once: a crash loses nothing logged)."""
+        maybe_enospc("enospc-in-metrics", records[0]["epoch"] if records else -1)
         with self.metrics_path.open("a", encoding="utf-8") as f:
             for rec in records:
                 f.write(json.dumps(rec) + "\n")
             f.flush()
             os.fsync(f.fileno())
 
+    def read_json(self, name: str) -> dict[str, Any]:
+        """``summary.json``, ``env.json``...: a dict, or one line naming the damaged file."""
+        path = self.path / name
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:  # JSONDecodeError and UnicodeDecodeError
+            raise UserError(
+                f"{path}: unreadable ({first_line(exc, 80)}); the file is damaged: delete it "
+                f"(a summary is rewritten by dml train --resume {self.path})"
+            ) from None
+        if not isinstance(data, dict):
+            raise UserError(f"{path}: not a JSON object; the file is damaged, delete it")
+        return data
+
+    def read_summary(self) -> dict[str, Any]:
+        return self.read_json("summary.json")
+
     def read_metrics(self) -> list[dict[str, Any]]:
+        """The records of metrics.jsonl; a line that is not a record is skipped.
+
+        The last line may be cut by a crash mid-write (skipped silently); any other damaged
+        line is skipped with a warning, so that no reader fails on a hand-edited file.
+        """
         if not self.metrics_path.is_file():
             return []
         out = []
-        for line in self.metrics_path.read_text(encoding="utf-8").splitlines():
+        lines = self.metrics_path.read_text(encoding="utf-8", errors="replace").splitlines()
+        for i, line in enumerate(lines):
             try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue  # a line cut by a crash mid-write
+                rec = json.loads(line)
+            except ValueError:
+                rec = None
+            if isinstance(rec, dict) and {"epoch", "split", "peer"} <= rec.keys():
+                out.append(rec)
+            elif i != len(lines) - 1:
+                warnings.warn(
+                    f"{self.metrics_path}: line {i + 1} is not a record; skipped", stacklevel=2
+                )
         return out
 
     def truncate_metrics(self, epoch: int) -> None:
         """Keep only records of epochs <= ``epoch`` (resuming from that epoch's checkpoint)."""
+        maybe_enospc("enospc-in-resume", epoch)
         kept = [
             r for r in self.read_metrics() if r.get("epoch", 0) <= epoch and r["split"] != "test"
         ]
         atomic_write_text(self.metrics_path, "".join(json.dumps(r) + "\n" for r in kept))
 
     def write_summary(self, summary: dict[str, Any]) -> None:
+        maybe_enospc("enospc-in-summary", summary.get("epochs", -1))
         atomic_write_text(self.summary_path, json.dumps(summary, indent=2))
 
 

@@ -42,7 +42,7 @@ from dmlkit.engine.lock import LOCK_NAME, FolderLock
 from dmlkit.engine.names import check_names
 from dmlkit.engine.predict import preprocess_of
 from dmlkit.engine.rundir import run_dir_for
-from dmlkit.errors import UserError, first_line
+from dmlkit.errors import UserError, first_line, shown
 from dmlkit.methods import Method, NonFiniteLoss, build_method, model_kwargs, update_order
 from dmlkit.models.registry import accepts
 
@@ -72,12 +72,24 @@ class TrainingError(RuntimeError):
     """Training cannot go on (e.g. a non-finite loss); the last good checkpoint is kept."""
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, flag: str = "train.device") -> torch.device:
+    """The device ``name`` (auto, cpu, cuda, cuda:N, mps), or one line naming ``flag``."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise UserError(
+            f"{flag}={shown(name)}: not a device; use auto, cpu, cuda, cuda:N or mps"
+        ) from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"train.device={name}: CUDA is not available here; use train.device=cpu")
+        raise UserError(f"{flag}={name}: CUDA is not available here; use {flag}=cpu")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise UserError(f"{flag}={name}: no such GPU ({torch.cuda.device_count()} here)")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise UserError(f"{flag}={name}: MPS (Apple GPU) is not available here; use {flag}=cpu")
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise UserError(f"{flag}={name}: dmlkit runs on cpu, cuda or mps; use {flag}=cpu")
     return device
 
 
@@ -290,9 +302,9 @@ class Trainer:
         """Create the run folder, or load the newest checkpoint to resume from."""
         if self.resume:
             self._load_checkpoint()
-            self.dist.on_main(repair_last, self.run.checkpoints)  # last.pt after a crash
-            self.run.truncate_metrics(self.epoch)
-            self.dist.on_main(self.run.update_config, self.cfg)  # e.g. a longer train.epochs
+            self._write("checkpoints", self.dist.on_main, repair_last, self.run.checkpoints)
+            self._write("metrics.jsonl", self.run.truncate_metrics, self.epoch)
+            self._write("config.yaml", self.dist.on_main, self.run.update_config, self.cfg)
             return
         try:
             self.dist.on_main(self.run.create, self.cfg, self.device)
@@ -336,7 +348,7 @@ class Trainer:
                 if self.data.val is not None and (epoch % cfg.train.eval_every == 0 or last):
                     val = evaluate(self.cohort, self.data.val, self.method.eval_heads)
                     records += self._records(epoch, "val", val)
-                self.run.log(records)
+                self._write("metrics.jsonl", self.run.log, records)
                 if epoch % cfg.train.checkpoint_every == 0 or last:
                     self._save()
                     maybe_kill("kill-after-checkpoint", epoch)
@@ -457,7 +469,7 @@ class Trainer:
         """Evaluate the final cohort on the test split; write and return summary.json."""
         # top-k (with the method's own heads), or re-id mAP/CMC
         test = evaluate_split(self.cohort, self.data.test, self.method.eval_heads)
-        self.run.log(self._records(self.epoch, "test", test))
+        self._write("metrics.jsonl", self.run.log, self._records(self.epoch, "test", test))
         members = getattr(self.cohort, "member_specs", self.cohort.specs)  # branches: members
         summary = make_summary(
             self.cfg,
@@ -471,8 +483,18 @@ class Trainer:
         deployed = self.method.deployed()
         if deployed is not None:
             summary["deployed"] = {"name": deployed, "metrics": test[deployed]}
-        self.run.write_summary(summary)
+        self._write("summary.json", self.run.write_summary, summary)
         return summary
+
+    def _write(self, name: str, write: Callable[..., None], *args: Any) -> None:
+        """A write into the run folder; a full disk (any OSError) stops the run in one line."""
+        try:
+            write(*args)
+        except OSError as exc:
+            raise TrainingError(
+                f"cannot write {self.run.path / name} ({exc.strerror or exc}); {self._kept()}; "
+                f"free space and resume with dml train --resume {self.run.path}"
+            ) from None
 
 
 def make_summary(

@@ -11,7 +11,6 @@ a stratified fraction F of every data split (``data.fraction``).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -170,7 +169,7 @@ def _run_grid(
                         f"use another --out or remove that folder"
                     )
                 if run.is_finished():
-                    summary = json.loads(run.summary_path.read_text())
+                    summary = run.read_summary()
                     log(f"[{arm} seed {seed}] reused finished run {run.path}")
                     results.append(RunResult(arm, seed, run.path, summary))
                     continue

@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import statistics
 from dataclasses import dataclass
@@ -114,7 +113,7 @@ def t_interval(diffs: list[float]) -> tuple[float, float]:
 def final_top1(run: Path, split: str) -> dict[str, float]:
     """Top-1 % per member (peers, then ``ensemble``) of a finished run on ``val`` or ``test``."""
     if split == "test":
-        summary = json.loads(RunDir(run).summary_path.read_text())
+        summary = RunDir(run).read_summary()
         out = {p["name"]: 100 * p["metrics"]["top1"] for p in summary["peers"]}
         out[ENSEMBLE] = 100 * summary[ENSEMBLE]["metrics"]["top1"]
         return out
