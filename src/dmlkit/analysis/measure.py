@@ -154,7 +154,7 @@ def analyze_run(
     """
     from dmlkit.data import build_data
     from dmlkit.engine.checkpoint import load_cohort
-    from dmlkit.engine.trainer import resolve_device
+    from dmlkit.engine.devices import resolve_device
 
     run = RunDir(path)
     if not run.config_path.is_file():

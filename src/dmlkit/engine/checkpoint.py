@@ -277,7 +277,15 @@ def _check_state(path: Path, state: dict[str, Any]) -> None:
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a dmlkit checkpoint safely: the one verified loader of every reader.
+    """Load a dmlkit checkpoint safely: the one verified loader of every reader (see
+    :func:`load_verified`, which also says which file it read)."""
+    return load_verified(path, map_location)[1]
+
+
+def load_verified(
+    path: str | Path, map_location: str | torch.device = "cpu"
+) -> tuple[Path, dict[str, Any]]:
+    """The checkpoint file read and its content, verified.
 
     A run directory gives its newest epoch checkpoint that verifies; a file is verified against
     its ``.sha256`` file when it has one. Then the archive is checked against the file's size,
@@ -301,7 +309,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise UserError(f"{path}: not a dmlkit cohort checkpoint (no '{FORMAT}' format tag)")
     _check_state(path, state)
-    return state
+    return path, state
 
 
 def _check_spec_size(path: Path, spec: PeerSpec) -> None:
@@ -364,8 +372,7 @@ def load_cohort(
         checkpoint's minus ``pretrained`` (its optimizers are fresh: not the run's), and the
         whole checkpoint (``epoch``, ``iteration``, ``config``, ...).
     """
-    state = load_checkpoint(path, map_location=device)
-    found = resolve_checkpoint(path)
+    found, state = load_verified(path, map_location=device)
     full = [PeerSpec(**s) for s in state["peers"]]
     _check_specs_against_config(found, full, state.get("config"))
     specs = [s.without_pretrained() for s in full]

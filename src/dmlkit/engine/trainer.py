@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import os
 import sys
 import time
 import warnings
@@ -35,6 +34,7 @@ from dmlkit.engine.checkpoint import (
     repair_last,
     save_checkpoint,
 )
+from dmlkit.engine.devices import resolve_device, seed_everything
 from dmlkit.engine.evaluation import ENSEMBLE, check_reid_support, evaluate, evaluate_split
 from dmlkit.engine.faults import maybe_kill
 from dmlkit.engine.hints import early_instability
@@ -42,7 +42,7 @@ from dmlkit.engine.lock import LOCK_NAME, FolderLock
 from dmlkit.engine.names import check_names
 from dmlkit.engine.predict import preprocess_of
 from dmlkit.engine.rundir import run_dir_for
-from dmlkit.errors import UserError, first_line, shown
+from dmlkit.errors import UserError, first_line
 from dmlkit.methods import Method, NonFiniteLoss, build_method, model_kwargs, update_order
 from dmlkit.models.registry import accepts
 
@@ -70,37 +70,6 @@ RESUMABLE_CHANGES = (
 
 class TrainingError(RuntimeError):
     """Training cannot go on (e.g. a non-finite loss); the last good checkpoint is kept."""
-
-
-def resolve_device(name: str, flag: str = "train.device") -> torch.device:
-    """The device ``name`` (auto, cpu, cuda, cuda:N, mps), or one line naming ``flag``."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except (RuntimeError, TypeError):
-        raise UserError(
-            f"{flag}={shown(name)}: not a device; use auto, cpu, cuda, cuda:N or mps"
-        ) from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"{flag}={name}: CUDA is not available here; use {flag}=cpu")
-    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
-        raise UserError(f"{flag}={name}: no such GPU ({torch.cuda.device_count()} here)")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise UserError(f"{flag}={name}: MPS (Apple GPU) is not available here; use {flag}=cpu")
-    if device.type not in ("cpu", "cuda", "mps"):
-        raise UserError(f"{flag}={name}: dmlkit runs on cpu, cuda or mps; use {flag}=cpu")
-    return device
-
-
-def seed_everything(seed: int, deterministic: bool) -> None:
-    torch.manual_seed(seed)
-    if deterministic:
-        # Bitwise-repeatable runs (and resumes) on the CPU; on CUDA this needs the workspace
-        # setting below and may cost some speed.
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.benchmark = False
 
 
 class Trainer:
