@@ -134,7 +134,7 @@ def image_files(inputs: list[str | Path]) -> list[Path]:
 def _run_facts(run: RunDir) -> tuple[list[str], dict[str, Any]]:
     """(class names, preprocessing) of a run: from summary.json, else from its dataset."""
     if run.summary_path.is_file():
-        summary = json.loads(run.summary_path.read_text(encoding="utf-8"))
+        summary = run.read_summary()  # a damaged file: one line naming it
         if summary.get("classes") and summary.get("preprocess"):
             return summary["classes"], summary["preprocess"]
     cfg = run.load_config()  # an older or unfinished run: rebuild its data to learn them
