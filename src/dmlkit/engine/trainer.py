@@ -40,8 +40,8 @@ from dmlkit.engine.faults import maybe_kill
 from dmlkit.engine.hints import early_instability
 from dmlkit.engine.lock import LOCK_NAME, FolderLock
 from dmlkit.engine.names import check_names
-from dmlkit.engine.predict import preprocess_of
 from dmlkit.engine.rundir import run_dir_for
+from dmlkit.engine.summary import make_summary  # also imported from here (dml eval)
 from dmlkit.errors import UserError, first_line
 from dmlkit.methods import Method, NonFiniteLoss, build_method, model_kwargs, update_order
 from dmlkit.models.registry import accepts
@@ -466,37 +466,6 @@ class Trainer:
             ) from None
 
 
-def make_summary(
-    cfg: Config,
-    specs: list[PeerSpec],
-    metrics: dict[str, dict[str, float]],
-    epoch: int,
-    iteration: int,
-    *,
-    data: DataBundle | None = None,
-    device: torch.device | str | None = None,
-) -> dict[str, Any]:
-    """summary.json: the final metrics, and what was trained on what (dataset, classes, device)."""
-    about: dict[str, Any] = {"dataset": cfg.data.name}
-    if device is not None:
-        about["device"] = str(device)
-    if data is not None:  # the class names let `dml predict` answer in words
-        about.update(num_classes=data.num_classes, classes=list(data.class_names))
-        about["preprocess"] = preprocess_of(data)
-    return {
-        "method": cfg.method.name,
-        "update": update_order(cfg.method),
-        "seed": cfg.seed,
-        "epochs": epoch,
-        "iterations": iteration,
-        "split": "test",
-        "peers": [{"name": s.name, "arch": s.arch, "metrics": metrics[s.name]} for s in specs],
-        ENSEMBLE: {"metrics": metrics[ENSEMBLE]},
-        **_heads(specs, metrics),
-        **about,
-    }
-
-
 def _is_terminal() -> bool:
     isatty = getattr(sys.stderr, "isatty", None)
     return bool(isatty and isatty())
@@ -507,13 +476,6 @@ def _with_method_kwargs(spec: PeerSpec, kwargs: dict[str, Any]) -> PeerSpec:
     refuses a cohort it cannot train, in one line)."""
     extra = {k: v for k, v in kwargs.items() if accepts(spec.arch, k)}
     return replace(spec, kwargs={**spec.kwargs, **extra}) if extra else spec
-
-
-def _heads(specs: list[PeerSpec], metrics: dict[str, dict[str, float]]) -> dict[str, Any]:
-    """``{"heads": {name: {"metrics": ...}}}`` for what a method evaluates besides its peers."""
-    peers = {s.name for s in specs} | {ENSEMBLE}
-    heads = {n: {"metrics": m} for n, m in metrics.items() if n not in peers}
-    return {"heads": heads} if heads else {}
 
 
 def _postfix(records: list[dict[str, Any]]) -> str:
