@@ -40,6 +40,8 @@ LAYERS: list[tuple[str, ...]] = [
         "dmlkit.cli_summary",
         "dmlkit.bench",
         "dmlkit.api",
+        "dmlkit.watch",
+        "dmlkit.integrations",
         "dmlkit.testing",
     ),
 ]

@@ -60,7 +60,7 @@ def _parser() -> argparse.ArgumentParser:
     add_parsers(sub)  # predict, export
     _add_bench_parser(sub)
     for name, command in sub.choices.items():
-        if name != "bench":  # bench has its own parser
+        if name not in ("bench", "watch"):  # each has its own parser
             command.add_argument(
                 "--no-progress",
                 action="store_true",
@@ -134,6 +134,9 @@ def _add_bench_parser(sub: argparse._SubParsersAction) -> None:
         "bench", help="measure DML step throughput (dml bench --help)", add_help=False
     )
     b.add_argument("bench_args", nargs=argparse.REMAINDER)
+    # dml watch has its own parser too (watch.main); listed here for ``dml --help``
+    w = sub.add_parser("watch", help="live table of a run's metrics (dml watch --help)")
+    w.add_argument("watch_args", nargs=argparse.REMAINDER)
 
 
 def _add_data_flags(parser: argparse.ArgumentParser) -> None:
@@ -408,6 +411,10 @@ def main(argv: list[str] | None = None) -> int:
         from dmlkit.bench import main as bench_main
 
         return bench_main(raw[1:])
+    if raw[:1] == ["watch"]:  # its own parser too: a leaf that needs none of the trainer
+        from dmlkit.watch import main as watch_main
+
+        return watch_main(raw[1:])
     parser = _parser()
     args = parser.parse_args(argv)
     if args.command is None:

@@ -184,6 +184,12 @@ class Cohort(nn.Module):
         lrs = [opt.param_groups[0]["lr"] for opt in self.optimizers]
         return [lr for lr, k in zip(lrs, self.branches) for _ in range(k or 1)]
 
+    def grad_norms(self) -> Tensor:
+        """``[members]``: the L2 norm of each member's network's gradient as left by the last
+        step (0 if none); a multi-branch network's branches report their whole network's norm."""
+        norms = [_grad_norm(list(p.parameters())) for p in self.peers]
+        return torch.stack([n for n, k in zip(norms, self.branches) for _ in range(k or 1)])
+
     # -- checkpoint state ---------------------------------------------------------------------
     def training_state(self) -> dict[str, Any]:
         """Weights and optimizer states of every peer (plain containers of tensors)."""
@@ -212,6 +218,13 @@ def num_branches(model: nn.Module) -> int | None:
     """K for a multi-branch network (``num_branches`` and ``branch_logits``), else None."""
     k = getattr(model, "num_branches", None)
     return k if isinstance(k, int) and callable(getattr(model, "branch_logits", None)) else None
+
+
+def _grad_norm(params: list[nn.Parameter]) -> Tensor:
+    grads = [p.grad.detach() for p in params if p.grad is not None]
+    if not grads:
+        return torch.zeros((), device=params[0].device)
+    return torch.nn.utils.get_total_norm(grads).float()
 
 
 def _warn_identical(specs: list[PeerSpec], states: list[dict[str, Tensor]]) -> None:
@@ -312,6 +325,15 @@ class StackedCohort(nn.Module):
 
     def lrs(self) -> list[float]:
         return [self.optimizers[0].param_groups[0]["lr"]] * len(self)
+
+    def grad_norms(self) -> Tensor:
+        """``[K]``: the L2 norm of each peer's gradient (its slice of every stacked gradient)."""
+        grads = [
+            p.grad.detach().float().flatten(1) for p in self.stacked_params if p.grad is not None
+        ]
+        if not grads:
+            return torch.zeros(len(self), device=self.stacked_params[0].device)
+        return torch.stack([g.norm(dim=1) for g in grads]).norm(dim=0)  # the norm of the norms
 
     # -- checkpoint state, in the loop cohort's per-peer format ---------------------------------
     def training_state(self) -> dict[str, Any]:

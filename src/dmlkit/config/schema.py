@@ -152,6 +152,12 @@ class TrainConfig:
     # A NaN/inf loss: stop the run (keeping the last good checkpoint) or skip that step (with
     # the sequential update, peers that already stepped in it keep their step).
     nonfinite: Literal["stop", "skip"] = "stop"
+    # Where the records go (docs/logging.md): jsonl (always written), csv, tensorboard, and the
+    # optional wandb / mlflow extras.
+    loggers: list[str] = field(default_factory=lambda: ["jsonl", "csv"])
+    log_every: int = 50  # steps between "step" records (0: epoch records only)
+    # Callbacks by import path "pkg.module:Name", or {target: "pkg.module:Name", **kwargs}.
+    callbacks: list[Any] = field(default_factory=list)
 
 
 @dataclass

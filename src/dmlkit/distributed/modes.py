@@ -233,6 +233,10 @@ class CohortParallel(nn.Module):
             return list(self._base_lrs)
         return [lr * s.factor(self._epoch) for lr, s in zip(self._base_lrs, self._schedules)]
 
+    def grad_norms(self) -> Tensor:
+        """``[K]``: every peer's gradient norm, each computed by the process that holds it."""
+        return self.ctx.all_gather(self.local.grad_norms(), "gradient norms")
+
     def training_state(self) -> dict[str, Any]:
         """The whole cohort's weights and optimizer states (every process receives them)."""
         parts = self.ctx.all_gather_object(_to_cpu(self.local.training_state()))

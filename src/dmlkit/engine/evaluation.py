@@ -18,6 +18,7 @@ from dmlkit.cohort import Cohort
 from dmlkit.data.reid import RetrievalSplit
 from dmlkit.errors import UserError
 from dmlkit.losses import entropy_of_probs, mean_log_probs
+from dmlkit.metrics.agreement import agreement_sums
 from dmlkit.metrics.classification import topk_correct
 from dmlkit.metrics.reid import average_by_identity_camera, retrieval_metrics
 
@@ -40,15 +41,19 @@ def evaluate(
 
     Returns:
         ``{peer name, head name or "ensemble": {"top1": f, "top5": f, "ce": f}}``, accuracies
-        as fractions in [0, 1].
+        as fractions in [0, 1]; the ensemble's entry also has the peers' agreement ``all_agree``
+        (fraction of samples on which all peers predict the same class) and, for K >= 2,
+        ``pairwise_kl`` (mean ``KL(p_i || p_j)`` over ordered pairs, nats).
     """
     was_training = cohort.training
     cohort.eval()
     names = [*cohort.names, ENSEMBLE]
     acc: dict[str, list[Tensor]] = {n: [] for n in names}
     total = 0
+    agree: Tensor | float = 0.0
     for x, y in batches:
         log_probs = [F.log_softmax(z.float(), dim=1) for z in cohort(x)]
+        agree = agree + agreement_sums(torch.stack(log_probs))
         ens = mean_log_probs(log_probs)
         extra = heads(x) if heads is not None else {}
         for name in extra:
@@ -66,6 +71,10 @@ def evaluate(
     for name in acc:
         top1, top5, ce = (torch.stack(acc[name]).sum(0) / total).tolist()
         out[name] = {"top1": top1, "top5": top5, "ce": ce}
+    all_agree, _, pairwise_kl = (agree / total).tolist()
+    out[ENSEMBLE]["all_agree"] = all_agree
+    if len(names) > 2:  # two peers or more
+        out[ENSEMBLE]["pairwise_kl"] = pairwise_kl
     return out
 
 

@@ -40,7 +40,7 @@ def maybe_kill(kind: str, at: int) -> None:
         os.kill(os.getpid(), signal.SIGSTOP)
 
 
-def maybe_enospc(kind: str, at: int) -> None:
-    """Raise the OSError of a full disk if the fault is asked for here."""
+def maybe_enospc(kind: str, at: int, path: str | os.PathLike[str] | None = None) -> None:
+    """Raise the OSError of a full disk (about ``path``) if the fault is asked for here."""
     if fault(kind, at):
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)

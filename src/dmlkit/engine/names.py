@@ -10,6 +10,7 @@ from __future__ import annotations
 import dmlkit.online_methods  # noqa: F401 - registers one, kdcl, okddip, pcl
 from dmlkit.config import Config
 from dmlkit.data import DATASETS
+from dmlkit.engine.loggers import check_logger_names
 from dmlkit.methods import METHODS
 from dmlkit.models import check_arch
 from dmlkit.optim import optimizer_class
@@ -18,10 +19,12 @@ from dmlkit.optim import optimizer_class
 def check_names(cfg: Config) -> None:
     """Raise ConfigError (naming the key, the valid names and the closest one) for an unknown
     ``method.name``, ``data.name``, ``peers.N.arch`` (a registered model, or a ``timm:`` /
-    ``torchvision:`` / import-path one that resolves) or ``optim.name`` (torch.optim)."""
+    ``torchvision:`` / import-path one that resolves) or ``optim.name`` (torch.optim),
+    or a ``train.loggers`` entry."""
     METHODS.get(cfg.method.name)
     DATASETS.get(cfg.data.name)
     for i, peer in enumerate(cfg.peers):
         check_arch(peer.arch, key=f"peers.{i}.arch")
         where = f"peers.{i}.optim" if "name" in peer.optim else "optim"
         optimizer_class(cfg.peer_optim(i).name, f"{where}.name")
+    check_logger_names(cfg.train.loggers)

@@ -71,15 +71,6 @@ class RunDir:
     def load_config(self) -> Config:
         return config_from_dict(load_yaml(self.config_path))
 
-    def log(self, records: list[dict[str, Any]]) -> None:
-        """Append records to metrics.jsonl (flushed at once: a crash loses nothing logged)."""
-        maybe_enospc("enospc-in-metrics", records[0]["epoch"] if records else -1)
-        with self.metrics_path.open("a", encoding="utf-8") as f:
-            for rec in records:
-                f.write(json.dumps(rec) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-
     def read_json(self, name: str) -> dict[str, Any]:
         """``summary.json``, ``env.json``...: a dict, or one line naming the damaged file."""
         path = self.path / name
@@ -120,14 +111,6 @@ class RunDir:
                 )
         return out
 
-    def truncate_metrics(self, epoch: int) -> None:
-        """Keep only records of epochs <= ``epoch`` (resuming from that epoch's checkpoint)."""
-        maybe_enospc("enospc-in-resume", epoch)
-        kept = [
-            r for r in self.read_metrics() if r.get("epoch", 0) <= epoch and r["split"] != "test"
-        ]
-        atomic_write_text(self.metrics_path, "".join(json.dumps(r) + "\n" for r in kept))
-
     def write_summary(self, summary: dict[str, Any]) -> None:
         maybe_enospc("enospc-in-summary", summary.get("epochs", -1))
         atomic_write_text(self.summary_path, json.dumps(summary, indent=2))
@@ -137,12 +120,6 @@ class FollowerRunDir(RunDir):
     """The run directory as ranks other than 0 of a ``torchrun`` job see it: never written."""
 
     def create(self, cfg: Any, device: torch.device) -> None:
-        pass
-
-    def log(self, records: list[dict[str, Any]]) -> None:
-        pass
-
-    def truncate_metrics(self, epoch: int) -> None:
         pass
 
     def update_config(self, cfg: Any) -> None:

@@ -14,7 +14,7 @@ import math
 import sys
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -27,6 +27,7 @@ from dmlkit.config import Config, config_differences
 from dmlkit.config.usage import resolve_threads, resolved_root, unused_data_keys
 from dmlkit.data import DataBundle, build_data
 from dmlkit.distributed import DistContext, DistributedError, init_distributed
+from dmlkit.engine.callbacks import CallbackList, Record, RunContext, build_callback
 from dmlkit.engine.checkpoint import (
     load_checkpoint,
     load_teacher,
@@ -35,11 +36,13 @@ from dmlkit.engine.checkpoint import (
     save_checkpoint,
 )
 from dmlkit.engine.devices import resolve_device, seed_everything
-from dmlkit.engine.evaluation import ENSEMBLE, check_reid_support, evaluate, evaluate_split
+from dmlkit.engine.evaluation import check_reid_support, evaluate, evaluate_split
 from dmlkit.engine.faults import maybe_kill
 from dmlkit.engine.hints import early_instability
 from dmlkit.engine.lock import LOCK_NAME, FolderLock
+from dmlkit.engine.loggers import build_loggers
 from dmlkit.engine.names import check_names
+from dmlkit.engine.records import EpochFunction, postfix, split_records, step_records, train_records
 from dmlkit.engine.rundir import run_dir_for
 from dmlkit.engine.summary import make_summary  # also imported from here (dml eval)
 from dmlkit.errors import UserError, first_line
@@ -57,6 +60,9 @@ RESUMABLE_CHANGES = (
     "train.eval_every",
     "train.checkpoint_every",
     "train.keep_checkpoints",
+    "train.loggers",  # what is logged, not what is computed
+    "train.log_every",
+    "train.callbacks",
     "train.device",
     "train.channels_last",  # a layout, not a state: weights load into either
     "distributed.timeout_s",
@@ -110,6 +116,10 @@ class Trainer:
         for message in unused_data_keys(cfg.data) if dist.is_main else []:
             warnings.warn(message, stacklevel=2)
         dist.on_main(self._check_run_dir)
+        # Before any slow work: a logger not installed or a callback not importable fails now.
+        # The loggers write from the main process only; a user's callbacks run in every one.
+        self.loggers = build_loggers(cfg.train.loggers, self.run.path) if dist.is_main else []
+        self.callbacks: list[Any] = [build_callback(c) for c in cfg.train.callbacks]
         seed_everything(cfg.seed, cfg.train.deterministic)
         if data is None:
             data = build_data(cfg.data, seed=cfg.seed, device=self.device)
@@ -162,6 +172,15 @@ class Trainer:
         self.iteration = 0  # completed steps
         self.skipped_steps = 0  # steps skipped for a non-finite loss (train.nonfinite=skip)
         self._hinted = False  # the early-instability hint is given once per run
+        self.events = CallbackList([*self.loggers, *self.callbacks])
+        self.context = RunContext(
+            run_dir=self.run.path,
+            peers=self.cohort.names,
+            config=cfg.to_dict(),
+            steps_per_epoch=self.steps_per_epoch,
+            total_steps=self.total_steps,
+            num_epochs=self.num_epochs,
+        )
 
     # -- set-up ---------------------------------------------------------------------------------
     def _check_run_dir(self) -> None:
@@ -222,6 +241,7 @@ class Trainer:
         if self.dist.is_main:
             log.info("resuming from %s", found)
         self.epoch, self.iteration = state["epoch"], state["iteration"]
+        self.events.load_state_dict(state.get("callbacks", []))  # early stopping's best value
         rng = self.dist.rng_state(state)  # this process's own
         torch.set_rng_state(rng["torch"])
         if self.device.type == "cuda" and rng.get("cuda") is not None:
@@ -243,15 +263,29 @@ class Trainer:
                 else None,
             },
             "config": self.cfg.to_dict(),
+            "callbacks": self.events.state_dict(),
             "distributed": self.dist.checkpoint_info(),  # world size, every rank's RNG state
         }
 
     # -- the loop -------------------------------------------------------------------------------
-    def fit(self, on_epoch: Callable[[int, dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    def fit(
+        self,
+        on_epoch: Callable[[int, list[Record]], Any] | None = None,
+        callbacks: Sequence[Any] = (),
+    ) -> dict[str, Any]:
         """Train to the end, evaluate the test split, write summary.json and return it.
 
         The run folder is locked (rank 0) from here to the end, whatever the exit.
+
+        Args:
+            on_epoch: ``on_epoch(epoch, records)`` after every epoch, with the epoch's records
+                (train, and val on an evaluated epoch); a callback's ``on_epoch_end`` is the
+                same thing.
+            callbacks: objects with some of the events of :mod:`dmlkit.engine.callbacks`,
+                called after the configured loggers and ``train.callbacks``.
         """
+        extra = [*callbacks, *([EpochFunction(on_epoch)] if on_epoch is not None else [])]
+        self.events = CallbackList([*self.loggers, *self.callbacks, *extra])
         lock = FolderLock(self.run.path, f"--out {self.run.path}")
         try:
             self.dist.on_main(lock.acquire)
@@ -263,7 +297,7 @@ class Trainer:
         try:
             self.dist.on_main(self._check_run_dir)  # again, now that no one else can write
             self._start()
-            return self._fit(on_epoch)
+            return self._fit()
         finally:
             lock.release()
 
@@ -272,7 +306,6 @@ class Trainer:
         if self.resume:
             self._load_checkpoint()
             self._write("checkpoints", self.dist.on_main, repair_last, self.run.checkpoints)
-            self._write("metrics.jsonl", self.run.truncate_metrics, self.epoch)
             self._write("config.yaml", self.dist.on_main, self.run.update_config, self.cfg)
             return
         try:
@@ -283,7 +316,11 @@ class Trainer:
                 f"choose a writable folder"
             ) from None
 
-    def _fit(self, on_epoch: Callable[[int, dict[str, Any]], None] | None) -> dict[str, Any]:
+    def _fit(self) -> dict[str, Any]:
+        run = self.context
+        run.step, run.epoch, run.resumed = self.iteration, self.epoch, self.resume
+        # loggers drop what followed the checkpoint
+        self._write("metrics.jsonl", self.events.fire, "on_fit_start", run)
         cfg = self.cfg
         bar = tqdm(
             total=self.total_steps,
@@ -294,42 +331,32 @@ class Trainer:
             leave=False,
             dynamic_ncols=True,
         )
-        names = self.cohort.names
         try:
-            while self.epoch < self.num_epochs:
+            while self.epoch < self.num_epochs and not run.should_stop:
                 start = time.perf_counter()
                 # data mode: logs and BatchNorm statistics averaged over the processes
                 train_logs = self.dist.end_epoch(self.cohort, self._train_epoch(bar))
-                epoch = self.epoch = self.epoch + 1
-                self._hint(epoch, train_logs)
-                records = [
-                    {
-                        "epoch": epoch,
-                        "split": "train",
-                        "peer": n,
-                        **train_logs[i],
-                        "lr": self.cohort.lrs()[i],
-                        "seconds": time.perf_counter() - start,
-                    }
-                    for i, n in enumerate(names)
-                ]
-                last = epoch == self.num_epochs
-                if self.data.val is not None and (epoch % cfg.train.eval_every == 0 or last):
-                    val = evaluate(self.cohort, self.data.val, self.method.eval_heads)
-                    records += self._records(epoch, "val", val)
-                self._write("metrics.jsonl", self.run.log, records)
-                if epoch % cfg.train.checkpoint_every == 0 or last:
-                    self._save()
-                    maybe_kill("kill-after-checkpoint", epoch)
-                bar.set_postfix_str(_postfix(records))
-                if on_epoch is not None:
-                    on_epoch(epoch, {r["peer"]: r for r in records})
+                run.epoch = self.epoch = self.epoch + 1
+                self._hint(self.epoch, train_logs)
+                run.step = self.iteration
+                seconds = time.perf_counter() - start
+                records = train_records(run, train_logs, self.cohort.lrs(), seconds)
+                last = self.epoch == self.num_epochs
+                if self.data.val is not None and (self.epoch % cfg.train.eval_every == 0 or last):
+                    metrics = evaluate(self.cohort, self.data.val, self.method.eval_heads)
+                    val = split_records(run, "val", metrics)
+                    self._write("metrics.jsonl", self.events.fire, "on_eval_end", run, val)
+                    records += val
+                self._end_epoch(run, records, self.epoch % cfg.train.checkpoint_every == 0 or last)
+                bar.set_postfix_str(postfix(records))
         except DistributedError as exc:  # another process died or hung: say how to go on
             raise DistributedError(
                 f"{exc}; {self._kept()}; resume with: {self.dist.resume_command(self.run.path)}"
             ) from None
         finally:
             bar.close()
+        if run.should_stop and self.dist.is_main:
+            log.info("%s (epoch %d)", run.stop_reason, self.epoch)
         return self.finish()
 
     def _hint(self, epoch: int, train_logs: list[dict[str, float]]) -> None:
@@ -339,6 +366,26 @@ class Trainer:
             if hint:
                 self._hinted = True
                 warnings.warn(hint, stacklevel=2)
+
+    def _end_epoch(self, run: RunContext, records: list[Record], checkpoint: bool) -> None:
+        """The loggers write, the checkpoint (if due), then the other callbacks' on_epoch_end.
+
+        The loggers write before the checkpoint: records of a crash in between are dropped on
+        resume and written again, never missing. The other callbacks see the epoch after its
+        checkpoint; one that asks to stop then still gets the cohort checkpointed.
+        """
+        self._write("metrics.jsonl", CallbackList(self.loggers).fire, "on_epoch_end", run, records)
+        others = CallbackList([c for c in self.events if all(c is not x for x in self.loggers)])
+        due = checkpoint or run.should_stop
+        if due:
+            self._checkpoint(run)
+        others.fire("on_epoch_end", run, records)
+        if run.should_stop and not due:  # asked for in on_epoch_end
+            self._checkpoint(run)
+
+    def _checkpoint(self, run: RunContext) -> None:
+        self.events.fire("on_checkpoint", run, self._save())
+        maybe_kill("kill-after-checkpoint", self.epoch)
 
     def _train_epoch(self, bar: tqdm) -> list[dict[str, float]]:
         cohort, method = self.cohort, self.method
@@ -375,6 +422,9 @@ class Trainer:
                 self.iteration += 1
                 bar.update(1)
                 continue
+            # each peer's gradient norm, as left by its step (kept on the device: no sync)
+            norms = cohort.grad_norms()
+            logs = [{**peer_log, "grad_norm": norms[i]} for i, peer_log in enumerate(logs)]
             sums = (
                 logs
                 if sums is None
@@ -386,6 +436,12 @@ class Trainer:
             n += 1
             self.iteration += 1
             bar.update(1)
+            every = self.cfg.train.log_every
+            if every and self.iteration % every == 0:
+                run = self.context
+                run.step = self.iteration
+                records = step_records(run, self.epoch + 1, logs, cohort.lrs())
+                self._write("metrics.jsonl", self.events.fire, "on_step_end", run, records)
         if sums is None:
             raise TrainingError(
                 f"every step of epoch {self.epoch + 1} had a non-finite loss and was skipped; "
@@ -393,7 +449,7 @@ class Trainer:
             )
         return [{k: float(v) / n for k, v in acc.items()} for acc in sums]
 
-    def _save(self) -> None:
+    def _save(self) -> Path:
         """Checkpoint the cohort; a failed write (full disk...) stops the run, losing nothing."""
         state = self._state()
         for spec, peer_state in zip(self.cohort.specs, state["cohort"]["models"]):
@@ -408,7 +464,7 @@ class Trainer:
                     f"{self.epoch}, not checkpointed; {self._kept()}; lower optim.lr"
                 )
         try:
-            self.dist.on_main(
+            return self.dist.on_main(
                 save_checkpoint,
                 self.run.checkpoints,
                 state,
@@ -428,17 +484,15 @@ class Trainer:
             return "no checkpoint was written before this"
         return f"the last good checkpoint {previous} is intact"
 
-    @staticmethod
-    def _records(
-        epoch: int, split: str, metrics: dict[str, dict[str, float]]
-    ) -> list[dict[str, Any]]:
-        return [{"epoch": epoch, "split": split, "peer": p, **m} for p, m in metrics.items()]
-
     def finish(self) -> dict[str, Any]:
         """Evaluate the final cohort on the test split; write and return summary.json."""
         # top-k (with the method's own heads), or re-id mAP/CMC
         test = evaluate_split(self.cohort, self.data.test, self.method.eval_heads)
-        self._write("metrics.jsonl", self.run.log, self._records(self.epoch, "test", test))
+        run = self.context
+        run.step, run.epoch = self.iteration, self.epoch
+        self._write(
+            "metrics.jsonl", self.events.fire, "on_eval_end", run, split_records(run, "test", test)
+        )
         members = getattr(self.cohort, "member_specs", self.cohort.specs)  # branches: members
         summary = make_summary(
             self.cfg,
@@ -453,15 +507,21 @@ class Trainer:
         if deployed is not None:
             summary["deployed"] = {"name": deployed, "metrics": test[deployed]}
         self._write("summary.json", self.run.write_summary, summary)
+        self.events.fire("on_fit_end", run, summary)
         return summary
 
-    def _write(self, name: str, write: Callable[..., None], *args: Any) -> None:
-        """A write into the run folder; a full disk (any OSError) stops the run in one line."""
+    def _write(self, name: str, write: Callable[..., Any], *args: Any) -> Any:
+        """A write into the run folder; a full disk (any OSError) stops the run in one line.
+
+        ``name``: the file or folder written, named in the message unless the error names its
+        own file (a logger's).
+        """
         try:
-            write(*args)
+            return write(*args)
         except OSError as exc:
+            where = exc.filename or self.run.path / name
             raise TrainingError(
-                f"cannot write {self.run.path / name} ({exc.strerror or exc}); {self._kept()}; "
+                f"cannot write {where} ({exc.strerror or exc}); {self._kept()}; "
                 f"free space and resume with dml train --resume {self.run.path}"
             ) from None
 
@@ -476,13 +536,3 @@ def _with_method_kwargs(spec: PeerSpec, kwargs: dict[str, Any]) -> PeerSpec:
     refuses a cohort it cannot train, in one line)."""
     extra = {k: v for k, v in kwargs.items() if accepts(spec.arch, k)}
     return replace(spec, kwargs={**spec.kwargs, **extra}) if extra else spec
-
-
-def _postfix(records: list[dict[str, Any]]) -> str:
-    parts = []
-    for r in records:
-        if r["split"] == "val" and r["peer"] != ENSEMBLE:
-            parts.append(f"{r['peer']}={100 * r['top1']:.1f}%")
-    if not parts:
-        parts = [f"{r['peer']} loss={r['loss']:.3f}" for r in records if r["split"] == "train"]
-    return " ".join(parts)
