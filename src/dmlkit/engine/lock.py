@@ -57,6 +57,9 @@ class FolderLock:
 
     def release(self) -> None:
         if self._fd is not None:
+            # emptied while still held: a free folder's lock file says nothing, and a command
+            # that failed leaves the folder exactly as it found it
+            os.ftruncate(self._fd, 0)
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = None
