@@ -134,6 +134,9 @@ class TrainConfig:
     eval_every: int = 10  # epochs between validation evaluations (the last epoch always)
     checkpoint_every: int = 1  # epochs between checkpoints (the last epoch always)
     keep_checkpoints: int = 1  # older epoch checkpoints kept besides the newest
+    # steps between checkpoints inside an epoch (0: at epoch ends only); for long epochs (a
+    # large image folder): a resumed run goes on from the step, bitwise as uninterrupted
+    checkpoint_every_steps: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     deterministic: bool = True
     progress: bool = True

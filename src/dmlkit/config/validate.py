@@ -197,6 +197,11 @@ def _check_train(cfg: Config) -> None:
         t.checkpoint_every >= 1, f"train.checkpoint_every must be >= 1, got {t.checkpoint_every}"
     )
     _check(
+        t.checkpoint_every_steps >= 0,
+        f"train.checkpoint_every_steps must be >= 0 (0: at epoch ends only), got "
+        f"{t.checkpoint_every_steps}",
+    )
+    _check(
         t.keep_checkpoints >= 0, f"train.keep_checkpoints must be >= 0, got {t.keep_checkpoints}"
     )
     _check(

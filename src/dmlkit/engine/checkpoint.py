@@ -40,7 +40,8 @@ from dmlkit.models import build_model
 
 FORMAT = "dmlkit-cohort"
 VERSION = 1
-_EPOCH_FILE = re.compile(r"^epoch_(\d+)\.pt$")
+# epoch_0003.pt: after 3 epochs; epoch_0003_step_00000420.pt: inside epoch 4, at step 420
+_EPOCH_FILE = re.compile(r"^epoch_(\d+)(?:_step_(\d+))?\.pt$")
 
 
 def _fsync_dir(path: Path) -> None:
@@ -99,7 +100,9 @@ def _checksum_path(path: Path) -> Path:
     return path.with_name(path.name + ".sha256")
 
 
-def save_checkpoint(ckpt_dir: Path, state: dict[str, Any], epoch: int, keep: int) -> Path:
+def save_checkpoint(
+    ckpt_dir: Path, state: dict[str, Any], epoch: int, keep: int, step: int | None = None
+) -> Path:
     """Save ``state`` as ``epoch_{epoch}.pt`` with its checksum, point ``last.pt`` at it, prune.
 
     The order makes every crash safe: the payload is renamed into place only when complete, its
@@ -111,6 +114,8 @@ def save_checkpoint(ckpt_dir: Path, state: dict[str, Any], epoch: int, keep: int
         state: plain containers of tensors and values.
         epoch: number of completed epochs.
         keep: epoch checkpoints kept besides the newest one.
+        step: for a checkpoint inside an epoch, the run's step (``epoch_{epoch}_step_{step}.pt``).
+            Only the newest mid-epoch checkpoint is kept, and none once a later one exists.
     """
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     for stale in ckpt_dir.glob(".*.tmp"):  # left by a write that a crash interrupted
@@ -119,22 +124,30 @@ def save_checkpoint(ckpt_dir: Path, state: dict[str, Any], epoch: int, keep: int
     torch.save({"format": FORMAT, "version": VERSION, **state}, buf)
     payload = buf.getvalue()
     digest = f"{hashlib.sha256(payload).hexdigest()}  {len(payload)}\n"
-    path = ckpt_dir / f"epoch_{epoch:04d}.pt"
-    atomic_write_bytes_with(path, lambda f: _write_payload(f, payload, epoch))
+    name = f"epoch_{epoch:04d}" + ("" if step is None else f"_step_{step:08d}")
+    path = ckpt_dir / f"{name}.pt"
+    at = epoch if step is None else -1  # the fault points count epoch-end checkpoints
+    atomic_write_bytes_with(path, lambda f: _write_payload(f, payload, at))
     atomic_write_text(_checksum_path(path), digest)
-    maybe_kill("kill-before-last", epoch)  # a crash window the tests exercise
-    _point_last(ckpt_dir, path, epoch)
-    for old in epoch_checkpoints(ckpt_dir)[keep + 1 :]:
+    maybe_kill("kill-before-last", at)  # a crash window the tests exercise
+    _point_last(ckpt_dir, path, at)
+    ends = epoch_checkpoints(ckpt_dir, within=False)
+    within = [p for p in epoch_checkpoints(ckpt_dir) if p not in ends]
+    for old in ends[keep + 1 :] + [p for p in within if p != path]:
         old.unlink(missing_ok=True)
         _checksum_path(old).unlink(missing_ok=True)
     return path
 
 
-def epoch_checkpoints(ckpt_dir: Path) -> list[Path]:
-    """The ``epoch_NNNN.pt`` files of a run, newest first."""
+def epoch_checkpoints(ckpt_dir: Path, within: bool = True) -> list[Path]:
+    """The checkpoint files of a run, newest first (``within=False``: epoch ends only)."""
     if not ckpt_dir.is_dir():
         return []
-    found = [(int(m.group(1)), p) for p in ckpt_dir.iterdir() if (m := _EPOCH_FILE.match(p.name))]
+    found = []
+    for p in ckpt_dir.iterdir():
+        m = _EPOCH_FILE.match(p.name)
+        if m and (within or m.group(2) is None):
+            found.append(((int(m.group(1)), int(m.group(2) or -1)), p))
     return [p for _, p in sorted(found, reverse=True)]
 
 

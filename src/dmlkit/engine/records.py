@@ -70,3 +70,40 @@ class EpochFunction(Callback):
 
     def on_epoch_end(self, run: RunContext, records: list[Record]) -> None:
         self.fn(run.epoch, records)
+
+
+class EpochProgress:
+    """The epoch under way: batches drawn, and the sums of the peers' step logs.
+
+    Kept on the device (no sync per step); a mid-epoch checkpoint saves it, so that a resumed
+    run's train record of that epoch is the mean over all of its steps, as uninterrupted.
+    """
+
+    def __init__(
+        self, batches: int = 0, steps: int = 0, sums: list[dict[str, Tensor]] | None = None
+    ) -> None:
+        self.batches = batches  # drawn from the loader, skipped non-finite steps included
+        self.steps = steps  # steps whose logs are in the sums
+        self.sums = sums
+
+    def add(self, logs: list[dict[str, Tensor]]) -> None:
+        """Add one step's logs (one dict per peer)."""
+        if self.sums is None:
+            self.sums = logs
+        else:
+            self.sums = [
+                {k: acc[k] + v for k, v in log.items()} for acc, log in zip(self.sums, logs)
+            ]
+        self.steps += 1
+
+    def means(self) -> list[dict[str, float]]:
+        """Each peer's mean log over the epoch's steps."""
+        assert self.sums is not None
+        return [{k: float(v) / self.steps for k, v in acc.items()} for acc in self.sums]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"batches": self.batches, "steps": self.steps, "sums": self.sums}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> EpochProgress:
+        return cls(int(state["batches"]), int(state["steps"]), state["sums"])

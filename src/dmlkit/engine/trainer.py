@@ -42,7 +42,14 @@ from dmlkit.engine.hints import early_instability
 from dmlkit.engine.lock import LOCK_NAME, FolderLock
 from dmlkit.engine.loggers import build_loggers
 from dmlkit.engine.names import check_names
-from dmlkit.engine.records import EpochFunction, postfix, split_records, step_records, train_records
+from dmlkit.engine.records import (
+    EpochFunction,
+    EpochProgress,
+    postfix,
+    split_records,
+    step_records,
+    train_records,
+)
 from dmlkit.engine.rundir import run_dir_for
 from dmlkit.engine.summary import make_summary  # also imported from here (dml eval)
 from dmlkit.errors import UserError, first_line
@@ -59,6 +66,7 @@ RESUMABLE_CHANGES = (
     "train.threads",
     "train.eval_every",
     "train.checkpoint_every",
+    "train.checkpoint_every_steps",
     "train.keep_checkpoints",
     "train.loggers",  # what is logged, not what is computed
     "train.log_every",
@@ -171,6 +179,7 @@ class Trainer:
         self.epoch = 0  # completed epochs
         self.iteration = 0  # completed steps
         self.skipped_steps = 0  # steps skipped for a non-finite loss (train.nonfinite=skip)
+        self._resumed_epoch: EpochProgress | None = None  # from a mid-epoch checkpoint
         self._hinted = False  # the early-instability hint is given once per run
         self.events = CallbackList([*self.loggers, *self.callbacks])
         self.context = RunContext(
@@ -241,6 +250,8 @@ class Trainer:
         if self.dist.is_main:
             log.info("resuming from %s", found)
         self.epoch, self.iteration = state["epoch"], state["iteration"]
+        if state.get("within_epoch") is not None:
+            self._resumed_epoch = EpochProgress.from_state(state["within_epoch"])
         self.events.load_state_dict(state.get("callbacks", []))  # early stopping's best value
         rng = self.dist.rng_state(state)  # this process's own
         torch.set_rng_state(rng["torch"])
@@ -391,10 +402,13 @@ class Trainer:
         cohort, method = self.cohort, self.method
         cohort.train()
         loader = self.data.train
-        loader.set_epoch(self.epoch)
-        sums: list[dict[str, torch.Tensor]] | None = None
-        n = 0
+        # a run resumed from a mid-epoch checkpoint goes on with the epoch's next batch and the
+        # sums of the steps it had done (so the epoch's train record is the uninterrupted one)
+        acc, self._resumed_epoch = self._resumed_epoch or EpochProgress(), None
+        loader.set_epoch(self.epoch, acc.batches)
+        every_steps = self.cfg.train.checkpoint_every_steps
         for x, y in loader:
+            acc.batches += 1
             if self.iteration >= self.total_steps:
                 break
             maybe_kill("kill-at-step", self.iteration + 1)
@@ -425,33 +439,33 @@ class Trainer:
             # each peer's gradient norm, as left by its step (kept on the device: no sync)
             norms = cohort.grad_norms()
             logs = [{**peer_log, "grad_norm": norms[i]} for i, peer_log in enumerate(logs)]
-            sums = (
-                logs
-                if sums is None
-                else [
-                    {k: acc[k] + v for k, v in peer_log.items()}
-                    for acc, peer_log in zip(sums, logs)
-                ]
-            )
-            n += 1
+            acc.add(logs)
             self.iteration += 1
             bar.update(1)
             every = self.cfg.train.log_every
+            run = self.context
+            run.step = self.iteration
             if every and self.iteration % every == 0:
-                run = self.context
-                run.step = self.iteration
                 records = step_records(run, self.epoch + 1, logs, cohort.lrs())
                 self._write("metrics.jsonl", self.events.fire, "on_step_end", run, records)
-        if sums is None:
+            if every_steps and self.iteration % every_steps == 0 and acc.batches < len(loader):
+                self.events.fire("on_checkpoint", run, self._save(acc))
+        if acc.sums is None:
             raise TrainingError(
                 f"every step of epoch {self.epoch + 1} had a non-finite loss and was skipped; "
                 f"{self._kept()}; lower optim.lr"
             )
-        return [{k: float(v) / n for k, v in acc.items()} for acc in sums]
+        return acc.means()
 
-    def _save(self) -> Path:
-        """Checkpoint the cohort; a failed write (full disk...) stops the run, losing nothing."""
+    def _save(self, within: EpochProgress | None = None) -> Path:
+        """Checkpoint the cohort; a failed write (full disk...) stops the run, losing nothing.
+
+        ``within``: the progress of the epoch under way, for a checkpoint taken inside it
+        (``train.checkpoint_every_steps``); ``None`` at the end of an epoch.
+        """
         state = self._state()
+        if within is not None:
+            state["within_epoch"] = within.state_dict()
         for spec, peer_state in zip(self.cohort.specs, state["cohort"]["models"]):
             bad = [
                 n
@@ -470,10 +484,12 @@ class Trainer:
                 state,
                 self.epoch,
                 self.cfg.train.keep_checkpoints,
+                None if within is None else self.iteration,
             )
         except OSError as exc:
+            what = f"epoch {self.epoch}" if within is None else f"step {self.iteration}"
             raise TrainingError(
-                f"cannot write the checkpoint of epoch {self.epoch} in {self.run.checkpoints} "
+                f"cannot write the checkpoint of {what} in {self.run.checkpoints} "
                 f"({exc.strerror or exc}); {self._kept()}; free space and resume with "
                 f"dml train --resume {self.run.path}"
             ) from None
