@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_stream import write_folder
 
 from dmlkit.cli import main
 from dmlkit.engine.checkpoint import epoch_checkpoints, newest_valid_checkpoint, save_checkpoint
 
 from helpers import records, sets, weights
-from test_stream import write_folder
 
 COMMON = ["train.progress=false", "train.epochs=2", "train.eval_every=1", "train.log_every=1"]
 

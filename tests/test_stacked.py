@@ -211,7 +211,7 @@ def test_channels_last_trains_like_nchw(arch):
 
 
 def test_channels_last_is_a_resumable_layout_choice(tmp_path):
-    from dmlkit.engine.trainer import RESUMABLE_CHANGES
+    from dmlkit.engine.persistence import RESUMABLE_CHANGES
 
     assert "train.channels_last" in RESUMABLE_CHANGES
     assert load_config(None).train.channels_last is True  # the measured-faster default

@@ -177,7 +177,8 @@ def fit(
         ensemble.
     """
     from dmlkit.cohort import Cohort, PeerSpec
-    from dmlkit.engine.trainer import Trainer, resolve_device
+    from dmlkit.engine.devices import resolve_device
+    from dmlkit.engine.trainer import Trainer
 
     models = list(models)
     if not models or not all(isinstance(m, nn.Module) for m in models):

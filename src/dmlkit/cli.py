@@ -209,9 +209,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from dmlkit.data import build_data
     from dmlkit.engine.checkpoint import load_cohort
+    from dmlkit.engine.devices import resolve_device
     from dmlkit.engine.evaluation import evaluate_split
     from dmlkit.engine.rundir import RunDir
-    from dmlkit.engine.trainer import make_summary, resolve_device
+    from dmlkit.engine.summary import make_summary
 
     path = Path(args.run_dir)
     run = RunDir(path if path.is_dir() else path.parent.parent)
@@ -449,7 +450,7 @@ def _stopped(exc: Exception) -> str | None:
     torch, and an exception of theirs can only exist once its module has been imported.
     """
     for module, name, words in (
-        ("dmlkit.engine.trainer", "TrainingError", "training stopped"),
+        ("dmlkit.engine.persistence", "TrainingError", "training stopped"),
         # another process of a torchrun job died or hung
         ("dmlkit.distributed", "DistributedError", "distributed training stopped"),
     ):

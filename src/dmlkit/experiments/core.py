@@ -17,12 +17,13 @@ from pathlib import Path
 from typing import Any
 
 from dmlkit.analysis.stats import csv_text, mean_std
-from dmlkit.config import Config, build_config, merge_dicts
+from dmlkit.config import Config, build_config, config_differences, merge_dicts
 from dmlkit.engine.checkpoint import atomic_write_text
 from dmlkit.engine.evaluation import ENSEMBLE
 from dmlkit.engine.lock import FolderLock
+from dmlkit.engine.persistence import RESUMABLE_CHANGES
 from dmlkit.engine.rundir import RunDir
-from dmlkit.engine.trainer import RESUMABLE_CHANGES, Trainer, config_differences
+from dmlkit.engine.trainer import Trainer
 from dmlkit.errors import UserError
 from dmlkit.registry import Registry
 
