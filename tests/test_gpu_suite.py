@@ -43,7 +43,8 @@ def test_dry_run_runs_every_step_and_writes_its_results(tmp_path: Path):
     steps = record["steps"]
     assert list(steps) == STEPS
     assert {name: r["status"] for name, r in steps.items()} == dict.fromkeys(STEPS, "ok")
-    assert all(r["seconds"] > 0 for r in steps.values())
+    # each step timed (a quick one rounds to 0.0 s at the record's 2 decimals)
+    assert all(r["seconds"] >= 0 for r in steps.values()) and steps["tests"]["seconds"] > 0
     assert steps["machine"]["torch"] == torch.__version__
     assert "pytorch-dml" not in steps["deps"]["missing"]  # present, or installed from its wheel
 
