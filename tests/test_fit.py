@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import textwrap
@@ -192,3 +193,92 @@ def test_models_of_different_class_counts(tmp_path: Path) -> None:
             out=tmp_path / "run",
         )
     assert not (tmp_path / "run").exists()
+
+
+# The same user program run as one process and under torchrun with distributed.mode=data.
+DATA_MODE = textwrap.dedent(
+    """
+    import json
+    import os
+    import sys
+
+    import torch
+    from torch import nn
+
+    import dmlkit
+
+
+    class Blobs(torch.utils.data.Dataset):
+        def __init__(self, n, seed):
+            g = torch.Generator().manual_seed(seed)
+            self.y = torch.arange(n) % 3
+            self.x = torch.randn(n, 12, generator=g) + self.y[:, None]
+            self.reads = []
+
+        def __len__(self):
+            return len(self.y)
+
+        def __getitem__(self, i):
+            self.reads.append(int(i))
+            return self.x[i], int(self.y[i])
+
+
+    torch.manual_seed(0)
+    models = [nn.Sequential(nn.Linear(12, 16), nn.ReLU(), nn.Linear(16, 3)), nn.Linear(12, 3)]
+    train = Blobs(96, 1)
+    dmlkit.fit(
+        models, train, test=Blobs(30, 3), out=sys.argv[1], epochs=2, batch_size=16,
+        config={"train": {"progress": False, "device": "cpu"},
+                "distributed": {"mode": sys.argv[2]}},
+    )
+    with open(sys.argv[1] + ".reads" + os.environ.get("RANK", "0"), "w") as f:
+        json.dump(train.reads, f)
+    """
+)
+
+
+def _torchrun_program(script: Path, *args: str) -> subprocess.CompletedProcess:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(sys.path),
+        "GLOO_SOCKET_IFNAME": "lo",
+        "OMP_NUM_THREADS": "1",
+    }
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2"]
+    cmd += ["--master_addr=127.0.0.1", f"--master_port={port}", str(script), *args]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.slow
+def test_fit_under_torchrun_data_mode_equals_one_process(tmp_path: Path) -> None:
+    script = tmp_path / "prog.py"
+    script.write_text(DATA_MODE)
+    one = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "one"), "none"],
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+        capture_output=True,
+        text=True,
+    )
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = _torchrun_program(script, str(tmp_path / "two"), "data")
+    assert two.returncode == 0, two.stderr[-2000:]
+    # each process trained on its half of every batch of 16, gradients averaged: the weights
+    # of the one-process run with the whole batch (float tolerance: another summation order)
+    states = [torch.load(tmp_path / r / "checkpoints" / "last.pt") for r in ("one", "two")]
+    assert states[1]["distributed"]["mode"] == "data"
+    # and each process read only its half of the 2 x 96 training samples (the same few
+    # samples besides, that dmlkit.fit reads to check the data's shapes and labels)
+    reads = [json.loads((tmp_path / f"two.reads{r}").read_text()) for r in (0, 1)]
+    whole = json.loads((tmp_path / "one.reads0").read_text())
+    assert [len(whole) - len(r) for r in reads] == [96, 96]
+    for a, b in zip(*(s["cohort"]["models"] for s in states)):
+        assert a.keys() == b.keys()
+        for k in a:
+            torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=0)
+    # cohort mode would need each process to build only its peers: refused in one line
+    cohort = _torchrun_program(script, str(tmp_path / "three"), "cohort")
+    assert cohort.returncode != 0
+    assert "distributed.mode=cohort is not supported for your own modules" in cohort.stderr

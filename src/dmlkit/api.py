@@ -167,6 +167,8 @@ def fit(
         names: the peers' names (default ``peer{i}_{class}``).
         config: any other setting, as a Config or a dict shaped like a YAML config (e.g.
             ``{"train": {"eval_every": 1, "device": "cpu"}, "method": {"temperature": 2}}``).
+            ``{"distributed": {"mode": "data"}}`` under ``torchrun``: every process trains
+            the whole cohort on its share of each batch (``train`` must be a Dataset).
         num_workers: DataLoader workers for Dataset inputs.
         resume: continue the run in ``out`` from its last checkpoint (same modules and data).
         callbacks: objects with some of the Trainer's events (``Trainer.fit(callbacks=...)``,
@@ -177,6 +179,7 @@ def fit(
         ensemble.
     """
     from dmlkit.cohort import Cohort, PeerSpec
+    from dmlkit.distributed import init_distributed
     from dmlkit.engine.devices import resolve_device
     from dmlkit.engine.trainer import Trainer
 
@@ -201,7 +204,10 @@ def fit(
         names=names,
         config=config,
     )
-    device = resolve_device(cfg.train.device)
+    # under torchrun (distributed.mode=data) each process joins the job and takes its device
+    # (cuda -> cuda:LOCAL_RANK) before the modules move there
+    dist = init_distributed(cfg.distributed, resolve_device(cfg.train.device))
+    device = dist.device
     for m in models:
         m.to(device)
     num_classes = _num_classes(models, train)
@@ -240,7 +246,7 @@ def fit(
             schedules=schedules,
         )
 
-    trainer = Trainer(cfg, out, resume=resume, data=data, cohort_factory=cohort)
+    trainer = Trainer(cfg, out, resume=resume, dist=dist, data=data, cohort_factory=cohort)
     if callbacks:  # the Trainer's callback events (dmlkit.engine.callbacks)
         return trainer.fit(callbacks=list(callbacks))
     return trainer.fit()

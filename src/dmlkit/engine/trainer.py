@@ -124,8 +124,12 @@ class Trainer(RunPersistence):
         total_epochs = self.total_steps / self.steps_per_epoch
         mine = dist.peer_slice(len(specs))  # all peers, or this process's share (cohort mode)
         if cohort_factory is not None:  # the user's own modules (dmlkit.fit)
-            if dist.world > 1:
-                raise UserError("dmlkit.fit runs in one process; use distributed.mode=none")
+            if dist.world > 1 and dist.mode != "data":
+                # every process holds all of the user's modules: the batch is what is split
+                raise UserError(
+                    f"dmlkit.fit under torchrun: distributed.mode={dist.mode} is not supported "
+                    f"for your own modules; use distributed.mode=data"
+                )
             cohort = cohort_factory(specs, total_epochs, self.steps_per_epoch)
         else:
             cohort = build_cohort(
