@@ -166,6 +166,13 @@ class Cohort(nn.Module):
                 out += peer.branch_logits(x)
         return out
 
+    def forward_views(self, xs: Tensor) -> list[Tensor]:
+        """xs: ``[K, B, ...]``, one view per one-branch peer -> K logits ``[B, C]``, peer k
+        on view k (``method.member_views``)."""
+        if any(k is not None for k in self.branches) or len(xs) != len(self.peers):
+            raise ValueError(f"forward_views: one view per one-branch peer, got {len(xs)} views")
+        return [f(self._layout(x)) for f, x in zip(self._forwards, xs)]
+
     @torch.no_grad()
     def repredict(self, k: int, x: Tensor) -> Tensor:
         """Peer k's current prediction on ``x`` (train mode, no grad, running stats untouched)."""
@@ -316,6 +323,12 @@ class StackedCohort(nn.Module):
         """x: ``[B, ...]`` -> K logits ``[B, C]`` (views of one ``[K, B, C]`` tensor)."""
         params = dict(zip(self._param_names, self.stacked_params))
         return list(self._forward_fn(params, self._buffers_dict(), x).unbind(0))
+
+    def forward_views(self, xs: Tensor) -> list[Tensor]:
+        """xs: ``[K, B, ...]`` -> K logits ``[B, C]``, peer k on view k (one vmap call)."""
+        params = dict(zip(self._param_names, self.stacked_params))
+        views = vmap(self._call, in_dims=(0, 0, 0), randomness="different")
+        return list(views(params, self._buffers_dict(), xs).unbind(0))
 
     def repredict(self, k: int, x: Tensor) -> Tensor:
         raise NotImplementedError("the stacked cohort steps every peer at once (no sequential)")

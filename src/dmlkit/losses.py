@@ -199,6 +199,25 @@ def dml_losses(
     return [ce + mimicry_weight * m for ce, m in zip(terms.ce, terms.mimicry)]
 
 
+RAMPUP_SHAPES = ("linear", "sigmoid")
+
+
+def rampup(epoch: float, length: float, shape: str = "linear") -> float:
+    """The factor in ``[0, 1]`` that ramps the mimicry weight up over ``length`` epochs.
+
+    ``t = clamp(epoch / length, 0, 1)``; ``linear``: ``t`` (DML's ``method.mimicry_rampup``);
+    ``sigmoid``: ``exp(-5 (1 - t)**2)``, the consistency ramp-up of the mean-teacher code
+    (Tarvainen & Valpola 2017) that OKDDip's and PCL's code use for the distillation weight
+    (it starts at ``exp(-5) ~ 0.0067``, not 0). ``length <= 0``: 1 from the first step.
+    """
+    if shape not in RAMPUP_SHAPES:
+        raise ValueError(f"shape must be one of {RAMPUP_SHAPES}, got {shape!r}")
+    if length <= 0:
+        return 1.0
+    t = min(max(epoch / length, 0.0), 1.0)
+    return t if shape == "linear" else math.exp(-5.0 * (1.0 - t) ** 2)
+
+
 def kd_loss(
     student_logits: Tensor,
     teacher_logits: Tensor,

@@ -21,7 +21,8 @@ from torch import Tensor, nn
 
 from dmlkit.cohort import Cohort
 from dmlkit.config import Config, MethodConfig
-from dmlkit.losses import cross_entropy, dml_terms, kd_loss, mimicry_kl, mimicry_term
+from dmlkit.errors import ConfigError
+from dmlkit.losses import cross_entropy, dml_terms, kd_loss, mimicry_kl, mimicry_term, rampup
 from dmlkit.registry import Registry
 
 METHODS: Registry = Registry("method", "method.name")
@@ -134,6 +135,9 @@ class Method:
     model_kwargs: ClassVar[dict[str, Any]] = {}
     # x -> {name: logits}: what the method evaluates besides the peers (None: nothing).
     eval_heads: Any = None
+    # True: with ``method.member_views`` every member trains on its own augmentation of the
+    # batch: train_step then gets ``x: [K, B, ...]``, view k for member k (see member_views()).
+    supports_views: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -161,15 +165,32 @@ class Method:
         """The name of the evaluated output this method deploys, if it defines one."""
         return None
 
+    def member_views(self) -> int:
+        """How many augmented views of each batch a step takes: one per member with
+        ``method.member_views`` (K), else 0 (one ``[B, ...]`` batch for every member)."""
+        return len(self.cohort.names) if self.cfg.member_views else 0
+
+    def prepare_loader(self, loader: Any) -> None:
+        """Ask the training loader for what train_step takes (one view per member, if set)."""
+        views = self.member_views()
+        if not views:
+            return
+        if not hasattr(loader, "set_views"):
+            raise ConfigError(
+                "method.member_views=true needs a dmlkit dataset's loader (it augments one view "
+                "per member); set method.member_views=false for your own loader"
+            )
+        loader.set_views(views)
+
     def set_progress(self, epoch: float) -> None:
         """Tell the method where training stands (fractional epoch) before a step."""
         self.epoch = epoch
 
     @property
     def mimicry_weight(self) -> float:
-        """The mimicry weight of the next step: ``cfg.mimicry_weight``, ramped up if configured."""
-        ramp = self.cfg.mimicry_rampup
-        scale = 1.0 if ramp <= 0 else min(1.0, self.epoch / ramp)
+        """The mimicry weight of the next step: ``cfg.mimicry_weight``, ramped up over
+        ``cfg.mimicry_rampup`` epochs in the ``cfg.rampup_shape`` (:func:`losses.rampup`)."""
+        scale = rampup(self.epoch, self.cfg.mimicry_rampup, self.cfg.rampup_shape)
         return self.cfg.mimicry_weight * scale
 
     def train_step(self, x: Tensor, y: Tensor) -> list[PeerLog]:
@@ -348,6 +369,11 @@ def build_method(
         sync: what each step shares with other processes (:mod:`dmlkit.distributed`).
     """
     cls = METHODS.get(cfg.method.name)
+    if cfg.method.member_views and not cls.supports_views:
+        raise ConfigError(
+            f"method.member_views=true: method.name={cls.name} trains every member on the same "
+            f"batch (only kdcl and pcl take one view per member); set method.member_views=false"
+        )
     precision = Precision(cfg.train.precision, torch.device(device).type)
     if not cls.needs_teacher:
         return cls(cohort, cfg.method, precision, sync)

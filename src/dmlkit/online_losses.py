@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from dmlkit.losses import UNLABELLED, _kl_from_log_probs, cross_entropy, mimicry_kl
+from dmlkit.losses import UNLABELLED, _kl_from_log_probs, cross_entropy, mimicry_kl, rampup
 
 
 def soft_kl(logits: Tensor, teacher_logits: Tensor, temperature: float) -> Tensor:
@@ -251,10 +251,6 @@ def ema_decay(step: int, decay: float) -> float:
 
 
 def sigmoid_rampup(epoch: float, length: float) -> float:
-    """``exp(-5 (1 - t)**2)``, ``t = min(epoch / length, 1)``: the consistency ramp-up of the
-    mean-teacher work used by OKDDip's and PCL's code for the distillation weight; 1 when
-    ``length <= 0``."""
-    if length <= 0:
-        return 1.0
-    t = min(max(epoch / length, 0.0), 1.0)
-    return float(torch.exp(torch.tensor(-5.0 * (1.0 - t) ** 2)))
+    """``exp(-5 (1 - t)**2)``, ``t = min(epoch / length, 1)``: :func:`dmlkit.losses.rampup`'s
+    ``sigmoid`` shape (``method.rampup_shape=sigmoid``); 1 when ``length <= 0``."""
+    return rampup(epoch, length, "sigmoid")

@@ -11,12 +11,13 @@ so every config the trainer sees can name them).
   method's total loss.
 
 The config keys they read: ``method.temperature`` (the papers use 3 for ONE, OKDDip and PCL, 2
-for KDCL; the recipes set them), ``method.mimicry_weight`` and ``method.mimicry_rampup`` (the
-weight of the distillation terms, ramped linearly; OKDDip's and PCL's code ramp a sigmoid
-instead), ``method.ensemble`` (kdcl) and ``method.ema_decay`` (pcl).
+for KDCL; the recipes set them), ``method.mimicry_weight``, ``method.mimicry_rampup`` and
+``method.rampup_shape`` (the weight of the distillation terms and its ramp-up, linear or the
+sigmoid of OKDDip's and PCL's code), ``method.ensemble`` (kdcl), ``method.ema_decay`` (pcl) and
+``method.member_views`` (kdcl, pcl: every member trains on its own random augmentation of the
+batch, as in both papers; the loader then yields ``x: [K, B, ...]``, view k for member k).
 
-Not implemented: KDCL's and PCL's per-peer input augmentations (every member sees the loader's
-batch, as in DML), CL-ILR and feature-level mimicry.
+Not implemented: CL-ILR and feature-level mimicry.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from torch import Tensor
 from dmlkit.errors import ConfigError
 from dmlkit.losses import cross_entropy, mimicry_kl
 from dmlkit.methods import METHODS, Method, PeerLog, _log
+from dmlkit.models.layers import global_avg_pool
 from dmlkit.online_losses import (
     ema_decay,
     ema_update,
@@ -48,11 +50,24 @@ class KDCL(Method):
     ``method.temperature``, weighted by ``method.mimicry_weight``; plus its own CE."""
 
     name = "kdcl"
+    supports_views = True
+
+    def __init__(self, cohort: Any, cfg: Any, precision: Any = None, sync: Any = None) -> None:
+        super().__init__(cohort, cfg, precision, sync)
+        if cfg.member_views and not hasattr(cohort, "forward_views"):
+            raise ConfigError(
+                "method.member_views=true: this cohort cannot run one view per peer; set "
+                "distributed.mode=none or method.member_views=false"
+            )
 
     def train_step(self, x: Tensor, y: Tensor) -> list[PeerLog]:
+        """x: ``[B, ...]``, or ``[K, B, ...]`` with ``method.member_views`` (peer k on view k:
+        KDCL's per-peer augmentation; the teacher is built from the K peers' logits, each on
+        its own view, as in the paper)."""
         with self.precision.autocast():
+            logits = self.cohort.forward_views(x) if self.cfg.member_views else self.cohort(x)
             terms = kdcl_losses(
-                self.cohort(x),
+                logits,
                 y,
                 temperature=self.cfg.temperature,
                 weight=self.mimicry_weight,
@@ -159,6 +174,7 @@ class PCL(BranchMethod):
 
     name = "pcl"
     model_kwargs: ClassVar[dict[str, Any]] = {"temporal_mean": True, "fusion": True}
+    supports_views = True
 
     def __init__(self, cohort: Any, cfg: Any, precision: Any = None, sync: Any = None) -> None:
         super().__init__(cohort, cfg, precision, sync)
@@ -166,22 +182,36 @@ class PCL(BranchMethod):
         if self.mean is None:
             raise ConfigError("method.name=pcl: peers.0.kwargs.temporal_mean must be true")
 
+    def _outputs(self, net: Any, x: Tensor) -> tuple[list[Tensor], list[Tensor]]:
+        """Every branch's (logits, pooled features): on the batch, or with
+        ``method.member_views`` branch k on view k of ``x: [K, B, ...]``, the shared trunk run
+        once per view (as PCL's public reimplementation, shaoeric/Peer-Collaborative-Learning-
+        for-Online-Knowledge-Distillation, does; the authors' code we could not find)."""
+        if not self.cfg.member_views:
+            out = net.branch_outputs(x)
+            return out.logits, out.features
+        feats = [global_avg_pool(b(net.trunk(v))) for b, v in zip(net.branch_nets, x)]
+        return [fc(f) for fc, f in zip(net.classifiers, feats)], feats
+
     @torch.no_grad()
     def _mean_logits(self, x: Tensor) -> list[Tensor]:
+        # with views, mean branch j sees view j, as branch j does
         was = self.mean.training
         self.mean.eval()
         try:
-            return self.mean.branch_logits(x)
+            return self._outputs(self.mean, x)[0]
         finally:
             self.mean.train(was)
 
     def train_step(self, x: Tensor, y: Tensor) -> list[PeerLog]:
+        """x: ``[B, ...]``, or ``[K, B, ...]`` with ``method.member_views`` (branch k, and the
+        temporal mean's branch k, on view k; the fusion head on the K branches' features)."""
         with self.precision.autocast():
             mean_logits = self._mean_logits(x)
-            out = self.net.branch_outputs(x)
-            ens = self.net.fusion(out.features)
+            logits, features = self._outputs(self.net, x)
+            ens = self.net.fusion(features)
             terms = pcl_loss(
-                out.logits,
+                logits,
                 ens,
                 mean_logits,
                 y,
@@ -190,7 +220,7 @@ class PCL(BranchMethod):
             )
         self._step_all([terms.total])
         self._update_mean()
-        return self._logs(out.logits, y, [ens.detach()] * len(out.logits))
+        return self._logs(logits, y, [ens.detach()] * len(logits))
 
     def _update_mean(self) -> None:
         # The update count is a buffer of the network (saved with its weights), so a resumed

@@ -65,11 +65,16 @@ class MethodConfig:
     # Epochs over which the mimicry weight rises linearly from 0 to mimicry_weight (0 = the
     # paper's constant weight from the first step).
     mimicry_rampup: float = 0.0
+    # How it rises: linearly, or as the sigmoid exp(-5 (1 - t)^2) of OKDDip's and PCL's code.
+    rampup_shape: Literal["linear", "sigmoid"] = "linear"
     teacher: str | None = None  # kd: a run directory or checkpoint file of an earlier run
     teacher_peer: int = 0  # kd: which peer of the teacher checkpoint
     alpha: float = 0.9  # kd: weight of the soft-target term
     ensemble: Literal["minlogit", "naive"] = "minlogit"  # kdcl: how the teacher is built
     ema_decay: float = 0.999  # pcl: decay of the temporal mean (mean-teacher warm-up first)
+    # kdcl, pcl: every member trains on its own random augmentation of the batch (the loader
+    # draws one view per member from the epoch's generator)
+    member_views: bool = False
 
 
 @dataclass

@@ -209,6 +209,11 @@ def _check_train(cfg: Config) -> None:
         f"train.device must be auto, cpu, cuda, cuda:N or mps, got {shown(t.device)}",
     )
     _check(
+        not cfg.method.member_views or cfg.distributed.mode == "none",
+        "method.member_views=true runs in one process; set distributed.mode=none or "
+        "method.member_views=false",
+    )
+    _check(
         cfg.distributed.timeout_s > 0,
         f"distributed.timeout_s must be > 0 seconds, got {cfg.distributed.timeout_s}",
     )

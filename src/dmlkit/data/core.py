@@ -121,6 +121,7 @@ class TensorLoader:
         self.seed = seed
         self.epoch = 0
         self.start = 0
+        self.views = 0  # > 0: x is [views, B, ...], one augmentation per view (set_views)
         # Dropping a short last batch keeps BatchNorm away from batches of one sample.
         self.drop_last = train and len(y) >= batch_size
 
@@ -128,6 +129,17 @@ class TensorLoader:
         """The epoch to draw next; ``start``: the first batch (a run resumed mid-epoch)."""
         self.epoch = epoch
         self.start = start
+
+    def set_views(self, views: int) -> None:
+        """Yield ``views`` augmentations of every training batch, stacked ``[views, B, ...]``.
+
+        They are drawn one after the other from the epoch's generator, so the views of epoch e
+        are a pure function of (seed, e), like the batches (a resumed run sees the same views);
+        the data order is the one-view order. ``0``: one ``[B, ...]`` batch, as before.
+        """
+        if views and not self.train:
+            raise ValueError("views are for the training loader (augmentation) only")
+        self.views = views
 
     def __len__(self) -> int:
         n = len(self.y)
@@ -144,7 +156,11 @@ class TensorLoader:
         order = order.to(self.x.device)
         for i in range(len(self)):
             idx = order[i * self.batch_size : (i + 1) * self.batch_size]
-            x = self.transform(self.x[idx], gen)
+            raw = self.x[idx]
+            if self.views:
+                x = torch.stack([self.transform(raw, gen) for _ in range(self.views)])
+            else:
+                x = self.transform(raw, gen)
             if i >= self.start:  # earlier batches: augmented only so that `gen` advances
                 yield x, self.y[idx]
 

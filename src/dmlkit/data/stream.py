@@ -42,7 +42,7 @@ from dmlkit.data.core import (
     user_stats,
 )
 from dmlkit.data.images import decode_rgb
-from dmlkit.errors import UserError
+from dmlkit.errors import ConfigError, UserError
 from dmlkit.losses import UNLABELLED
 
 log = logging.getLogger("dmlkit")
@@ -208,6 +208,14 @@ class StreamLoader:
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
         self.batches.set_epoch(epoch, start)
+
+    def set_views(self, views: int) -> None:
+        """Refused: the workers augment one view per sample (see TensorLoader.set_views)."""
+        if views:
+            raise ConfigError(
+                "method.member_views=true needs the in-memory loader (the streaming one draws "
+                "one augmentation per image); set data.loader=memory or method.member_views=false"
+            )
 
     def shard(self, rank: int, world: int) -> StreamLoader:
         self.batches.shard(rank, world)

@@ -149,6 +149,7 @@ class Trainer(RunPersistence):
         self.method: Method = build_method(
             cfg, self.cohort, device=self.device, teacher=teacher, sync=sync
         )
+        self.method.prepare_loader(self.data.train)  # e.g. one augmented view per member
         if self.data.task == "reid":  # fail now, not after training, if a peer has no features
             check_reid_support(self.cohort)
         self.epoch = 0  # completed epochs
