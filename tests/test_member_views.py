@@ -179,3 +179,17 @@ def test_stream_loader_refuses_views(tmp_path, capsys) -> None:
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "data.loader=memory" in err[0], err
     assert not (run / "config.yaml").exists()
+
+
+def test_eval_reloads_a_branch_method_run(tmp_path, capsys) -> None:
+    # the checkpoint's specs carry the method's model kwargs (temporal_mean, fusion), which the
+    # saved config's peers do not: the reload must accept them
+    run = tmp_path / "pcl"
+    assert (
+        train(run, *FAST, "method.name=pcl", "peers=[resnet32_mb]", "peers.0.kwargs.depth=8") == 0
+    )
+    capsys.readouterr()
+    assert main(["eval", str(run)]) == 0
+    shown = capsys.readouterr().out
+    top1 = json.loads((run / "summary.json").read_text())["peers"][0]["metrics"]["top1"]
+    assert f"{100 * top1:.2f}%" in shown

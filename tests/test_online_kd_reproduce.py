@@ -32,6 +32,17 @@ def test_the_table_arms_and_schedule() -> None:
     assert set(paper.ONLINE_KD_CIFAR100_RESNET32) <= set(exp.arms)
 
 
+def test_the_recipes_take_the_authors_views_and_ramp_up() -> None:
+    for name, ramp in (("online-kd-table", 80.0), ("digits-online-kd", 2.0)):
+        exp = EXPERIMENTS.get(name)
+        for arm in exp.arms:
+            m = arm_config(exp, arm, 0, []).method
+            assert m.member_views == (arm in ("kdcl", "pcl")), (name, arm)
+            sigmoid = arm in ("okddip", "pcl")
+            assert m.rampup_shape == ("sigmoid" if sigmoid else "linear"), (name, arm)
+            assert m.mimicry_rampup == (ramp if sigmoid else 0.0), (name, arm)
+
+
 def _read(path):
     with path.open(newline="") as f:
         return list(csv.DictReader(f))
@@ -86,3 +97,12 @@ def test_digits_online_kd_pairs_every_arm_with_independent(tmp_path) -> None:
     line = next(x for x in md.splitlines() if x.startswith("| dml |"))
     assert f"{sum(gains) / 2:+.2f}" in line
     assert (out / "gains.png").stat().st_size > 0 and "![paired gains](gains.png)" in md
+    # agreement and entropy per arm: the entropy change is the mean of the per-seed differences
+    post = _read(out / "posteriors.csv")
+    assert len(post) == 2 * 8 and (out / "posteriors.png").stat().st_size > 0
+    ent = {(r["arm"], r["seed"]): float(r["entropy_nats"]) for r in post}
+    assert all(r["agreement_percent"] == "" for r in post if r["arm"] == "independent")
+    assert all(0 <= float(r["agreement_percent"]) <= 100 for r in post if r["arm"] == "pcl")
+    change = [ent[("kdcl", s)] - ent[("independent", s)] for s in ("0", "1")]
+    line = next(x for x in md.splitlines() if x.startswith("| kdcl |") and "±" in x.split("|")[4])
+    assert line.split("|")[4].strip().startswith(f"{sum(change) / 2:+.3f}")

@@ -31,6 +31,7 @@ from typing import Any, BinaryIO
 import torch
 from torch import nn
 
+import dmlkit.online_methods  # noqa: F401 - registers one, kdcl, okddip, pcl (their model kwargs)
 from dmlkit.cohort import Cohort, PeerSpec
 from dmlkit.config import MethodConfig, OptimConfig
 from dmlkit.engine.faults import fault, maybe_kill
@@ -356,9 +357,17 @@ def _check_specs_against_config(path: Path, specs: list[PeerSpec], config: Any) 
     peers = config.get("peers") if isinstance(config, dict) else None
     if not isinstance(peers, list):
         return
+    # the trainer adds the method's model arguments (PCL's temporal mean...) the arch takes
+    method = config.get("method")
+    name = method.get("name") if isinstance(method, dict) else None
+    extra = METHODS.get(name).model_kwargs if name in METHODS else {}
     ours = [
         (p.get("arch"), p.get("kwargs") or {}) if isinstance(p, dict) else (p, {}) for p in peers
     ]
+    ours = [
+        (a, {**kw, **{k: v for k, v in extra.items() if k in s.kwargs}})
+        for (a, kw), s in zip(ours, specs)
+    ] + ours[len(specs) :]
     theirs = [(s.arch, s.kwargs) for s in specs]
     if ours != theirs:
         raise UserError(

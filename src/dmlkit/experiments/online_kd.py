@@ -32,9 +32,16 @@ from pathlib import Path
 from typing import Any
 
 from dmlkit import paper
-from dmlkit.analysis.stats import ci95, mean_std
+from dmlkit.analysis.stats import ci95, csv_text, mean_std
+from dmlkit.engine.checkpoint import atomic_write_text
 from dmlkit.engine.evaluation import ENSEMBLE
 from dmlkit.experiments.core import Experiment, RunResult, register_experiment, write_results_files
+from dmlkit.experiments.online_kd_posteriors import (
+    format_posteriors,
+    plot_posteriors,
+    posterior_csv,
+    posterior_rows,
+)
 
 STUDENTS = 3
 
@@ -197,12 +204,24 @@ def plot_gains(exp: Experiment, results: list[RunResult], path: Path) -> Path:
     return path
 
 
-def _reporter(published: dict[str, float]):  # noqa: ANN202 - the Experiment.report signature
+def _reporter(published: dict[str, float], *, posteriors: bool = False):  # noqa: ANN202
+    """The Experiment.report of a grid; ``posteriors``: also the students' agreement and
+    entropy per arm (:mod:`~dmlkit.experiments.online_kd_posteriors`: posteriors.csv, .png)."""
+
     def report(exp: Experiment, results: list[RunResult], out: Path, scale: float) -> str:
         text = format_report(exp, results, scale, published)
-        if len({r.seed for r in results}) > 1:
+        several = len({r.seed for r in results}) > 1
+        if several:
             plot_gains(exp, results, out / "gains.png")
             text += "\n\n![paired gains](gains.png)"
+        if posteriors:
+            rows = posterior_rows(exp, results)
+            text += "\n\n" + format_posteriors(exp, rows)
+            header, lines = posterior_csv(rows)
+            atomic_write_text(out / "posteriors.csv", csv_text(header, lines))
+            if several:
+                plot_posteriors(exp, rows, out / "posteriors.png")
+                text += "\n\n![agreement and entropy](posteriors.png)"
         write_results_files(exp, out, text, CSV_HEADER, _csv(results, scale))
         return text
 
@@ -254,6 +273,6 @@ DIGITS_ONLINE_KD = register_experiment(
         base={"train": {"epochs": 8}},
         arms=online_arms("resnet32", "resnet32_mb", {"depth": 8}, shared_dml=True, rampup=2.0),
         seeds=5,
-        report=_reporter({}),
+        report=_reporter({}, posteriors=True),
     )
 )
