@@ -41,11 +41,15 @@ def market1501_by_method() -> dict[str, dict[str, float]]:
 
 
 # Online distillation, CIFAR-100, ResNet-32, top-1 %: the comparison table of Wu & Gong, "Peer
-# Collaborative Learning for Online Knowledge Distillation", AAAI 2021, as quoted in dmlkit's
-# issue 16. NOT VERIFIED: we could not read the paper's table from here (no copy of the paper
-# was reachable), so neither the values nor which network each one measures (a branch, the
-# ensemble or the deployed model) are checked. Keyed by the arm of `dml reproduce
-# online-kd-table`.
+# Collaborative Learning for Online Knowledge Distillation", AAAI 2021 (arXiv 2006.04147), as
+# quoted in dmlkit's issue 16. NOT VERIFIED against the paper: the reachable copies of it gave
+# its abstract and introduction only, not its tables, so neither the table number nor which
+# network each value measures (a branch, the ensemble or the deployed model) is checked. The
+# same five values (with ± std: DML 73.68±0.14, ONE 73.79±0.41, OKDDip 73.25±0.38, KDCL
+# 73.76±0.34, PCL 74.14±0.16) head the CIFAR-100 table of a public reimplementation's README
+# (github.com/shaoeric/Peer-Collaborative-Learning-for-Online-Knowledge-Distillation), which
+# presents them as the paper's and says the paper reports its first peer; a second-hand source,
+# not the paper. Keyed by the arm of `dml reproduce online-kd-table`.
 ONLINE_KD_SOURCE = "Wu & Gong AAAI 2021, unverified"
 ONLINE_KD_CIFAR100_RESNET32: dict[str, float] = {
     "dml": 73.68,
