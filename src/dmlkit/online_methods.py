@@ -47,7 +47,9 @@ from dmlkit.online_losses import (
 class KDCL(Method):
     """KDCL (Guo et al. CVPR 2020): every peer distils from a teacher built from all peers'
     logits (``method.ensemble``: ``minlogit`` or ``naive``, :func:`kdcl_teacher`), detached, at
-    ``method.temperature``, weighted by ``method.mimicry_weight``; plus its own CE."""
+    ``method.temperature``, weighted by ``method.mimicry_weight``; plus its own CE. With
+    ``method.member_views`` (the recipes' setting, as in the paper) each peer trains on its own
+    augmentation of the batch."""
 
     name = "kdcl"
     supports_views = True
@@ -136,7 +138,8 @@ class OKDDip(BranchMethod):
     distilling from its own attention-weighted ensemble of the peers; the last branch is the
     group leader, distilled from the peers' mean and deployed. Soft terms at
     ``method.temperature`` (paper: 3), weighted by ``method.mimicry_weight``; targets not
-    detached, as in the authors' code (see :func:`okddip_loss`)."""
+    detached, as in the authors' code (see :func:`okddip_loss`). The recipes ramp the weight up
+    with the sigmoid of the OKDDip and PCL code (``method.rampup_shape=sigmoid``)."""
 
     name = "okddip"
     model_kwargs: ClassVar[dict[str, Any]] = {"attention": True}
@@ -170,7 +173,9 @@ class PCL(BranchMethod):
     network gives the peer mean teachers; each branch distils from the ensemble and from the
     other branches' means (:func:`pcl_loss`). The temporal-mean network, run in eval mode
     (running statistics that are themselves averaged), is what is deployed: its first branch,
-    ``<peer>.mean.b1``; all its branches and the fusion head are evaluated too."""
+    ``<peer>.mean.b1``; all its branches and the fusion head are evaluated too. The recipes
+    give each branch its own augmentation (``method.member_views``, as in the paper) and ramp
+    the distillation weight up with the sigmoid of the code (``method.rampup_shape=sigmoid``)."""
 
     name = "pcl"
     model_kwargs: ClassVar[dict[str, Any]] = {"temporal_mean": True, "fusion": True}
