@@ -167,8 +167,7 @@ class Cohort(nn.Module):
         return out
 
     def forward_views(self, xs: Tensor) -> list[Tensor]:
-        """xs: ``[K, B, ...]``, one view per one-branch peer -> K logits ``[B, C]``, peer k
-        on view k (``method.member_views``)."""
+        """xs: ``[K, B, ...]`` -> K logits ``[B, C]``, one-branch peer k on view k."""
         if any(k is not None for k in self.branches) or len(xs) != len(self.peers):
             raise ValueError(f"forward_views: one view per one-branch peer, got {len(xs)} views")
         return [f(self._layout(x)) for f, x in zip(self._forwards, xs)]
@@ -327,7 +326,7 @@ class StackedCohort(nn.Module):
     def forward_views(self, xs: Tensor) -> list[Tensor]:
         """xs: ``[K, B, ...]`` -> K logits ``[B, C]``, peer k on view k (one vmap call)."""
         params = dict(zip(self._param_names, self.stacked_params))
-        views = vmap(self._call, in_dims=(0, 0, 0), randomness="different")
+        views = vmap(self._call, in_dims=0, randomness="different")
         return list(views(params, self._buffers_dict(), xs).unbind(0))
 
     def repredict(self, k: int, x: Tensor) -> Tensor:
