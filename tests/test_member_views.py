@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -18,7 +21,7 @@ from dmlkit.losses import rampup
 from dmlkit.methods import Method
 from dmlkit.online_methods import PCL
 
-from helpers import FAST, image_folder, records, train, weights
+from helpers import FAST, image_folder, records, sets, train, weights
 
 # constant LR: a 1-epoch run resumed to 2 epochs follows the 2-epoch run's schedule
 KDCL = [
@@ -144,6 +147,30 @@ def test_run_with_views_resumes_bitwise(tmp_path, extra) -> None:
     assert any(not torch.equal(a[k], b[k]) for k in a if a[k].is_floating_point())
     method = "pcl" if extra else "kdcl"
     assert json.loads((full / "summary.json").read_text())["method"] == method
+
+
+@pytest.mark.slow
+def test_kdcl_with_views_killed_mid_epoch_resumes_bitwise(tmp_path) -> None:
+    # 4 steps an epoch, a checkpoint after every step, SIGKILL at step 7 (inside epoch 2): the
+    # resumed run redraws epoch 2's views from (seed, epoch) and skips the steps it had done
+    args = [*KDCL, VIEWS, "data.train_size=256", "train.epochs=2"]
+    args += ["train.checkpoint_every_steps=1", "train.eval_every=1"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    assert train(whole, *args) == 0
+    argv = [sys.executable, "-m", "dmlkit.cli", "train", "--out", str(cut), *sets(*args)]
+    proc = subprocess.run(
+        argv, env={**env, "DMLKIT_FAULT": "kill-at-step@7"}, capture_output=True, text=True
+    )
+    assert proc.returncode == -9, proc.stderr
+    assert main(["train", "--resume", str(cut)]) == 0
+    for a, b in zip(weights(whole), weights(cut), strict=True):
+        assert all(torch.equal(a[k], b[k]) for k in a)
+
+    def strip(run) -> list[dict]:
+        return [{k: v for k, v in r.items() if k != "seconds"} for r in records(run)]
+
+    assert strip(cut) == strip(whole)
 
 
 @pytest.mark.parametrize(
