@@ -51,6 +51,8 @@ from dmlkit.experiments.cifar100 import CIFAR100_TABLE
 from dmlkit.machine import cpu_name
 from dmlkit.testing import write_cifar100
 
+from _report import measure_table, save
+
 TRAIN_IMAGES = 50_000  # CIFAR-100's training split
 RECIPE_ARM = "dml_resnet32_resnet32"
 
@@ -144,22 +146,39 @@ def peak_rss_mib() -> float:
     return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
 
 
+def _overrides(args: argparse.Namespace, root: str) -> list[str]:
+    """The recipe's overrides for this benchmark: data under ``root``, the chosen peers."""
+    return [
+        f"data.root={root}",
+        f"train.device={args.device}",
+        "train.progress=false",
+        f"data.batch_size={args.batch_size}",
+        f"peers=[{', '.join([args.arch] * args.peers)}]",
+        *args.overrides,
+    ]
+
+
+def _trainer(cfg: Any, tmp: str) -> Trainer:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DataIntegrityWarning)  # a generated file
+        return Trainer(cfg, Path(tmp) / "run")
+
+
+def _stamp(device: torch.device) -> dict[str, Any]:
+    """How, when and where a result was measured (its keys in the order the JSON has them)."""
+    return {
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "time_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": machine(device),
+    }
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     n_images = args.batch_size * (args.steps + args.warmup)
     with tempfile.TemporaryDirectory(prefix="dmlkit-bench-") as tmp:
         write_cifar100(tmp, n_train=max(n_images, 100), n_test=100, num_classes=100)
-        overrides = [
-            f"data.root={tmp}",
-            f"train.device={args.device}",
-            "train.progress=false",
-            f"data.batch_size={args.batch_size}",
-            f"peers=[{', '.join([args.arch] * args.peers)}]",
-            *args.overrides,
-        ]
-        cfg = arm_config(CIFAR100_TABLE, RECIPE_ARM, 0, overrides)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DataIntegrityWarning)  # a generated file
-            trainer = Trainer(cfg, Path(tmp) / "run")
+        cfg = arm_config(CIFAR100_TABLE, RECIPE_ARM, 0, _overrides(args, tmp))
+        trainer = _trainer(cfg, tmp)
         device = trainer.device
         cuda = device.type == "cuda"
         loader, cohort, method = trainer.data.train, trainer.cohort, trainer.method
@@ -194,9 +213,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "benchmark": "cifar_epoch",
             "what": f"{args.arch} x {args.peers} {cfg.method.name} ({cfg.method.update}), "
             f"batch {args.batch_size}, CIFAR-shaped 32x32 data, crop+flip on the device",
-            "command": " ".join([Path(sys.executable).name, *sys.argv]),
-            "time_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "machine": machine(device),
+            **_stamp(device),
             "config": {
                 "arch": args.arch,
                 "peers": args.peers,
@@ -235,19 +252,10 @@ def _fixture(args: argparse.Namespace, tmp: str) -> str:
 def run_full_epoch(args: argparse.Namespace) -> dict[str, Any]:
     """One whole epoch of the recipe through ``Trainer.fit`` (--full-epoch)."""
     with tempfile.TemporaryDirectory(prefix="dmlkit-bench-") as tmp:
-        overrides = [
-            f"data.root={_fixture(args, tmp)}",
-            f"train.device={args.device}",
-            "train.progress=false",
-            f"data.batch_size={args.batch_size}",
-            f"peers=[{', '.join([args.arch] * args.peers)}]",
-            *args.overrides,
-        ]
+        overrides = _overrides(args, _fixture(args, tmp))
         recipe = arm_config(CIFAR100_TABLE, RECIPE_ARM, 0, overrides)
         cfg = arm_config(CIFAR100_TABLE, RECIPE_ARM, 0, [*overrides, "train.epochs=1"])
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DataIntegrityWarning)  # a generated file
-            trainer = Trainer(cfg, Path(tmp) / "run")
+        trainer = _trainer(cfg, tmp)
         device, stamps = trainer.device, []
         start = time.perf_counter()
         # on_epoch runs after the epoch's log line and checkpoint: what every epoch costs
@@ -262,9 +270,7 @@ def run_full_epoch(args: argparse.Namespace) -> dict[str, Any]:
             "what": f"{args.arch} x {args.peers} {cfg.method.name} ({cfg.method.update}), "
             f"batch {args.batch_size}, one epoch of {args.train_images:,} CIFAR-format "
             f"images through Trainer.fit, test on {args.test_images:,}",
-            "command": " ".join([Path(sys.executable).name, *sys.argv]),
-            "time_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "machine": machine(device),
+            **_stamp(device),
             "config": {
                 "arch": args.arch,
                 "peers": args.peers,
@@ -291,55 +297,55 @@ def run_full_epoch(args: argparse.Namespace) -> dict[str, Any]:
         }
 
 
+def _where(m: dict[str, Any]) -> str:
+    return m.get("gpu") or f"{m['cpu']} ({m['torch_threads']} threads)"
+
+
+def _table(r: dict[str, Any], rows: list[tuple[str, str]]) -> list[str]:
+    """``rows``, then the memory rows both modes report."""
+    rows = [*rows, ("peak RSS (MiB)", f"{r['peak_rss_mib']:.0f}")]
+    if r["cuda_max_allocated_mib"] is not None:
+        rows.append(("CUDA max allocated (MiB)", f"{r['cuda_max_allocated_mib']:.0f}"))
+    return measure_table(rows)
+
+
 def markdown_full_epoch(r: dict[str, Any]) -> str:
     m = r["machine"]
-    where = m.get("gpu") or f"{m['cpu']} ({m['torch_threads']} threads)"
     rows = [
         (f"{r['recipe_epochs']} epochs, extrapolated (s)", f"{r['extrapolated_seconds']:.0f}"),
         ("one epoch incl. log + checkpoint (s)", f"{r['epoch_seconds']:.2f}"),
         (f"training loop alone, {r['steps']} steps (s)", f"{r['train_loop_seconds']:.2f}"),
         ("final test evaluation + summary (s)", f"{r['final_eval_seconds']:.2f}"),
         ("images / second (training loop)", f"{r['images_per_second']:.0f}"),
-        ("peak RSS (MiB)", f"{r['peak_rss_mib']:.0f}"),
     ]
-    if r["cuda_max_allocated_mib"] is not None:
-        rows.append(("CUDA max allocated (MiB)", f"{r['cuda_max_allocated_mib']:.0f}"))
     lines = [
         f"# cifar_epoch --full-epoch: {r['what']}",
         "",
-        f"{where}; torch {m['torch']}, Python {m['python']}; {r['time_utc']}; cohort "
+        f"{_where(m)}; torch {m['torch']}, Python {m['python']}; {r['time_utc']}; cohort "
         f"{r['config']['cohort']}, precision {r['config']['precision']}. The epoch measured is "
         f"the first (device warm-up included).",
         f"Command: `{r['command']}`",
         "",
-        "| measure | value |",
-        "|---|---|",
-        *[f"| {k} | {v} |" for k, v in rows],
+        *_table(r, rows),
     ]
     return "\n".join(lines) + "\n"
 
 
 def markdown(r: dict[str, Any]) -> str:
     m = r["machine"]
-    where = m.get("gpu") or f"{m['cpu']} ({m['torch_threads']} threads)"
     rows = [
         ("seconds / epoch (50,000 images, extrapolated)", f"{r['epoch_seconds']:.1f}"),
         ("images / second", f"{r['images_per_second']:.0f}"),
         ("seconds / step (median)", f"{r['step_seconds_median']:.4f}"),
-        ("peak RSS (MiB)", f"{r['peak_rss_mib']:.0f}"),
     ]
-    if r["cuda_max_allocated_mib"] is not None:
-        rows.append(("CUDA max allocated (MiB)", f"{r['cuda_max_allocated_mib']:.0f}"))
     lines = [
         f"# cifar_epoch: {r['what']}",
         "",
-        f"{where}; torch {m['torch']}, Python {m['python']}; {r['time_utc']}; "
+        f"{_where(m)}; torch {m['torch']}, Python {m['python']}; {r['time_utc']}; "
         f"{r['config']['steps']} timed steps after {r['config']['warmup']} warm-up steps.",
         f"Command: `{r['command']}`",
         "",
-        "| measure | value |",
-        "|---|---|",
-        *[f"| {k} | {v} |" for k, v in rows],
+        *_table(r, rows),
     ]
     return "\n".join(lines) + "\n"
 
@@ -350,13 +356,11 @@ def main(argv: list[str] | None = None) -> int:
     text = markdown_full_epoch(result) if args.full_epoch else markdown(result)
     print(text)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     dev = result["machine"]["device"].replace(":", "")
     stem = args.name or (
         f"cifar_epoch-{args.arch}-k{args.peers}-{dev}-{time.strftime('%Y%m%d-%H%M%S')}"
     )
-    (out / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    (out / f"{stem}.md").write_text(text, encoding="utf-8")
+    save(out, stem, result, text, json_newline=True)
     print(f"saved {out / stem}.json and .md")
     return 0
 

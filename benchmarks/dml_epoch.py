@@ -29,17 +29,17 @@ import argparse
 import contextlib
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from _report import environment, load_text, save
 
 VARIANTS = ("dmlkit memory", "dmlkit stream", "pytorch-dml")
 MEAN = (0.5071, 0.4865, 0.4409)  # CIFAR-100's, the usual constants of the standard pipeline
@@ -216,7 +216,7 @@ def markdown(payload: dict[str, Any]) -> str:
         "# One DML epoch end to end (benchmarks/dml_epoch.py)",
         "",
         f"`{env['command']}` on {env['cpu']} ({env['cores']} cores), device {payload['device']}, "
-        f"load average {', '.join(f'{x:.1f}' for x in env['load_average'])} at the end, torch "
+        f"load average {load_text(env)} at the end, torch "
         f"{env['torch']}, {env['when']}. ResNet-32 x 2, DML simultaneous, batch 64, "
         f"{payload['train_images']:,} training + {payload['test_images']:,} test images, "
         f"{payload['workers']} DataLoader workers, {payload['rounds']} rounds.",
@@ -271,8 +271,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.child:
         print(json.dumps(child(args)))
         return 0
-    from dmlkit.machine import cpu_name
-
     datasets(Path(args.root), args.train_images, args.test_images)  # written once, untimed
     variants = list(args.variants)
     notes = []
@@ -295,23 +293,11 @@ def main(argv: list[str] | None = None) -> int:
         "seconds": seconds,
         "median": {v: statistics.median(s) for v, s in seconds.items()},
         "notes": notes,
-        "environment": {
-            "cpu": cpu_name(),
-            "cores": os.cpu_count(),
-            "load_average": os.getloadavg(),
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
-        },
+        "environment": environment(),
     }
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     tag = args.tag or args.device.replace(":", "")
-    (out / f"dml_epoch-{tag}.json").write_text(json.dumps(payload, indent=2))
     text = markdown(payload)
-    (out / f"dml_epoch-{tag}.md").write_text(text)
-    figure(payload, out / f"dml_epoch-{tag}.png")
+    save(Path(args.out), f"dml_epoch-{tag}", payload, text, figure)
     print(text)
     return 0
 

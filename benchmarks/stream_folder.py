@@ -27,17 +27,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import threading
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from _report import environment, load_text, save
 
 CLASSES = 100
 
@@ -204,27 +204,13 @@ def _run_child(args: argparse.Namespace, images: int, loader: str) -> dict[str, 
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def _environment() -> dict[str, Any]:
-    from dmlkit.machine import cpu_name
-
-    return {
-        "cpu": cpu_name(),
-        "cores": os.cpu_count(),
-        "load_average": os.getloadavg(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
-    }
-
-
 def markdown(payload: dict[str, Any]) -> str:
     env, tp = payload["environment"], payload["throughput"]
     lines = [
         "# Streaming image folder (benchmarks/stream_folder.py)",
         "",
         f"`{env['command']}` on {env['cpu']} ({env['cores']} cores), load average "
-        f"{', '.join(f'{x:.1f}' for x in env['load_average'])} at the end, torch {env['torch']}, "
+        f"{load_text(env)} at the end, torch {env['torch']}, "
         f"{env['when']}. Images {payload['size']}x{payload['size']} PNG, batch "
         f"{payload['batch']}, {payload['workers']} workers.",
         "",
@@ -317,13 +303,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.memory_path:
         memory += [_run_child(args, n, "memory") for n in args.images]
     payload["memory"] = memory
-    payload["environment"] = _environment()
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"stream-{args.tag}.json").write_text(json.dumps(payload, indent=2))
+    payload["environment"] = environment()
     text = markdown(payload)
-    (out / f"stream-{args.tag}.md").write_text(text)
-    figure(payload, out / f"stream-{args.tag}.png")
+    save(Path(args.out), f"stream-{args.tag}", payload, text, figure)
     print(text)
     return 0
 

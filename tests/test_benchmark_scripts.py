@@ -14,19 +14,24 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _script(name: str, args: list[str], tmp: Path) -> subprocess.CompletedProcess[str]:
+def _script(name: str, args: list[str], tmp: Path, result: str) -> dict:
+    """Run benchmarks/``name`` with ``args``, its data under ``tmp/data`` and results under
+    ``tmp/out`` tagged ``tiny``; return the JSON ``tmp/out/{result}-tiny.json`` it wrote."""
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]),
     }
-    return subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / name), *args],
+    where = ["--root", str(tmp / "data"), "--out", str(tmp / "out"), "--tag", "tiny"]
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / name), *args, *where],
         cwd=tmp,
         env=env,
         capture_output=True,
         text=True,
         timeout=1800,
     )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads((tmp / "out" / f"{result}-tiny.json").read_text())
 
 
 @pytest.mark.slow
@@ -44,16 +49,8 @@ def test_stream_folder_benchmark_tiny(tmp_path: Path) -> None:
         "--rss-batches",
         "3",
         "--memory-path",
-        "--root",
-        str(tmp_path / "data"),
-        "--out",
-        str(tmp_path / "out"),
-        "--tag",
-        "tiny",
     ]
-    done = _script("stream_folder.py", args, tmp_path)
-    assert done.returncode == 0, done.stderr[-3000:]
-    payload = json.loads((tmp_path / "out" / "stream-tiny.json").read_text())
+    payload = _script("stream_folder.py", args, tmp_path, "stream")
     assert set(payload["throughput"]["median"]) == {"dmlkit stream", "torchvision ImageFolder"}
     runs = {(m["loader"], m["images"]) for m in payload["memory"]}
     assert runs == {("stream", 300), ("stream", 600), ("memory", 300), ("memory", 600)}
@@ -73,15 +70,7 @@ def test_dml_epoch_benchmark_tiny(tmp_path: Path) -> None:
         "--variants",
         "dmlkit memory",
         "dmlkit stream",
-        "--root",
-        str(tmp_path / "data"),
-        "--out",
-        str(tmp_path / "out"),
-        "--tag",
-        "tiny",
     ]
-    done = _script("dml_epoch.py", args, tmp_path)
-    assert done.returncode == 0, done.stderr[-3000:]
-    payload = json.loads((tmp_path / "out" / "dml_epoch-tiny.json").read_text())
+    payload = _script("dml_epoch.py", args, tmp_path, "dml_epoch")
     assert set(payload["median"]) == {"dmlkit memory", "dmlkit stream"}
     assert all(v > 0 for v in payload["median"].values())

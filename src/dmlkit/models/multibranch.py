@@ -145,12 +145,20 @@ class MultiBranchNet(nn.Module):
         return torch.logsumexp(log_probs, dim=0) - math.log(self.num_branches)
 
 
-def _resnet_stage(i: int, n: int, in_width: int) -> nn.Module:
-    widths, strides = (16, 32, 64), (1, 2, 2)
+def _stage(
+    i: int,
+    n: int,
+    widths: tuple[int, int, int],
+    in_width: int,
+    block: Callable[[int, int, int], nn.Module],
+) -> nn.Module:
+    """Stage i (0, 1, 2) of a three-stage CIFAR net: ``n`` blocks ``block(cin, cout, stride)``,
+    the first one taking the previous stage's width (``in_width`` for stage 0) at stride
+    ``(1, 2, 2)[i]``."""
     cin = in_width if i == 0 else widths[i - 1]
     blocks = []
     for j in range(n):
-        blocks.append(BasicBlock(cin, widths[i], strides[i] if j == 0 else 1))
+        blocks.append(block(cin, widths[i], (1, 2, 2)[i] if j == 0 else 1))
         cin = widths[i]
     return nn.Sequential(*blocks)
 
@@ -174,7 +182,7 @@ def resnet32_mb(
     n = (depth - 2) // 6
     return MultiBranchNet(
         _conv_bn_relu(in_channels, 16, 3),
-        lambda i: _resnet_stage(i, n, 16),
+        lambda i: _stage(i, n, (16, 32, 64), 16, BasicBlock),
         nn.Identity,
         (16, 32, 64),
         16,
@@ -184,15 +192,6 @@ def resnet32_mb(
         temporal_mean,
         {"gate": gate, "attention": attention, "fusion": fusion},
     )
-
-
-def _wide_stage(i: int, n: int, widths: tuple[int, int, int], dropout: float) -> nn.Module:
-    cin = 16 if i == 0 else widths[i - 1]
-    blocks = []
-    for j in range(n):
-        blocks.append(WideBlock(cin, widths[i], (1, 2, 2)[i] if j == 0 else 1, dropout))
-        cin = widths[i]
-    return nn.Sequential(*blocks)
 
 
 @MODELS.register("wrn_mb")
@@ -220,7 +219,7 @@ def wrn_mb(
     w = (16 * widen_factor, 32 * widen_factor, 64 * widen_factor)
     return MultiBranchNet(
         nn.Conv2d(in_channels, 16, 3, 1, 1, bias=False),
-        lambda i: _wide_stage(i, n, w, dropout),
+        lambda i: _stage(i, n, w, 16, lambda c, o, st: WideBlock(c, o, st, dropout)),
         lambda: nn.Sequential(nn.BatchNorm2d(w[2]), nn.ReLU(inplace=True)),
         w,
         16,
