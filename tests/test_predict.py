@@ -9,9 +9,14 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
+import dmlkit
+import dmlkit.engine.export as export_module
 from dmlkit.cli import main
-from dmlkit.engine.predict import export, load_predictor
+from dmlkit.engine.export import export
+from dmlkit.engine.predict import load_predictor
+from dmlkit.errors import UserError
 from dmlkit.models import build_model
 
 from helpers import image_folder, sets
@@ -164,3 +169,94 @@ def test_an_image_file_is_prepared_as_the_training_batches_are(tmp_path):
     assert got.shape == expected.shape
     step = 1 / 255 / float(data.test.transform.std.min())  # one grey level, normalised
     assert torch.allclose(got, expected, atol=step)
+
+
+@pytest.mark.parametrize("peer", ["1", "peer1_small_cnn"])
+def test_dml_export_and_export_peer_write_the_same_file(trained, tmp_path, peer):
+    """The CLI and the Python API are one writer: the same peer gives the same bytes."""
+    run, _ = trained
+    assert main(["export", str(run), "--peer", peer, "--out", str(tmp_path / "cli")]) == 0
+    api = dmlkit.export_peer(run, int(peer) if peer.isdigit() else peer, tmp_path / "a.safetensors")
+    cli = tmp_path / "cli" / "weights.safetensors"
+    assert cli.read_bytes() == api.read_bytes()
+    from safetensors.torch import load_file
+
+    trained_weights = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    expected = trained_weights["cohort"]["models"][1]
+    got = load_file(str(api))
+    assert got.keys() == expected.keys()
+    assert all(torch.equal(got[k], expected[k]) for k in expected)
+
+
+def test_without_safetensors_both_write_the_same_pt(trained, tmp_path, monkeypatch, capsys):
+    run, _ = trained
+    monkeypatch.setattr(export_module, "have_safetensors", lambda: False)
+    assert main(["export", str(run), "--peer", "0", "--out", str(tmp_path / "cli")]) == 0
+    assert not (tmp_path / "cli" / "weights.safetensors").exists()
+    api = dmlkit.export_peer(run, 0, tmp_path / "api.pt")
+    assert (tmp_path / "cli" / "weights.pt").read_bytes() == api.read_bytes()
+    # a .safetensors file asked for without the package: one line with the fix, no file
+    with pytest.raises(UserError, match="needs the safetensors package.*or name the file .pt"):
+        dmlkit.export_peer(run, 0, tmp_path / "x.safetensors")
+    assert not (tmp_path / "x.safetensors").exists()
+
+
+def test_an_unknown_peer_is_the_same_line_for_cli_and_api(trained, tmp_path, capsys):
+    run, _ = trained
+    line = "no peer 'fox'; the run has peers 0..1 (peer0_small_cnn, peer1_small_cnn)"
+    assert main(["export", str(run), "--peer", "fox", "--out", str(tmp_path / "cli")]) == 2
+    err = capsys.readouterr().err
+    assert line in err and err.count("\n") == 1
+    with pytest.raises(UserError, match=line.replace("(", r"\(").replace(")", r"\)")):
+        dmlkit.export_peer(run, "fox", tmp_path / "api.pt")
+    assert not (tmp_path / "cli" / "weights.safetensors").exists()
+    assert not (tmp_path / "api.pt").exists()
+    for bad in (2, -1, True):
+        with pytest.raises(UserError, match="the run has peers 0..1"):
+            dmlkit.export_peer(run, bad, tmp_path / "api.pt")
+
+
+def _copy_run(run: Path, dest: Path) -> Path:
+    """config.yaml and the checkpoints of a run (no summary.json)."""
+    (dest / "checkpoints").mkdir(parents=True)
+    (dest / "config.yaml").write_bytes((run / "config.yaml").read_bytes())
+    for f in (run / "checkpoints").iterdir():
+        (dest / "checkpoints" / f.name).write_bytes(f.read_bytes())
+    return dest
+
+
+def test_predict_mistakes_documented_in_errors_md(trained, tmp_path, capsys):
+    """Every `dml predict` row of docs/errors.md: exit 2, the one line shown, nothing written."""
+    run, images = trained
+    (tmp_path / "empty").mkdir()
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not an image")
+    stream = _copy_run(run, tmp_path / "stream")  # a run of the stream loader, no summary.json
+    cfg = yaml.safe_load((stream / "config.yaml").read_text())
+    cfg["data"]["loader"] = "stream"
+    (stream / "config.yaml").write_text(yaml.safe_dump(cfg))
+    damaged = _copy_run(run, tmp_path / "damaged")
+    (damaged / "summary.json").write_text((run / "summary.json").read_text()[:40])
+    img = str(images / "cat" / "0.png")
+    out = tmp_path / "no" / "p.json"
+    cases = [
+        ("predict-no-run", [str(tmp_path / "nowhere"), img], "nowhere: no such run directory"),
+        ("predict-not-a-run", [str(tmp_path), img], f"{tmp_path}: not a run directory"),
+        ("predict-missing-image", [str(run), "nope.png"], "nope.png: no such file or folder"),
+        ("predict-empty-folder", [str(run), str(tmp_path / "empty")], "empty: no images (.png"),
+        ("predict-corrupt-image", [str(run), str(broken)], f"{broken}: cannot decode the image"),
+        ("predict-unknown-peer", [str(run), img, "--peer", "7"], "no peer 7; the run has peers"),
+        ("predict-top-k", [str(run), img, "--top-k", "0"], "--top-k must be >= 1, got 0"),
+        ("predict-device-typo", [str(run), img, "--device", "foo"], "--device='foo': not a dev"),
+        ("predict-out-unwritable", [str(run), img, "--out", str(out)], "cannot write there (No"),
+        ("predict-no-preprocessing", [str(stream), img], "data has no plain image preprocessing"),
+        ("predict-damaged-summary", [str(damaged), img], "summary.json: unreadable ("),
+    ]
+    doc = (Path(__file__).parents[1] / "docs" / "errors.md").read_text()
+    rows = {line.split("|")[1].strip() for line in doc.splitlines() if line.startswith("| ")}
+    for case, argv, needle in cases:
+        assert case in rows, case
+        assert main(["predict", *argv]) == 2, argv
+        err = capsys.readouterr().err
+        assert needle in err and err.count("\n") == 1 and "Traceback" not in err, (argv, err)
+    assert not (tmp_path / "no").exists()

@@ -285,28 +285,18 @@ def export_peer(path: str | Path, peer: int | str, dest: str | Path) -> Path:
     """Write one peer's weights as a plain state_dict: ``.safetensors`` or a torch ``.pt``.
 
     The file needs nothing of dmlkit: ``model.load_state_dict(torch.load(dest))`` or
-    ``safetensors.torch.load_file(dest)``.
+    ``safetensors.torch.load_file(dest)``. The same writer as ``dml export RUN --peer N``
+    (:mod:`dmlkit.engine.export`): the same peer gives the same ``weights.*`` bytes.
 
     Args:
         path: a run directory or checkpoint file.
         peer: the peer's index or name.
-        dest: the file to write (``.safetensors`` by that suffix, else ``torch.save``).
+        dest: the file to write (``.safetensors`` by that suffix, else ``torch.save``);
+            written whole or not at all.
     """
-    state = load_checkpoint(path)
-    names = [p["name"] for p in state["peers"]]
-    index = names.index(peer) if isinstance(peer, str) and peer in names else peer
-    if not isinstance(index, int) or not 0 <= index < len(names):
-        raise UserError(f"{resolve_checkpoint(path)}: no peer {peer!r}; peers: {names}")
-    weights = {k: v.contiguous() for k, v in state["cohort"]["models"][index].items()}
-    dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    if dest.suffix == ".safetensors":
-        from safetensors.torch import save_file
+    from dmlkit.engine.export import export_peer as write_peer
 
-        save_file(weights, str(dest))
-    else:
-        torch.save(weights, dest)
-    return dest
+    return write_peer(path, peer, dest)
 
 
 __all__ = ["export_peer", "fit", "fit_config", "load_peers"]

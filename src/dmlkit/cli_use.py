@@ -62,10 +62,17 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 def _add_which(parser: argparse.ArgumentParser) -> None:
     which = parser.add_mutually_exclusive_group()
-    which.add_argument("--peer", type=int, help="use peer N (0-based) alone")
+    which.add_argument(
+        "--peer", type=_peer, help="use one peer alone: its 0-based index or its name"
+    )
     which.add_argument(
         "--ensemble", action="store_true", help="use the ensemble of all peers (the default)"
     )
+
+
+def _peer(text: str) -> int | str:
+    """``--peer``: an index (``1``) or a peer's name (``peer1_small_cnn``)."""
+    return int(text) if text.lstrip("-").isdigit() else text
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -75,12 +82,15 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from dmlkit.cli_summary import plural
+    from dmlkit.engine.checkpoint import atomic_write_text
+    from dmlkit.engine.devices import resolve_device
     from dmlkit.engine.predict import load_predictor
     from dmlkit.errors import UserError
 
     if args.top_k < 1:
         raise UserError(f"--top-k must be >= 1, got {args.top_k}")
-    predictor = load_predictor(args.run_dir, peer=args.peer, device=args.device)
+    device = resolve_device(args.device, "--device")  # a typo blames the flag, not the run
+    predictor = load_predictor(args.run_dir, peer=args.peer, device=device)
     rows = predictor.predict(args.images, top_k=args.top_k)
     if args.format == "json":
         text = json.dumps({"model": predictor.which, "predictions": rows}, indent=2) + "\n"
@@ -95,7 +105,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
                 )
         text = buf.getvalue()
     if args.out:
-        Path(args.out).write_text(text, encoding="utf-8")
+        try:  # whole or not at all
+            atomic_write_text(Path(args.out), text)
+        except OSError as exc:
+            raise UserError(
+                f"--out {args.out}: cannot write there ({exc.strerror or exc}); choose another path"
+            ) from None
         print(f"{plural(len(rows), 'image')} -> {args.out}", file=sys.stderr)
     else:
         sys.stdout.write(text)
@@ -103,7 +118,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from dmlkit.engine.predict import export, load_predictor
+    from dmlkit.engine.export import export
+    from dmlkit.engine.predict import load_predictor
 
     predictor = load_predictor(args.run_dir, peer=args.peer)
     for path in export(predictor, args.out):

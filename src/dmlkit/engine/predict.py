@@ -1,4 +1,5 @@
-"""A trained cohort on new images (``dml predict``) and outside dmlkit (``dml export``).
+"""A trained cohort on new images (``dml predict``; ``dml export`` writes it for use outside
+dmlkit, :mod:`dmlkit.engine.export`).
 
 Both start from :func:`dmlkit.engine.checkpoint.load_cohort`, the one checkpoint -> peers
 path. What an image goes through before the network (channels, size, the training set's
@@ -9,7 +10,6 @@ since they are stored there), else from rebuilding the run's dataset.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from dmlkit.data import DataBundle, build_data
 from dmlkit.data.imagefolder import IMAGE_EXTENSIONS
 from dmlkit.data.images import decode_rgb
-from dmlkit.engine.checkpoint import atomic_write_text, load_cohort
+from dmlkit.engine.checkpoint import load_cohort
 from dmlkit.engine.rundir import RunDir
 from dmlkit.errors import UserError
 
@@ -141,16 +141,37 @@ def _run_facts(run: RunDir) -> tuple[list[str], dict[str, Any]]:
     data = build_data(cfg.data, seed=cfg.seed)
     preprocess = preprocess_of(data)
     if preprocess is None:
-        raise UserError(f"{run.path}: the {cfg.data.name} data has no plain image preprocessing")
+        raise UserError(
+            f"{run.path}: the {cfg.data.name} data has no plain image preprocessing (per-channel "
+            f"mean and std), so new images cannot be prepared as its batches were; load the "
+            f"weights with dmlkit.load_peers and prepare the images yourself"
+        )
     return list(data.class_names), preprocess
+
+
+def peer_index(names: list[str], peer: int | str, source: str | Path) -> int:
+    """The index of ``peer`` (an index, or one of ``names``) among a run's peers.
+
+    ``source`` (the run or checkpoint given) names the run in the one-line error.
+    """
+    index = names.index(peer) if isinstance(peer, str) and peer in names else peer
+    if isinstance(index, str) and index.lstrip("-").isdigit():  # "1" from a command line
+        index = int(index)
+    if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < len(names):
+        raise UserError(
+            f"{source}: no peer {peer!r}; the run has peers 0..{len(names) - 1} "
+            f"({', '.join(names)}): give an index or a name"
+        )
+    return index
 
 
 def load_predictor(
     run_dir: str | Path,
-    peer: int | None = None,
+    peer: int | str | None = None,
     device: torch.device | str = "cpu",
 ) -> Predictor:
-    """Peer ``peer`` of a run (or its checkpoint file), or the ensemble when ``peer`` is None.
+    """Peer ``peer`` (its index or name) of a run (or of its checkpoint file), or the ensemble
+    when ``peer`` is None.
 
     Example::
 
@@ -159,6 +180,8 @@ def load_predictor(
         p.predict(["cat.png", "more_images/"], top_k=3)
     """
     path = Path(run_dir).expanduser()
+    if not path.exists():  # else the message would name its parent's parent
+        raise UserError(f"{path}: no such run directory or checkpoint file")
     run = RunDir(path if path.is_dir() else path.parent.parent)
     if not run.config_path.is_file():
         raise UserError(f"{run.path}: not a run directory (no config.yaml)")
@@ -167,53 +190,7 @@ def load_predictor(
     specs = [dataclasses.asdict(s) for s in cohort.specs]
     if peer is None:
         model, which = Ensemble(list(cohort.peers)), "ensemble"
-    elif 0 <= peer < len(cohort.peers):
-        model, which, specs = cohort.peers[peer], cohort.specs[peer].name, [specs[peer]]
     else:
-        raise UserError(f"--peer {peer}: the run has peers 0..{len(cohort.peers) - 1}")
+        i = peer_index([s.name for s in cohort.specs], peer, run_dir)
+        model, which, specs = cohort.peers[i], cohort.specs[i].name, [specs[i]]
     return Predictor(model.eval(), which, classes, preprocess, torch.device(device), specs)
-
-
-def export(predictor: Predictor, out: str | Path) -> list[Path]:
-    """Write the predictor for use without dmlkit into folder ``out``.
-
-    ``weights.safetensors`` (``weights.pt`` without the safetensors package): the state dict;
-    ``model.json``: class names, preprocessing, and the peers' architecture names and kwargs;
-    ``model.pt2``: the network as a ``torch.export`` program (loaded with
-    ``torch.export.load(path).module()``, no dmlkit needed), when the model can be exported.
-    Returns the files written.
-    """
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    model = predictor.model.cpu().eval()
-    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    written = []
-    try:
-        from safetensors.torch import save_file
-
-        save_file(state, str(out / "weights.safetensors"))
-        written.append(out / "weights.safetensors")
-    except ImportError:  # safetensors is optional
-        torch.save(state, out / "weights.pt")
-        written.append(out / "weights.pt")
-    p = predictor.preprocess
-    example = torch.zeros(2, p["in_channels"], *p["image_size"])  # 2: not specialised to 1
-    program = None
-    try:
-        batch = torch.export.Dim("batch")  # any batch size
-        program = torch.export.export(model, (example,), dynamic_shapes=({0: batch},))
-        torch.export.save(program, out / "model.pt2")
-        written.append(out / "model.pt2")
-    except Exception as exc:  # noqa: BLE001  (any model torch.export cannot trace: say so)
-        program = f"not exported: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
-    meta = {
-        "which": predictor.which,
-        "output": "log-probabilities" if predictor.which == "ensemble" else "logits",
-        "classes": predictor.classes,
-        "preprocess": p,
-        "peers": predictor.peers,
-        "program": "model.pt2" if not isinstance(program, str) else program,
-    }
-    atomic_write_text(out / "model.json", json.dumps(meta, indent=2))
-    written.append(out / "model.json")
-    return written
