@@ -7,6 +7,7 @@ and by ``conftest.py``, which holds the shared fixtures.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import torch
@@ -39,6 +40,12 @@ MARKET_FAST = [
 def sets(*overrides: str) -> list[str]:
     """``("a=1", "b=2")`` -> ``["--set", "a=1", "--set", "b=2"]``, the command line's form."""
     return [arg for o in overrides for arg in ("--set", o)]
+
+
+def copy_run(run: Path, tmp: Path) -> Path:
+    """A copy of the run folder ``run`` as ``tmp/run`` (to change without touching the original)."""
+    shutil.copytree(run, tmp / "run")
+    return tmp / "run"
 
 
 def train(out: Path, *overrides: str) -> int:

@@ -4,7 +4,6 @@ commands' inputs, interrupts and full disks. Each: one line naming the problem, 
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 from pathlib import Path
 
@@ -17,7 +16,7 @@ from dmlkit.config import DataConfig
 from dmlkit.data.imagefolder import build_imagefolder
 from dmlkit.errors import UserError
 
-from helpers import FAST, sets
+from helpers import FAST, copy_run, sets
 
 FAST_ARGS = sets(*FAST)
 
@@ -72,19 +71,6 @@ def test_imagefolder_unreadable_class_folder_is_an_error(tmp_path, monkeypatch):
 # -- the other commands' inputs --------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def finished(tmp_path_factory) -> Path:
-    """A finished one-epoch digits run; tests copy it before changing anything."""
-    run = tmp_path_factory.mktemp("done") / "run"
-    assert main(["train", "--out", str(run), *FAST_ARGS]) == 0
-    return run
-
-
-def _copy(run: Path, tmp: Path) -> Path:
-    shutil.copytree(run, tmp / "run")
-    return tmp / "run"
-
-
 def _one_error(capsys, prefix: str = "dml: error: ") -> str:
     err = capsys.readouterr().err.strip()
     lines = [ln for ln in err.splitlines() if not ln.startswith(("dml: warning:", "dml: resum"))]
@@ -114,7 +100,7 @@ def test_report_to_an_unwritable_path(finished, tmp_path, capsys):
 
 @pytest.mark.parametrize("name", ["summary.json", "env.json"])
 def test_report_of_a_truncated_json_file(finished, tmp_path, capsys, name):
-    run = _copy(finished, tmp_path)
+    run = copy_run(finished, tmp_path)
     path = run / name
     path.write_text(path.read_text()[:40])
     assert main(["report", str(run), "--out", str(tmp_path / "r.md")]) == 2
@@ -123,7 +109,7 @@ def test_report_of_a_truncated_json_file(finished, tmp_path, capsys, name):
 
 
 def test_analyze_of_a_truncated_summary(finished, tmp_path, capsys):
-    run = _copy(finished, tmp_path)
+    run = copy_run(finished, tmp_path)
     (run / "summary.json").write_text('{"method": "dml", "pee')
     argv = ["analyze", str(run), "--out", str(tmp_path / "a"), "--draws", "1", "--samples", "64"]
     assert main(argv) == 2
@@ -143,7 +129,7 @@ def test_reproduce_with_a_truncated_summary(tmp_path, capsys):
 
 
 def test_malformed_metrics_line_is_skipped_by_every_reader(finished, tmp_path, capsys):
-    run = _copy(finished, tmp_path)
+    run = copy_run(finished, tmp_path)
     lines = (run / "metrics.jsonl").read_text().splitlines()
     lines[1:1] = ["{not json", "5", '{"epoch": 1}']  # damaged, not an object, not a record
     (run / "metrics.jsonl").write_text("\n".join(lines) + "\n")
@@ -214,7 +200,7 @@ def test_full_disk_while_training_is_one_line(tmp_path, capsys, monkeypatch, fau
 
 
 def test_full_disk_at_resume_is_one_line(finished, tmp_path, capsys, monkeypatch):
-    run = _copy(finished, tmp_path)
+    run = copy_run(finished, tmp_path)
     (run / "summary.json").unlink()
     monkeypatch.setenv("DMLKIT_FAULT", "enospc-in-resume@1")
     assert main(["train", "--resume", str(run)]) == 1
@@ -224,7 +210,7 @@ def test_full_disk_at_resume_is_one_line(finished, tmp_path, capsys, monkeypatch
 
 
 def test_full_disk_at_eval_is_one_line(finished, tmp_path, capsys, monkeypatch):
-    run = _copy(finished, tmp_path)
+    run = copy_run(finished, tmp_path)
     monkeypatch.setenv("DMLKIT_FAULT", "enospc-in-eval@1")
     assert main(["eval", str(run)]) == 2
     assert "eval_test.json (No space left on device)" in _one_error(capsys)

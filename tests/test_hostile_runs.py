@@ -24,23 +24,9 @@ from dmlkit.engine.checkpoint import load_checkpoint, verify_checkpoint
 from dmlkit.engine.lock import LOCK_NAME, FolderLock
 from dmlkit.errors import UserError
 
-from helpers import FAST, sets
+from helpers import FAST, copy_run, sets
 
 FAST_ARGS = sets(*FAST)
-
-
-@pytest.fixture(scope="module")
-def finished(tmp_path_factory) -> Path:
-    """A finished one-epoch digits run; tests copy it before changing anything."""
-    run = tmp_path_factory.mktemp("done") / "run"
-    assert main(["train", "--out", str(run), *FAST_ARGS]) == 0
-    return run
-
-
-def _copy(run: Path, tmp: Path) -> Path:
-    dest = tmp / "run"
-    shutil.copytree(run, dest)
-    return dest
 
 
 def _one_error(capsys) -> str:
@@ -132,7 +118,7 @@ def test_last_pointer_is_repaired_after_a_crash(tmp_path, capsys, fault):
 
 
 def test_readers_use_the_newest_epoch_when_last_is_gone(finished, tmp_path, capsys):
-    run = _copy(finished, tmp_path)
+    run = copy_run(finished, tmp_path)
     (run / "checkpoints" / "last.pt").unlink()
     (run / "checkpoints" / "last.pt.sha256").unlink()
     assert main(["eval", str(run)]) == 0
@@ -148,7 +134,7 @@ def _nan_weights(state: dict) -> None:
 
 
 def test_eval_refuses_nonfinite_weights_without_checksum(finished, tmp_path, capsys):
-    run = _copy(finished, tmp_path)
+    run = copy_run(finished, tmp_path)
     for ckpt in (run / "checkpoints").glob("*.pt"):
         ckpt.unlink()
         ckpt.with_name(ckpt.name + ".sha256").unlink()
@@ -196,7 +182,7 @@ def _huge_width(state: dict) -> None:
 
 
 def test_crafted_peer_spec_is_refused_before_building(finished, tmp_path, capsys):
-    run = _copy(finished, tmp_path)
+    run = copy_run(finished, tmp_path)
     ckpt = run / "checkpoints" / "epoch_0001.pt"
     _rewrite(ckpt, _huge_width)
     assert main(["eval", str(ckpt)]) == 2
@@ -204,7 +190,7 @@ def test_crafted_peer_spec_is_refused_before_building(finished, tmp_path, capsys
 
 
 def test_peer_spec_differing_from_its_config_is_refused(finished, tmp_path, capsys):
-    run = _copy(finished, tmp_path)
+    run = copy_run(finished, tmp_path)
     ckpt = run / "checkpoints" / "epoch_0001.pt"
     _rewrite(ckpt, lambda s: s["peers"][0].update(kwargs={"width": 4}))
     assert main(["eval", str(ckpt)]) == 2
@@ -224,7 +210,7 @@ def test_peer_spec_differing_from_its_config_is_refused(finished, tmp_path, caps
     ids=["missing-key", "extra-spec-field", "missing-weights"],
 )
 def test_malformed_checkpoint_is_one_line(finished, tmp_path, capsys, change, needle):
-    run = _copy(finished, tmp_path)
+    run = copy_run(finished, tmp_path)
     ckpt = run / "checkpoints" / "epoch_0001.pt"
     _rewrite(ckpt, change)
     assert main(["eval", str(ckpt)]) == 2
@@ -252,7 +238,7 @@ def test_crafted_pickle_message_says_it_would_run_code(tmp_path, capsys):
 
 
 def test_resume_with_more_epochs_updates_config_yaml(finished, tmp_path, capsys):
-    run = _copy(finished, tmp_path)
+    run = copy_run(finished, tmp_path)
     (run / "summary.json").unlink()
     assert main(["train", "--resume", str(run), "--set", "train.epochs=2"]) == 0
     assert yaml.safe_load((run / "config.yaml").read_text())["train"]["epochs"] == 2

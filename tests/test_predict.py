@@ -62,15 +62,20 @@ def test_summary_stores_classes_and_preprocessing(trained):
     assert p["in_channels"] == 3 and p["image_size"] == [8, 8] and len(p["mean"]) == 3
 
 
+def _copy_run(run: Path, dest: Path) -> Path:
+    """config.yaml and the checkpoints of a run (no summary.json)."""
+    (dest / "checkpoints").mkdir(parents=True)
+    (dest / "config.yaml").write_bytes((run / "config.yaml").read_bytes())
+    for f in (run / "checkpoints").iterdir():
+        (dest / "checkpoints" / f.name).write_bytes(f.read_bytes())
+    return dest
+
+
 def test_a_run_without_stored_facts_rebuilds_them_from_its_data(trained, tmp_path):
     run, images = trained
     files = [images / "dog" / "3.png", images / "fox" / "1.png"]
     expected = load_predictor(run).probabilities(files)
-    old = tmp_path / "old"
-    (old / "checkpoints").mkdir(parents=True)
-    (old / "config.yaml").write_bytes((run / "config.yaml").read_bytes())
-    for f in (run / "checkpoints").iterdir():
-        (old / "checkpoints" / f.name).write_bytes(f.read_bytes())
+    old = _copy_run(run, tmp_path / "old")
     # no summary.json: the classes and the normalisation come from the dataset again
     assert torch.allclose(load_predictor(old).probabilities(files), expected)
 
@@ -214,15 +219,6 @@ def test_an_unknown_peer_is_the_same_line_for_cli_and_api(trained, tmp_path, cap
     for bad in (2, -1, True):
         with pytest.raises(UserError, match="the run has peers 0..1"):
             dmlkit.export_peer(run, bad, tmp_path / "api.pt")
-
-
-def _copy_run(run: Path, dest: Path) -> Path:
-    """config.yaml and the checkpoints of a run (no summary.json)."""
-    (dest / "checkpoints").mkdir(parents=True)
-    (dest / "config.yaml").write_bytes((run / "config.yaml").read_bytes())
-    for f in (run / "checkpoints").iterdir():
-        (dest / "checkpoints" / f.name).write_bytes(f.read_bytes())
-    return dest
 
 
 def test_predict_mistakes_documented_in_errors_md(trained, tmp_path, capsys):
