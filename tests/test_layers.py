@@ -37,6 +37,7 @@ LAYERS: list[tuple[str, ...]] = [
     (
         "dmlkit.cli",
         "dmlkit.cli_use",
+        "dmlkit.cli_analysis",
         "dmlkit.cli_summary",
         "dmlkit.bench",
         "dmlkit.api",
