@@ -40,9 +40,11 @@ def build(arm: str, batch: int):  # noqa: ANN201 - a (method, x, y) triple
     cohort.train()
     method = build_method(cfg, cohort)
     g = torch.Generator().manual_seed(0)
+    views = method.member_views()  # kdcl, pcl: one augmented view of the batch per member
+    shape = (views, batch, 1, 8, 8) if views else (batch, 1, 8, 8)
     return (
         method,
-        torch.randn(batch, 1, 8, 8, generator=g),
+        torch.randn(*shape, generator=g),
         torch.randint(0, 10, (batch,), generator=g),
     )
 
