@@ -87,6 +87,9 @@ def _overrides(args: argparse.Namespace) -> list[str]:
         "train.epochs=1",
         "train.progress=false",
         "train.deterministic=false",
+        # every core, as torch's default gives pytorch-dml: `auto` would subtract the load
+        # average, which a benchmark run just before this one leaves behind
+        f"train.threads={os.cpu_count() or 1}",
         f"train.device={args.device}",
     ]
 
