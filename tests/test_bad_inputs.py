@@ -272,6 +272,24 @@ CASES += [
     ),
     ("lr-inf", _nothing, ["--set", "optim.lr=.inf"], "optim.lr: expected a finite number, got inf"),
     (
+        "checkpoint-every-steps-negative",
+        _nothing,
+        ["--set", "train.checkpoint_every_steps=-1"],
+        "train.checkpoint_every_steps must be >= 0 (0: at epoch ends only), got -1",
+    ),
+    (
+        "member-views-for-dml",
+        _nothing,
+        ["--set", "method.member_views=true"],
+        "only kdcl and pcl take one view per member); set method.member_views=false",
+    ),
+    (
+        "rampup-shape-typo",
+        _nothing,
+        ["--set", "method.rampup_shape=cubic"],
+        "method.rampup_shape: must be one of 'linear', 'sigmoid', got 'cubic'",
+    ),
+    (
         "newline-in-file-name",
         _nothing,
         ["-c", "/nonexistent/a\nb.yaml"],
