@@ -234,7 +234,8 @@ def step_tests(ctx: Context, budget: float) -> dict[str, Any]:
     log = ctx.out / f"gpu_tests-{ctx.slug}.log"
     xml.unlink(missing_ok=True)
     cmd = [sys.executable, "-m", "pytest", "-m", "gpu", str(ctx.tests), "-v", "-rfEs"]
-    cmd += ["-p", "no:cacheprovider", f"--junitxml={xml}"]
+    # rootdir = the tests' folder: junit names a test "module::name" wherever the clone lives
+    cmd += ["-p", "no:cacheprovider", f"--junitxml={xml}", f"--rootdir={ctx.tests}"]
     code, out = run_limited(cmd, budget, log, ctx.env())
     _tail(out)
     counts = _junit_counts(xml) if code is not None and xml.is_file() else _verbose_counts(out)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -58,10 +59,19 @@ def _model_cases():
 
 
 @pytest.fixture
-def exact_fp32(monkeypatch: pytest.MonkeyPatch) -> None:
-    """No TF32 on the GPU: two fp32 paths are then compared at fp32 precision."""
-    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
-    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+def exact_fp32() -> Iterator[None]:
+    """No TF32 on the GPU: two fp32 paths are then compared at fp32 precision.
+
+    Saved and restored by hand: these flags are properties of torch's backend modules, which
+    pytest's monkeypatch (9.2 and newer) restores with ``delattr`` and fails on.
+    """
+    matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
+    saved = (matmul.allow_tf32, cudnn.allow_tf32)
+    matmul.allow_tf32, cudnn.allow_tf32 = False, False
+    try:
+        yield
+    finally:
+        matmul.allow_tf32, cudnn.allow_tf32 = saved
 
 
 def _batches(n: int, shape: tuple[int, ...], classes: int, device: str, seed: int = 0):
