@@ -298,6 +298,16 @@ CASES += [
 ]
 
 
+CASES.append(
+    (
+        "resnet-shortcut-typo",
+        _nothing,
+        ["--set", "peers.0.arch=resnet32", "--set", "peers.0.kwargs.shortcut=B"],
+        "peers[].kwargs.shortcut must be 'pad'",
+    )
+)
+
+
 def _kd_mismatch_setup(tmp: Path) -> dict:
     """A 10-class digits teacher for a student on a 2-class image folder."""
     names = _teacher_10_classes(tmp)

@@ -177,3 +177,23 @@ def test_resnet_shortcut_is_subsample_and_zero_channels():
     expected = torch.zeros_like(x)
     expected[:, :, ::2, ::2] = 1
     assert torch.equal(g, expected)
+
+
+def test_resnet_conv_shortcut_is_a_strided_1x1_conv_and_bn():
+    from dmlkit.models.cifar import BasicBlock
+
+    torch.manual_seed(0)
+    block = BasicBlock(4, 8, 2, shortcut="conv").eval()
+    x = torch.randn(2, 4, 6, 6)
+    conv, bn = block.project
+    expected = bn(torch.nn.functional.conv2d(x, conv.weight, stride=2))
+    torch.testing.assert_close(block.shortcut(x), expected)
+    # where the shape is kept, the shortcut is the identity whatever the option
+    same = BasicBlock(8, 8, 1, shortcut="conv")
+    assert same.project is None
+    y = torch.randn(2, 8, 6, 6)
+    assert torch.equal(same.shortcut(y), y)
+    # ResNet-32 with conv shortcuts: two projections, 32 * 16 + 2 * 32 and 64 * 32 + 2 * 64
+    pad = n_params(build_model("resnet32", 100, 3))
+    conv_net = n_params(build_model("resnet32", 100, 3, shortcut="conv"))
+    assert conv_net - pad == (16 * 32 + 2 * 32) + (32 * 64 + 2 * 64)

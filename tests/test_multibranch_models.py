@@ -64,3 +64,40 @@ def test_temporal_mean_copy_starts_equal_has_no_gradient_and_is_saved() -> None:
 def test_bad_arguments_name_the_key(kwargs, key) -> None:
     with pytest.raises(ConfigError, match=key):
         build_model("resnet32_mb", 5, 3, **kwargs)
+
+
+def _n_params(net: torch.nn.Module) -> int:
+    return sum(p.numel() for p in net.parameters())
+
+
+@pytest.mark.parametrize(
+    ("branches", "heads", "pad", "conv"),
+    [
+        # ONE's network (3 branches and the gate) and OKDDip's (3 peers and the group leader,
+        # with the attention's projections) at 100 classes: "conv" must equal the parameter
+        # counts of the ONE and OKDDip reference code's ResNet-32 models; "pad" is ours.
+        (3, {"gate": True}, 1_186_085, 1_193_189),
+        (4, {"attention": True}, 1_544_992, 1_554_272),
+    ],
+)
+def test_parameter_counts_of_the_online_kd_networks(branches, heads, pad, conv) -> None:
+    for shortcut, expected in (("pad", pad), ("conv", conv)):
+        net = build_model("resnet32_mb", 100, 3, branches=branches, shortcut=shortcut, **heads)
+        assert _n_params(net) == expected, shortcut
+
+
+def test_conv_shortcut_projects_where_the_shape_changes_only() -> None:
+    net = build_model("resnet32_mb", 5, 3, depth=8, branches=2, shortcut="conv")
+    projected = [m for m in net.modules() if getattr(m, "project", None) is not None]
+    # stage 2 opens in the trunk (once), stage 3 in every branch (twice)
+    assert len(projected) == 3
+    assert all(b.project[0].kernel_size == (1, 1) for b in projected)
+    out = net.branch_outputs(torch.randn(2, 3, 8, 8))
+    assert all(torch.isfinite(z).all() for z in out.logits)
+
+
+def test_bad_shortcut_names_the_key() -> None:
+    with pytest.raises(ConfigError, match="peers\\[\\].kwargs.shortcut"):
+        build_model("resnet32_mb", 5, 3, shortcut="B")
+    with pytest.raises(ConfigError, match="peers\\[\\].kwargs.shortcut"):
+        build_model("resnet32", 5, 3, shortcut="B")

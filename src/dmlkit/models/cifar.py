@@ -2,6 +2,7 @@
 
 * ``resnet32``: the CIFAR ResNet of He et al. (2016), 3 stages x 5 basic blocks, 16/32/64
   channels, parameter-free shortcuts; ~0.47M parameters at 100 classes ("typical student size").
+  ``shortcut="conv"`` gives the 1x1-conv shortcuts of the online-distillation codes.
 * ``mobilenet``: MobileNet v1 (Howard et al., 2017) adapted to 32x32 inputs; ~3.3M parameters.
 * ``inception_v1``: GoogLeNet (Szegedy et al., 2015) adapted to 32x32 inputs, with BatchNorm.
 * ``wrn28_10``: Wide ResNet 28-10 (Zagoruyko & Komodakis, 2016); ~36.5M parameters
@@ -56,24 +57,55 @@ def _conv_bn_relu(
 # ResNet-32 (He et al. 2016, Sec. 4.2: the CIFAR-10 networks of depth 6n + 2)
 
 
+SHORTCUTS = ("pad", "conv")
+
+
+def check_shortcut(shortcut: str) -> None:
+    """Raise ConfigError unless ``shortcut`` is one of :data:`SHORTCUTS`."""
+    if shortcut not in SHORTCUTS:
+        raise ConfigError(
+            f"peers[].kwargs.shortcut must be 'pad' (parameter-free, the DML paper's ResNet-32) "
+            f"or 'conv' (1x1 conv + BN, the online-distillation codes'), got {shortcut!r}"
+        )
+
+
 class BasicBlock(nn.Module):
     """Two 3x3 conv-BN layers and a shortcut (post-activation, as in He et al. 2016).
 
-    When the block halves the resolution and doubles the channels, the shortcut subsamples the
-    input and pads the new channels with zeros ("option A" of the paper's CIFAR experiments):
-    parameter-free, which is what keeps ResNet-32 at ~0.47M parameters (100 classes).
+    When the block halves the resolution and doubles the channels, the shortcut is either
+
+    * ``"pad"``: subsample the input and pad the new channels with zeros ("option A" of the
+      ResNet paper's CIFAR experiments): parameter-free, which is what keeps ResNet-32 at
+      ~0.47M parameters (100 classes), the size the DML paper states;
+    * ``"conv"``: a strided 1x1 convolution and BatchNorm ("option B"), which the public code
+      of ONE, OKDDip and the PCL reimplementation use (their ResNet-32 networks are larger by
+      these projections).
+
+    Args:
+        cin: input channels.
+        cout: output channels.
+        stride: 1, or 2 to halve the resolution.
+        shortcut: ``"pad"`` or ``"conv"`` (only used where the shape changes).
     """
 
-    def __init__(self, cin: int, cout: int, stride: int) -> None:
+    def __init__(self, cin: int, cout: int, stride: int, shortcut: str = "pad") -> None:
         super().__init__()
+        check_shortcut(shortcut)
         self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(cout)
         self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(cout)
         self.stride = stride
         self.pad = cout - cin
+        self.project: nn.Module | None = None
+        if shortcut == "conv" and (stride > 1 or cin != cout):
+            self.project = nn.Sequential(
+                nn.Conv2d(cin, cout, 1, stride, 0, bias=False), nn.BatchNorm2d(cout)
+            )
 
     def shortcut(self, x: Tensor) -> Tensor:
+        if self.project is not None:
+            return self.project(x)
         if self.stride > 1:
             # == x[:, :, ::s, ::s], but its gradient keeps x's memory format (the slice's
             # backward scatters into a contiguous NCHW buffer; see global_avg_pool)
@@ -99,10 +131,15 @@ class CifarResNet(nn.Module):
         num_classes: output classes C.
         in_channels: input channels.
         depth: 6n + 2; 32 (n = 5) is the paper's ResNet-32.
+        shortcut: ``"pad"`` (parameter-free, the default) or ``"conv"`` (1x1 conv + BN), see
+            :class:`BasicBlock`.
     """
 
-    def __init__(self, num_classes: int, in_channels: int = 3, depth: int = 32) -> None:
+    def __init__(
+        self, num_classes: int, in_channels: int = 3, depth: int = 32, shortcut: str = "pad"
+    ) -> None:
         super().__init__()
+        check_shortcut(shortcut)
         if depth < 8 or (depth - 2) % 6:
             raise ConfigError(
                 f"peers[].kwargs.depth of the CIFAR ResNet must be 6n + 2 (e.g. 20, 32, 56), "
@@ -114,7 +151,7 @@ class CifarResNet(nn.Module):
         cin = 16
         for width, stride in ((16, 1), (32, 2), (64, 2)):
             for i in range(n):
-                blocks.append(BasicBlock(cin, width, stride if i == 0 else 1))
+                blocks.append(BasicBlock(cin, width, stride if i == 0 else 1, shortcut))
                 cin = width
         self.blocks = nn.Sequential(*blocks)
         self.fc = nn.Linear(64, num_classes)
@@ -352,7 +389,8 @@ class InceptionV1(nn.Module):
 
 @MODELS.register("resnet32")
 def resnet32(num_classes: int, in_channels: int = 3, **kwargs) -> nn.Module:
-    """CIFAR ResNet-32 (0.470M parameters at 100 classes); ``depth`` gives other 6n + 2."""
+    """CIFAR ResNet-32 (0.470M parameters at 100 classes); ``depth`` gives other 6n + 2,
+    ``shortcut="conv"`` 1x1-conv shortcuts (0.473M)."""
     return CifarResNet(num_classes, in_channels, **kwargs)
 
 

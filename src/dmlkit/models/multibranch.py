@@ -39,7 +39,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dmlkit.errors import ConfigError
-from dmlkit.models.cifar import BasicBlock, WideBlock, _conv_bn_relu, _init_weights
+from dmlkit.models.cifar import (
+    BasicBlock,
+    WideBlock,
+    _conv_bn_relu,
+    _init_weights,
+    check_shortcut,
+)
 from dmlkit.models.layers import global_avg_pool
 from dmlkit.models.registry import MODELS
 
@@ -174,15 +180,19 @@ def resnet32_mb(
     gate: bool = False,
     attention: bool = False,
     fusion: bool = False,
+    shortcut: str = "pad",
 ) -> MultiBranchNet:
     """Multi-branch CIFAR ResNet (default ResNet-32; ``depth=110`` for ResNet-110): the blocks of
-    :class:`dmlkit.models.cifar.CifarResNet`, stages after ``branch_at`` duplicated per branch."""
+    :class:`dmlkit.models.cifar.CifarResNet`, stages after ``branch_at`` duplicated per branch.
+    ``shortcut``: ``"pad"`` (parameter-free) or ``"conv"`` (1x1 conv + BN, as in the public code
+    of ONE, OKDDip and the PCL reimplementation; the online-KD recipes use it)."""
     if depth < 8 or (depth - 2) % 6:
         raise ConfigError(f"peers[].kwargs.depth of the CIFAR ResNet must be 6n + 2, got {depth}")
+    check_shortcut(shortcut)
     n = (depth - 2) // 6
     return MultiBranchNet(
         _conv_bn_relu(in_channels, 16, 3),
-        lambda i: _stage(i, n, (16, 32, 64), 16, BasicBlock),
+        lambda i: _stage(i, n, (16, 32, 64), 16, lambda c, o, st: BasicBlock(c, o, st, shortcut)),
         nn.Identity,
         (16, 32, 64),
         16,
