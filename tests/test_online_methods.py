@@ -81,10 +81,16 @@ def test_heads_and_deployed_models_are_evaluated(tmp_path) -> None:
             )
 
 
-def test_pcl_temporal_mean_follows_the_mean_teacher_warmup() -> None:
+def _pcl(mode: str, decay: float = 0.9) -> PCL:
     spec = PeerSpec("net", "resnet32_mb", 4, 1, seed=0, kwargs={"depth": 8, **PCL.model_kwargs})
     cohort = Cohort([spec], [OptimConfig(lr=0.1)], total_epochs=1.0)
-    method = PCL(cohort, MethodConfig(name="pcl", temperature=3.0, ema_decay=0.9))
+    cfg = MethodConfig(name="pcl", temperature=3.0, ema_decay=decay, mean_teacher=mode)
+    return PCL(cohort, cfg)
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_pcl_temporal_mean_follows_the_mean_teacher_warmup(mode) -> None:
+    method = _pcl(mode)
     x, y = torch.randn(8, 1, 8, 8), torch.arange(8) % 4
     net, mean = method.net, method.net.mean_net
 
@@ -93,6 +99,8 @@ def test_pcl_temporal_mean_follows_the_mean_teacher_warmup() -> None:
 
     method.train_step(x, y)  # first update: decay 0, the mean is the network
     first = own()
+    # (in train mode the running statistics match too: before this first step the mean and
+    # the network had the same weights and both ran a train-mode forward on x)
     assert all(torch.equal(mean.state_dict()[k], first[k]) for k in mean.state_dict())
     method.train_step(x, y)  # second: decay min(0.9, 1 - 1/2) = 0.5
     second = own()
@@ -115,3 +123,75 @@ def test_sequential_dml_over_a_multibranch_peer_is_refused(tmp_path, capsys) -> 
     args = [*FAST, "method.name=dml", "method.update=sequential", *MB]
     assert train(tmp_path / "run", *args) == 2
     assert "method.update=simultaneous" in capsys.readouterr().err
+
+
+def _bn_stats(net: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in net.state_dict().items() if "running" in k}
+
+
+def test_pcl_mean_teacher_train_mode_averages_parameters_only() -> None:
+    """The reference's temporal mean: targets from a train-mode forward (batch statistics),
+    parameters averaged, running statistics its own (moved by its own forward passes)."""
+    method = _pcl("train", decay=0.5)
+    torch.manual_seed(1)
+    x, y = torch.randn(8, 1, 8, 8), torch.arange(8) % 4
+    for _ in range(2):  # mean and network now differ
+        method.train_step(x, y)
+    net, mean = method.net, method.net.mean_net
+    x2 = torch.randn(8, 1, 8, 8)
+    import copy
+
+    probe = copy.deepcopy(mean).train()
+    with torch.no_grad():
+        expected = probe.branch_logits(x2)  # train mode: batch statistics, stats moved
+    got = method._mean_logits(x2)
+    for a, b in zip(got, expected, strict=True):
+        torch.testing.assert_close(a, b)
+    assert mean.training == net.training  # the mode is restored
+    after_forward = _bn_stats(mean)
+    assert after_forward.keys() == _bn_stats(probe).keys()
+    assert all(torch.equal(after_forward[k], _bn_stats(probe)[k]) for k in after_forward)
+    before = {k: v.clone() for k, v in mean.named_parameters()}
+    net_stats = _bn_stats(net)
+    method._update_mean()  # decay 0.5 (after 2 updates: min(0.5, 1 - 1/3))
+    own = dict(net.named_parameters())
+    for k, v in mean.named_parameters():
+        torch.testing.assert_close(v, 0.5 * before[k] + 0.5 * own[k])
+    # running statistics untouched by the update, and not the network's
+    stats = _bn_stats(mean)
+    assert all(torch.equal(stats[k], after_forward[k]) for k in stats)
+    assert any(not torch.equal(stats[k], net_stats[k]) for k in stats)
+
+
+def test_pcl_mean_teacher_eval_mode_averages_running_statistics() -> None:
+    method = _pcl("eval", decay=0.5)
+    torch.manual_seed(1)
+    x, y = torch.randn(8, 1, 8, 8), torch.arange(8) % 4
+    for _ in range(2):
+        method.train_step(x, y)
+    net, mean = method.net, method.net.mean_net
+    x2 = torch.randn(8, 1, 8, 8)
+    stats = _bn_stats(mean)
+    with torch.no_grad():
+        expected = mean.eval().branch_logits(x2)
+    mean.train()
+    got = method._mean_logits(x2)
+    for a, b in zip(got, expected, strict=True):
+        torch.testing.assert_close(a, b)
+    assert all(torch.equal(v, _bn_stats(mean)[k]) for k, v in stats.items())  # eval: no move
+    net_stats = _bn_stats(net)
+    method._update_mean()
+    for k, v in _bn_stats(mean).items():
+        torch.testing.assert_close(v, 0.5 * stats[k] + 0.5 * net_stats[k])
+
+
+def test_pcl_mean_teacher_modes_give_different_targets() -> None:
+    targets = {}
+    for mode in ("train", "eval"):
+        method = _pcl(mode)
+        torch.manual_seed(1)
+        x, y = torch.randn(8, 1, 8, 8), torch.arange(8) % 4
+        for _ in range(3):
+            method.train_step(x, y)
+        targets[mode] = method._mean_logits(torch.randn(8, 1, 8, 8))
+    assert not torch.allclose(targets["train"][0], targets["eval"][0], atol=1e-3)

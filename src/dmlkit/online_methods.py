@@ -13,7 +13,8 @@ so every config the trainer sees can name them).
 The config keys they read: ``method.temperature`` (the papers use 3 for ONE, OKDDip and PCL, 2
 for KDCL; the recipes set them), ``method.mimicry_weight``, ``method.mimicry_rampup`` and
 ``method.rampup_shape`` (the weight of the distillation terms and its ramp-up, linear or the
-sigmoid of OKDDip's and PCL's code), ``method.ensemble`` (kdcl), ``method.ema_decay`` (pcl) and
+sigmoid of OKDDip's and PCL's code), ``method.ensemble`` (kdcl), ``method.ema_decay`` and
+``method.mean_teacher`` (pcl) and
 ``method.member_views`` (kdcl, pcl: every member trains on its own random augmentation of the
 batch, as in both papers; the loader then yields ``x: [K, B, ...]``, view k for member k).
 
@@ -171,9 +172,13 @@ class PCL(BranchMethod):
     """PCL (Wu & Gong AAAI 2021): a fusion head over the branches' features is the peer
     ensemble teacher (trained with CE); the temporal mean (EMA, ``method.ema_decay``) of the
     network gives the peer mean teachers; each branch distils from the ensemble and from the
-    other branches' means (:func:`pcl_loss`). The temporal-mean network, run in eval mode
-    (running statistics that are themselves averaged), is what is deployed: its first branch,
-    ``<peer>.mean.b1``; all its branches and the fusion head are evaluated too. The recipes
+    other branches' means (:func:`pcl_loss`). ``method.mean_teacher``: ``train`` (default, as
+    the public PCL reimplementation) runs the temporal mean in train mode for its targets and
+    averages the parameters only (its BatchNorm running statistics come from its own forward
+    passes); ``eval`` runs it in eval mode on running statistics averaged with the parameters.
+    The temporal-mean network is what is deployed: its first branch, ``<peer>.mean.b1``
+    (evaluated in eval mode, like every network); all its branches and the fusion head are
+    evaluated too. The recipes
     give each branch its own augmentation (``method.member_views``, as in the paper) and ramp
     the distillation weight up with the sigmoid of the code (``method.rampup_shape=sigmoid``)."""
 
@@ -200,9 +205,12 @@ class PCL(BranchMethod):
 
     @torch.no_grad()
     def _mean_logits(self, x: Tensor) -> list[Tensor]:
+        """The temporal mean's branch logits: in train mode (``method.mean_teacher=train``,
+        the reference: batch statistics, and its BatchNorm running statistics move with
+        them) or in eval mode (``eval``: the averaged running statistics)."""
         # with views, mean branch j sees view j, as branch j does
         was = self.mean.training
-        self.mean.eval()
+        self.mean.train(self.cfg.mean_teacher == "train")
         try:
             return self._outputs(self.mean, x)[0]
         finally:
@@ -228,13 +236,19 @@ class PCL(BranchMethod):
         return self._logs(logits, y, [ens.detach()] * len(logits))
 
     def _update_mean(self) -> None:
+        """EMA of the parameters (``method.mean_teacher=train``, the reference), or of every
+        parameter and buffer, BatchNorm's running statistics included (``eval``)."""
         # The update count is a buffer of the network (saved with its weights), so a resumed
         # run continues the same mean-teacher warm-up.
         count = self.net.mean_updates
         decay = ema_decay(int(count), self.cfg.ema_decay)
         own = self.net.state_dict()
-        names = list(self.mean.state_dict())
-        ema_update([self.mean.state_dict()[n] for n in names], [own[n] for n in names], decay)
+        mine = self.mean.state_dict()
+        if self.cfg.mean_teacher == "train":
+            names = [n for n, _ in self.mean.named_parameters()]
+        else:
+            names = list(mine)
+        ema_update([mine[n] for n in names], [own[n] for n in names], decay)
         count += 1
 
     def _heads(self, x: Tensor) -> dict[str, Tensor]:

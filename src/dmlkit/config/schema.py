@@ -72,6 +72,11 @@ class MethodConfig:
     alpha: float = 0.9  # kd: weight of the soft-target term
     ensemble: Literal["minlogit", "naive"] = "minlogit"  # kdcl: how the teacher is built
     ema_decay: float = 0.999  # pcl: decay of the temporal mean (mean-teacher warm-up first)
+    # pcl: how the temporal mean gives its targets. train = as the public PCL
+    # reimplementation: run in train mode (batch statistics; its BatchNorm running statistics
+    # are its own, from those forward passes), parameters averaged only. eval = run in eval
+    # mode on running statistics that are themselves averaged with the parameters.
+    mean_teacher: Literal["train", "eval"] = "train"
     # kdcl, pcl: every member trains on its own random augmentation of the batch (the loader
     # draws one view per member from the epoch's generator)
     member_views: bool = False
