@@ -308,6 +308,22 @@ CASES.append(
 )
 
 
+CASES += [
+    (
+        "dml-mean-logits-sequential",
+        _nothing,
+        ["--set", "method.name=dml_mean_logits", "--set", "method.update=sequential"],
+        "dml_mean_logits steps every peer against one forward pass; set method.update=simultaneous",
+    ),
+    (
+        "dml-mean-logits-one-peer",
+        _nothing,
+        ["--set", "method.name=dml_mean_logits", "--set", "peers=[small_cnn]"],
+        "dml_mean_logits needs at least 2 peers",
+    ),
+]
+
+
 def _kd_mismatch_setup(tmp: Path) -> dict:
     """A 10-class digits teacher for a student on a 2-class image folder."""
     names = _teacher_10_classes(tmp)

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from dmlkit.online_losses import (
+    dml_mean_logits_losses,
     ema_decay,
     ema_update,
     gate_ensemble,
@@ -167,3 +168,43 @@ def test_sigmoid_rampup() -> None:
     assert sigmoid_rampup(0, 10) == pytest.approx(math.exp(-5))
     assert sigmoid_rampup(5, 10) == pytest.approx(math.exp(-1.25))
     assert sigmoid_rampup(20, 10) == 1.0 and sigmoid_rampup(3, 0) == 1.0
+
+
+def test_dml_mean_logits_k3_by_hand() -> None:
+    """Peer 1 ([0, 0]) against the mean of the others' logits ([0, 2] and [0, 0] -> [0, 1]):
+    target t = (1/(1+e), e/(1+e)), p1 uniform, so KL(t || p1) = ln 2 - H(t) with
+    H(t) = ln(1 + e) - e/(1 + e). At T = 2 the logits are halved and the KL times 4. The
+    mean of the others' probabilities (DML_e) would be ((0.1192 + 0.5)/2, ...) instead."""
+    z = [torch.tensor([[0.0, 0.0]]), torch.tensor([[0.0, 2.0]]), torch.tensor([[0.0, 0.0]])]
+    y = torch.tensor([1])
+    for t in (1.0, 2.0):
+        terms = dml_mean_logits_losses(z, y, temperature=t, weight=0.5)
+        a = math.exp(1.0 / t)
+        kl = t**2 * (math.log(2) - math.log(1 + a) + (1.0 / t) * a / (1 + a))
+        assert terms[0].distill.item() == pytest.approx(kl, abs=1e-6)
+        ce = math.log(2)  # z1 = [0, 0], label 1
+        assert terms[0].ce.item() == pytest.approx(ce, abs=1e-6)
+        assert terms[0].total.item() == pytest.approx(ce + 0.5 * kl, abs=1e-6)
+        # peer 3 is peer 1's twin: same target, same value
+        assert terms[2].distill.item() == pytest.approx(kl, abs=1e-6)
+    # peer 2 ([0, 2]) against the mean of [0, 0] and [0, 0]: uniform target, T = 1
+    p = _softmax([0.0, 2.0])
+    kl2 = sum(0.5 * math.log(0.5 / q) for q in p)
+    terms = dml_mean_logits_losses(z, y, temperature=1.0)
+    assert terms[1].distill.item() == pytest.approx(kl2, abs=1e-6)
+
+
+def test_dml_mean_logits_targets_are_detached_and_k2_is_dml() -> None:
+    torch.manual_seed(0)
+    z = [torch.randn(4, 5, requires_grad=True) for _ in range(3)]
+    y = torch.tensor([0, 1, 2, 3])
+    terms = dml_mean_logits_losses(z, y, temperature=3.0)
+    terms[0].total.backward()
+    assert z[0].grad is not None and z[1].grad is None and z[2].grad is None
+    # two peers: the mean of one peer's logits is that peer: DML's term at the same T
+    from dmlkit.losses import mimicry_kl
+
+    two = dml_mean_logits_losses(z[:2], y, temperature=3.0)
+    torch.testing.assert_close(two[0].distill, mimicry_kl(z[0], z[1], 3.0))
+    with pytest.raises(ValueError, match="two peers"):
+        dml_mean_logits_losses(z[:1], y)

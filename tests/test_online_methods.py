@@ -22,6 +22,7 @@ ARMS = {
     "pcl": MB,
     "kdcl": ["peers=[small_cnn,mlp]"],
     "dml": MB,  # DML with a shared trunk: the branches are the peers
+    "dml_mean_logits": ["peers=[small_cnn,mlp]"],
 }
 # constant LR: a 1-epoch run resumed to 2 epochs follows the 2-epoch run's schedule
 BASE = [*FAST, "optim.schedule=constant", "method.temperature=3"]
@@ -50,7 +51,7 @@ def test_trains_evaluates_and_resumes_bitwise(tmp_path, method) -> None:
         assert [r for r in mine if r["epoch"] == 2 or split == "train"] == same(split)
     summary = json.loads((full / "summary.json").read_text())
     names = [p["name"] for p in summary["peers"]]
-    if method == "kdcl":
+    if method in ("kdcl", "dml_mean_logits"):
         assert names == ["peer0_small_cnn", "peer1_mlp"]
     else:  # every branch evaluated as a member
         assert names == [f"peer0_resnet32_mb.b{i}" for i in (1, 2, 3)]

@@ -1,6 +1,7 @@
 """The losses of DML's online-distillation successors, as pure functions of logits.
 
-One function per method, plus the small pieces each teacher is built from (ONE's gate
+One function per method (and DML against the mean of the others' logits, the "DML" of the
+OKDDip code), plus the small pieces each teacher is built from (ONE's gate
 ensemble, KDCL's min-logit / naive teachers, OKDDip's attention, PCL's temporal mean). *When*
 and on *what* each network steps lives in :mod:`dmlkit.online_methods`.
 
@@ -48,6 +49,38 @@ class OnlineTerms(NamedTuple):
     total: Tensor
     ce: Tensor  # the labelled terms, summed over the networks that have one
     distill: Tensor  # the soft terms, unweighted, summed
+
+
+# ------------------------------------------------------------------------------------------------
+# DML against the mean of the other peers' logits (the "DML" baseline of the OKDDip code)
+
+
+def dml_mean_logits_losses(
+    logits: Sequence[Tensor], targets: Tensor, *, temperature: float = 3.0, weight: float = 1.0
+) -> list[OnlineTerms]:
+    """One loss per peer: ``CE(z_k) + weight * T**2 KL(softmax(zbar_k / T) || softmax(z_k / T))``
+    with ``zbar_k`` the mean of the *logits* of the other peers, detached.
+
+    DML's variant as the OKDDip authors' code runs its "DML" baseline (T = 3 against the
+    mean of the other peers' logits), which differs from the DML paper's Eq. 10 (the mean of
+    the KLs to each peer, T = 1) and Eq. 11 (DML_e: the mean of the others' probabilities).
+    With K = 2 the target is the other peer's logits, so it equals DML at the same T.
+
+    Args:
+        logits: K >= 2 tensors ``[B, C]``.
+        targets: ``[B]`` (``-1`` = unlabelled).
+    """
+    if len(logits) < 2:
+        raise ValueError("dml_mean_logits_losses needs at least two peers' logits")
+    z = torch.stack([t.detach() for t in logits])  # [K, B, C]
+    total = z.sum(dim=0)
+    out = []
+    for k, zk in enumerate(logits):
+        target = (total - z[k]) / (len(logits) - 1)
+        ce = cross_entropy(zk, targets)
+        kl = mimicry_kl(zk, target, temperature)
+        out.append(OnlineTerms(ce + weight * kl, ce, kl))
+    return out
 
 
 # ------------------------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""DML's online-distillation successors as methods: ``one``, ``kdcl``, ``okddip``, ``pcl``.
+"""DML's online-distillation successors as methods: ``one``, ``kdcl``, ``okddip``, ``pcl``; and
+``dml_mean_logits``, DML as the OKDDip code's baseline runs it.
 
 Each is a small :class:`dmlkit.methods.Method` over the pure losses of
 :mod:`dmlkit.online_losses`, registered in ``METHODS`` (imported by :mod:`dmlkit.engine.names`,
@@ -33,6 +34,7 @@ from dmlkit.losses import cross_entropy, mimicry_kl
 from dmlkit.methods import METHODS, Method, PeerLog, _log
 from dmlkit.models.layers import global_avg_pool
 from dmlkit.online_losses import (
+    dml_mean_logits_losses,
     ema_decay,
     ema_update,
     gate_ensemble,
@@ -42,6 +44,39 @@ from dmlkit.online_losses import (
     pcl_loss,
     peer_attention,
 )
+
+
+@METHODS.register("dml_mean_logits")
+class DMLMeanLogits(Method):
+    """DML as the OKDDip authors' code runs its "DML" baseline: every peer mimics the mean of
+    the other peers' *logits* (:func:`dml_mean_logits_losses`), at ``method.temperature`` (that
+    code: 3), weighted by ``method.mimicry_weight``; simultaneous update only."""
+
+    name = "dml_mean_logits"
+
+    def __init__(self, cohort: Any, cfg: Any, precision: Any = None, sync: Any = None) -> None:
+        super().__init__(cohort, cfg, precision, sync)
+        if cfg.update != "simultaneous":
+            raise ConfigError(
+                "method.name=dml_mean_logits steps every peer against one forward pass; set "
+                "method.update=simultaneous"
+            )
+        if len(cohort.names) < 2:
+            raise ConfigError(
+                "method.name=dml_mean_logits needs at least 2 peers, e.g. peers=[resnet32,resnet32]"
+            )
+
+    @classmethod
+    def update_order(cls, cfg: Any) -> str | None:
+        return "simultaneous"
+
+    def train_step(self, x: Tensor, y: Tensor) -> list[PeerLog]:
+        with self.precision.autocast():
+            terms = dml_mean_logits_losses(
+                self.cohort(x), y, temperature=self.cfg.temperature, weight=self.mimicry_weight
+            )
+        self._step_all([t.total for t in terms])
+        return [_log(t.total, t.ce, t.distill) for t in terms]
 
 
 @METHODS.register("kdcl")
