@@ -142,6 +142,10 @@ class TrainConfig:
     epochs: int = 30
     iterations: int | None = None  # if set, stop after this many steps instead
     eval_every: int = 10  # epochs between validation evaluations (the last epoch always)
+    # Also evaluate the TEST split every this many epochs (0: never; the last epoch's is the
+    # final test): "test_epoch" records in metrics.jsonl, for reporting the best-epoch figure
+    # some papers report. Never used to select or stop anything.
+    test_every: int = 0
     checkpoint_every: int = 1  # epochs between checkpoints (the last epoch always)
     keep_checkpoints: int = 1  # older epoch checkpoints kept besides the newest
     # steps between checkpoints inside an epoch (0: at epoch ends only); for long epochs (a

@@ -188,6 +188,7 @@ def _check_train(cfg: Config) -> None:
         f"train.iterations must be >= 1 or null, got {t.iterations}",
     )
     _check(t.eval_every >= 1, f"train.eval_every must be >= 1, got {t.eval_every}")
+    _check(t.test_every >= 0, f"train.test_every must be >= 0 (0: never), got {t.test_every}")
     _check(t.log_every >= 0, f"train.log_every must be >= 0 (0: off), got {t.log_every}")
     _check(
         t.threads == "auto" or t.threads >= 1,

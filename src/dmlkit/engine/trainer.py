@@ -248,6 +248,10 @@ class Trainer(RunPersistence):
                     val = split_records(run, "val", metrics)
                     self._write("metrics.jsonl", self.events.fire, "on_eval_end", run, val)
                     records += val
+                every = cfg.train.test_every
+                if every and self.epoch % every == 0 and not last:  # reporting only, see schema
+                    metrics = evaluate(self.cohort, self.data.test, self.method.eval_heads)
+                    records += split_records(run, "test_epoch", metrics)
                 self._end_epoch(run, records, self.epoch % cfg.train.checkpoint_every == 0 or last)
                 bar.set_postfix_str(postfix(records))
         except DistributedError as exc:  # another process died or hung: say how to go on
