@@ -309,6 +309,7 @@ CASES.append(
 
 
 CASES += [
+    ("test-every-negative", _nothing, ["--set", "train.test_every=-1"], "train.test_every must"),
     (
         "dml-mean-logits-sequential",
         _nothing,
