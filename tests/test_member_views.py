@@ -102,10 +102,11 @@ def test_peer_k_sees_view_k() -> None:
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
-def test_pcl_branch_k_and_its_mean_see_view_k() -> None:
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_pcl_branch_k_and_its_mean_see_view_k(mode) -> None:
     spec = PeerSpec("net", "resnet32_mb", 4, 1, seed=0, kwargs={"depth": 8, **PCL.model_kwargs})
     cohort = Cohort([spec], [OptimConfig()], total_epochs=1.0).eval()
-    method = PCL(cohort, MethodConfig(name="pcl", member_views=True))
+    method = PCL(cohort, MethodConfig(name="pcl", member_views=True, mean_teacher=mode))
     xs = torch.randn(3, 6, 1, 8, 8)
     with torch.no_grad():
         logits, feats = method._outputs(method.net, xs)
@@ -114,7 +115,10 @@ def test_pcl_branch_k_and_its_mean_see_view_k() -> None:
             alone = method.net.branch_outputs(xs[k])  # every branch on view k
             torch.testing.assert_close(logits[k], alone.logits[k])
             torch.testing.assert_close(feats[k], alone.features[k])
-            torch.testing.assert_close(mean[k], method.net.mean_net.branch_logits(xs[k])[k])
+            # the mean teacher's mode (method.mean_teacher): train = batch statistics
+            mean_net = method.net.mean_net.train(mode == "train")
+            torch.testing.assert_close(mean[k], mean_net.branch_logits(xs[k])[k])
+            mean_net.eval()
     assert not torch.equal(logits[0], method.net.branch_outputs(xs[1]).logits[0])
 
 
