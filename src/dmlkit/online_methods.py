@@ -83,7 +83,9 @@ class DMLMeanLogits(Method):
 class KDCL(Method):
     """KDCL (Guo et al. CVPR 2020): every peer distils from a teacher built from all peers'
     logits (``method.ensemble``: ``minlogit`` or ``naive``, :func:`kdcl_teacher`), detached, at
-    ``method.temperature``, weighted by ``method.mimicry_weight``; plus its own CE. With
+    ``method.temperature``, weighted by ``method.mimicry_weight``; plus its own CE. The
+    recipes' temperature (2) and weight (1), and the naive teacher's choice per sample, are
+    unverified (no KDCL code or equations were reachable). With
     ``method.member_views`` (the recipes' setting, as in the paper) each peer trains on its own
     augmentation of the batch."""
 

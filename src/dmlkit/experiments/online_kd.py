@@ -259,6 +259,8 @@ def _member_notes(exp: Experiment) -> list[str]:
     for arm in exp.arms:
         member, known = paper.ONLINE_KD_REPORTED.get(arm, ("students", "no published figure"))
         out.append(f"- `{arm}`: {REPORTED_LABELS[member]}: {known}.")
+    out += ["", "Which DML each published DML figure is:", ""]
+    out += [f"- {source}: {variant}." for source, variant in paper.DML_VARIANTS.items()]
     return out
 
 
@@ -406,7 +408,10 @@ ONLINE_KD_TABLE = register_experiment(
         seeds=1,
         needs_data_root=True,
         report=_reporter(paper.ONLINE_KD_CIFAR100_RESNET32),
-        notes=["3 students per method; see dmlkit.experiments.online_kd for what differs"],
+        notes=[
+            "3 students per method; what follows the authors' code and where it departs: "
+            "docs/paper-reproduction.md and dmlkit.experiments.online_kd"
+        ],
     )
 )
 
