@@ -26,7 +26,17 @@ from dmlkit.machine import environment
 from dmlkit.methods import build_method, model_kwargs
 from dmlkit.models.registry import accepts
 
-ARMS = ["independent", "dml", "dml_e", "kdcl", "one", "okddip", "pcl", "dml_shared"]
+ARMS = [
+    "independent",
+    "dml",
+    "dml_e",
+    "dml_logits_t3",
+    "kdcl",
+    "one",
+    "okddip",
+    "pcl",
+    "dml_shared",
+]
 
 
 def build(arm: str, batch: int):  # noqa: ANN201 - a (method, x, y) triple
