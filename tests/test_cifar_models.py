@@ -145,14 +145,16 @@ def _channels_fastest(t: torch.Tensor) -> bool:
     return t.dim() == 4 and t.stride(1) == 1 and t.shape[2] * t.shape[3] > 1
 
 
-def test_resnet_gradients_keep_channels_last():
+@pytest.mark.parametrize("shortcut", ["pad", "conv"])
+def test_resnet_gradients_keep_channels_last(shortcut):
     """Every activation gradient of a channels-last ResNet stays channels-last: a contiguous
     gradient meeting channels-last activations sends the ReLU backward down a strided path
     (measured ~20x slower on the CPU). The shortcut (subsample + zero channels) and the global
     pool are the two places that used to break it."""
     from dmlkit.models.cifar import BasicBlock
 
-    model = build_model("resnet32", 10, 3, depth=14).to(memory_format=torch.channels_last)
+    model = build_model("resnet32", 10, 3, depth=14, shortcut=shortcut)
+    model = model.to(memory_format=torch.channels_last)
     grads = []
 
     def watch(_module, _inputs, out):
