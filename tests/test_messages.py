@@ -126,3 +126,15 @@ def test_no_option_hint_keeps_argparse_for_real_mistakes(capsys: pytest.CaptureF
         main(["eval"])
     assert exit_.value.code == 2
     assert "the following arguments are required: run_dir" in capsys.readouterr().err
+
+
+def test_dml_list_says_which_datasets_need_a_download(capsys: pytest.CaptureFixture) -> None:
+    from dmlkit.cli_use import BUILTIN_NAMES
+
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    needs = dict(re.findall(r"^  ([\w-]+): (.+)$", out, re.M))
+    assert set(needs) == set(BUILTIN_NAMES["datasets"].split())  # every dataset, no other
+    assert needs["cifar100"].startswith("needs a download") and "--download" in needs["cifar100"]
+    assert needs["market1501"].startswith("needs a download")
+    assert "no download" in needs["digits"] and "no download" in needs["digits-pairs"]
