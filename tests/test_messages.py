@@ -138,3 +138,19 @@ def test_dml_list_says_which_datasets_need_a_download(capsys: pytest.CaptureFixt
     assert needs["cifar100"].startswith("needs a download") and "--download" in needs["cifar100"]
     assert needs["market1501"].startswith("needs a download")
     assert "no download" in needs["digits"] and "no download" in needs["digits-pairs"]
+
+
+def test_analyze_says_when_the_runs_trained_for_different_lengths() -> None:
+    from dmlkit.analysis.analyze import length_note
+
+    def run(path: str, epochs: int) -> dict:
+        curve = {"epoch": list(range(1, epochs + 1)), "ce": [1.0] * epochs}
+        return {"path": path, "curves": {"p0": curve, "p1": curve}}
+
+    assert length_note([run("a", 5), run("b", 5)]) is None
+    assert length_note([run("a", 5), run("b", 3)]) == (
+        "note: these runs trained for different numbers of epochs (5 epochs: a; 3 epochs: b): "
+        "their curves and scores are not a like-for-like comparison"
+    )
+    many = [run(f"s{i}", 30) for i in range(5)] + [run("short", 3)]
+    assert "(30 epochs: s0, s1, s2 and 2 more; 3 epochs: short)" in length_note(many)
