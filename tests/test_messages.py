@@ -90,7 +90,9 @@ def test_train_takes_data_root(tmp_path: Path, capsys: pytest.CaptureFixture) ->
     assert err == (
         "dml: error: give the dataset folder once: --data-root PATH or --set data.root=PATH"
     )
-    assert not (tmp_path / "r").exists()
+    argv = ["reproduce", "cifar100-table", "--data-root", "a", "--set", "data.root=b"]
+    assert _error(capsys, *argv, "--out", str(tmp_path / "g")) == err
+    assert not (tmp_path / "r").exists() and not (tmp_path / "g").exists()
 
 
 def test_a_misspelt_config_file_gets_did_you_mean(

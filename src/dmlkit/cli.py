@@ -163,6 +163,12 @@ def _data_overrides(args: argparse.Namespace) -> list[str]:
     return [assignment for assignment, given in flags if given]
 
 
+def _check_one_data_root(overrides: list[str]) -> None:
+    """--data-root and --set data.root= together: a conflict, not a silent winner."""
+    if any(o.strip().startswith("data.root=") for o in overrides):
+        raise UserError("give the dataset folder once: --data-root PATH or --set data.root=PATH")
+
+
 def _ignore_interrupts() -> None:
     """After a first Ctrl-C, a second one must not break the clean-up (atexit) in a traceback."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -172,10 +178,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from dmlkit.config import build_config, load_config, load_yaml
 
     if args.data_root is not None:
-        if any(o.strip().startswith("data.root=") for o in args.overrides):
-            raise UserError(
-                "give the dataset folder once: --data-root PATH or --set data.root=PATH"
-            )
+        _check_one_data_root(args.overrides)
         args.overrides.insert(0, f"data.root={args.data_root}")
     args.overrides = [*_data_overrides(args), *args.overrides]
     if args.no_progress:
@@ -280,6 +283,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         raise UserError(f"--scale must be in (0, 1], got {args.scale}")
     overrides = [*_data_overrides(args), *args.overrides]
     if args.data_root:
+        _check_one_data_root(args.overrides)
         overrides.insert(0, f"data.root={args.data_root}")
     elif exp.needs_data_root:
         raise UserError(f"{exp.name} needs its data: give --data-root PATH")
