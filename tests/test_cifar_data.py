@@ -282,6 +282,23 @@ def test_download_failure_is_a_one_line_user_error(tmp_path, monkeypatch):
     assert calls[0][:4] == (c100.URL, tmp_path / "data", c100.ARCHIVE, c100.ARCHIVE_MD5)
     assert calls[0][4] is not None  # a timeout while downloading: a blocked network fails
     assert socket.getdefaulttimeout() == before  # and it is restored
+    assert not (tmp_path / "data").exists()  # no empty data.root left behind
+
+
+def test_failed_download_removes_only_what_it_created(tmp_path, monkeypatch):
+    def partial(url, root, filename, md5):  # the archive half written, then the network goes
+        (root / filename).write_bytes(b"half")
+        raise urllib.error.URLError("network unreachable")
+
+    monkeypatch.setattr(c100, "DOWNLOADER", partial)
+    with pytest.raises(UserError, match="could not download"):
+        c100.load_cifar100(tmp_path / "a" / "b" / "data", allow_download=True)
+    assert list(tmp_path.iterdir()) == []  # a/b/data and the partial archive are gone
+    (tmp_path / "mine").mkdir()  # a folder the user made is kept, and what was in it
+    (tmp_path / "mine" / "notes.txt").write_text("keep")
+    with pytest.raises(UserError, match="could not download"):
+        c100.load_cifar100(tmp_path / "mine", allow_download=True)
+    assert [p.name for p in (tmp_path / "mine").iterdir()] == ["notes.txt"]
 
 
 def test_download_unpacks_then_loads(tmp_path, monkeypatch):
@@ -330,6 +347,7 @@ def test_cli_download_failure(tmp_path, capsys, monkeypatch):
     )  # fmt: skip
     assert rc == 2
     assert err.count("\n") == 1 and "could not download" in err and "network unreachable" in err
+    assert not (tmp_path / "d").exists()
 
 
 def test_cli_missing_data(tmp_path, capsys):

@@ -84,6 +84,7 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
     )
     t.add_argument("--out", help="run directory to create (default: runs/<method>-<time>)")
     t.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run")
+    t.add_argument("--data-root", metavar="PATH", help="dataset folder (sets data.root)")
     _add_data_flags(t)
 
 
@@ -162,6 +163,12 @@ def _data_overrides(args: argparse.Namespace) -> list[str]:
     return [assignment for assignment, given in flags if given]
 
 
+def _check_one_data_root(overrides: list[str]) -> None:
+    """--data-root and --set data.root= together: a conflict, not a silent winner."""
+    if any(o.strip().startswith("data.root=") for o in overrides):
+        raise UserError("give the dataset folder once: --data-root PATH or --set data.root=PATH")
+
+
 def _ignore_interrupts() -> None:
     """After a first Ctrl-C, a second one must not break the clean-up (atexit) in a traceback."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -170,6 +177,9 @@ def _ignore_interrupts() -> None:
 def cmd_train(args: argparse.Namespace) -> int:
     from dmlkit.config import build_config, load_config, load_yaml
 
+    if args.data_root is not None:
+        _check_one_data_root(args.overrides)
+        args.overrides.insert(0, f"data.root={args.data_root}")
     args.overrides = [*_data_overrides(args), *args.overrides]
     if args.no_progress:
         args.overrides.insert(0, "train.progress=false")
@@ -216,7 +226,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from dmlkit.engine.rundir import RunDir
     from dmlkit.engine.summary import make_summary
 
-    path = Path(args.run_dir)
+    path = Path(args.run_dir).expanduser()
+    if not path.exists():  # else the message would name its parent's parent ("." or "/")
+        where = "" if path.is_absolute() else f" (looked for {path.absolute()})"
+        raise UserError(f"{path}: no such run directory or checkpoint file{where}")
     run = RunDir(path if path.is_dir() else path.parent.parent)
     if not run.config_path.is_file():
         raise UserError(f"{run.path}: not a run directory (no config.yaml)")
@@ -270,6 +283,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         raise UserError(f"--scale must be in (0, 1], got {args.scale}")
     overrides = [*_data_overrides(args), *args.overrides]
     if args.data_root:
+        _check_one_data_root(args.overrides)
         overrides.insert(0, f"data.root={args.data_root}")
     elif exp.needs_data_root:
         raise UserError(f"{exp.name} needs its data: give --data-root PATH")
@@ -327,7 +341,11 @@ def main(argv: list[str] | None = None) -> int:
 
         return watch_main(raw[1:])
     parser = _parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        # argparse would print the top-level usage; name the option, and --set for config keys
+        print(f"dml: error: {_one_line(_unknown_arguments(args.command, extra))}", file=sys.stderr)
+        return EXIT_USER_ERROR
     if args.command is None:
         parser.print_help()
         return EXIT_USER_ERROR
@@ -347,6 +365,38 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"dml: {stopped}: {_one_line(exc)}", file=sys.stderr)
         return 1
+
+
+def _unknown_arguments(command: str | None, extra: list[str]) -> str:
+    """The message for arguments ``dml COMMAND`` does not take.
+
+    An option named like a config key (``--epochs 3``, ``--optim.lr=0.1``) is answered with the
+    ``--set`` that does it, on the commands that take ``--set``.
+    """
+    where = f"dml {command}" if command else "dml"
+    if command in ("train", "reproduce"):
+        for i, arg in enumerate(extra):
+            if not arg.startswith("--") or len(arg) < 3:
+                continue
+            name, eq, value = arg[2:].partition("=")
+            if not eq:
+                nxt = extra[i + 1] if i + 1 < len(extra) else ""
+                value = nxt if nxt and not nxt.startswith("-") else "VALUE"
+            keys = _config_keys_named(name.replace("-", "_"))
+            if keys:
+                sets = " or ".join(f"--set {k}={value}" for k in keys)
+                return f"{where}: no option --{name}; config values are set with --set: {sets}"
+    return f"{where}: unrecognized arguments: {' '.join(extra)} (see {where} --help)"
+
+
+def _config_keys_named(name: str) -> list[str]:
+    """The config keys ``name`` means: a full dotted key, or the last part of some."""
+    from dmlkit.config import config_from_dict, flatten
+
+    keys = list(flatten(dataclasses.asdict(config_from_dict({}))))
+    if name in keys:
+        return [name]
+    return [k for k in keys if k.rsplit(".", 1)[-1] == name]
 
 
 def _one_line(exc: BaseException) -> str:

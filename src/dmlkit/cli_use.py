@@ -37,9 +37,23 @@ def registered_names(kind: str) -> list[str]:
     return registry.names() if registry is not None else sorted(BUILTIN_NAMES[kind].split())
 
 
+# What a built-in dataset needs before it trains (`dml list` prints it under the names).
+DATA_NEEDS = {
+    "digits": "bundled with scikit-learn, no download",
+    "digits-pairs": "built from the bundled digits, no download",
+    "cifar100": "needs a download: --data-root PATH --download, or unpack it in PATH",
+    "market1501": "needs a download you fetch yourself: --data-root PATH of the unpacked folder",
+    "imagefolder": "your own images: --data-root PATH (PATH/<class>/<image>)",
+    "python": "your own Dataset or DataLoader, given to dmlkit.fit",
+}
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     for kind in BUILTIN_NAMES:
         print(f"{kind}: {', '.join(registered_names(kind))}")
+        if kind == "datasets":
+            for name, needs in DATA_NEEDS.items():
+                print(f"  {name}: {needs}")
     return 0
 
 

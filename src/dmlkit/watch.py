@@ -11,12 +11,21 @@ redraws one row per peer and one for the ensemble::
     ensemble                                             73.40%    94.00%    0.8733
     agreement: all_agree 81.30%  pairwise_kl 0.1214
 
-It stops by itself once the run wrote ``summary.json`` (the test row is then shown too).
+It stops by itself once the run wrote ``summary.json`` (the test row is then shown too), and
+when the run stopped without finishing (a crash, SIGKILL: its lock is free and there is no
+``summary.json``; it then names the last checkpoint and the resume command, exit 1) or its folder
+was deleted (exit 1). Started before ``dml train`` has created the folder, it waits for it
+(``--wait`` seconds, 60 by default).
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
+import math
+import os
+import re
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -30,6 +39,17 @@ TRAIN_KEYS = ("loss", "ce", "mimicry", "lr", "grad_norm")
 COHORT_KEYS = ("all_agree", "pairwise_agree", "pairwise_kl")
 FRACTIONS = ("top1", "top5", "mAP", "rank1", "rank5", "rank10", "all_agree", "pairwise_agree")
 INDEX = ("split", "peer", "epoch", "step", "seconds")
+LOCK_NAME = ".dml.lock"  # dmlkit.engine.lock.LOCK_NAME (not imported: watch stays a light leaf)
+CHECKPOINT = re.compile(r"epoch_(\d+)(?:_step_(\d+))?\.pt")
+# Control characters of names read from the run's files are shown escaped, never sent raw to a
+# terminal (an ESC sequence in a peer name must not redraw the screen).
+CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+FINISHED, RUNNING, STOPPED, GONE = "finished", "running", "not running", "gone"
+
+
+def _safe(text: str) -> str:
+    return CONTROL.sub(lambda m: ascii(m.group())[1:-1], text)
 
 
 class Watcher:
@@ -60,17 +80,67 @@ class Watcher:
     def finished(self) -> bool:
         return (self.run_dir / "summary.json").is_file()
 
+    def state(self) -> str:
+        """``finished``, ``running``, ``not running`` (stopped unfinished) or ``gone``.
+
+        A run holds ``flock`` on its ``.dml.lock`` from before ``config.yaml`` is written until
+        after ``summary.json`` is; the kernel frees it when the process dies in any way. So a
+        free lock without ``summary.json`` is a run that stopped without finishing.
+        """
+        if not (self.run_dir / "config.yaml").is_file():
+            return GONE
+        if self.finished:
+            return FINISHED
+        if _lock_held(self.run_dir / LOCK_NAME):
+            return RUNNING
+        # the run may have written summary.json and released its lock since the check above
+        return FINISHED if self.finished else STOPPED
+
+    def last_checkpoint(self) -> str | None:
+        """``epoch N`` (or ``epoch N step S``) of the newest checkpoint with its checksum file.
+
+        Read from the file names only: a run folder is data, nothing in it is loaded.
+        """
+        best: tuple[int, int] | None = None
+        try:
+            names = [p.name for p in (self.run_dir / "checkpoints").iterdir()]
+        except OSError:
+            return None
+        for name in names:
+            m = CHECKPOINT.fullmatch(name)
+            if m and f"{name}.sha256" in names:  # a checkpoint without it was cut by the crash
+                key = (int(m.group(1)), int(m.group(2) or 0))
+                best = key if best is None or key > best else best
+        if best is None:
+            return None
+        return f"epoch {best[0]}" + (f" step {best[1]}" if best[1] else "")
+
+    def stopped_line(self) -> str:
+        """What to say about a run that is not running and did not finish."""
+        run = _safe(str(self.run_dir))
+        last = self.last_checkpoint()
+        if last is None:
+            return f"{run}: not running; it stopped before its first checkpoint"
+        resume = _safe(shlex.quote(str(self.run_dir)))
+        return (
+            f"{run}: not running; last checkpoint {last}; resume with dml train --resume {resume}"
+        )
+
     def poll(self) -> bool:
         """Read the records appended since the last poll; True if there were any."""
-        if not self.path.is_file():
+        try:
+            size = self.path.stat().st_size
+        except OSError:  # not written yet, or the folder was deleted
             return False
-        size = self.path.stat().st_size
         if size < self.offset:  # trimmed by a resume: start over
             self._reset()
-        with self.path.open("rb") as f:
-            f.seek(self.offset)
-            data = self.partial + f.read()
-            self.offset = f.tell()
+        try:
+            with self.path.open("rb") as f:
+                f.seek(self.offset)
+                data = self.partial + f.read()
+                self.offset = f.tell()
+        except OSError:
+            return False
         *lines, self.partial = data.split(b"\n")  # the last piece may be a line half-written
         for line in lines:
             try:
@@ -88,15 +158,17 @@ class Watcher:
         self.latest[(split, peer)] = r
         if peer != "ensemble" and peer not in self.peers:
             self.peers.append(peer)
-        self.step = max(self.step, int(r.get("step", 0)))
-        self.epoch = max(self.epoch, int(r.get("epoch", 0)))
+        for key in ("step", "epoch"):
+            value = r.get(key, 0)
+            if isinstance(value, int) and not isinstance(value, bool):  # crafted lines: ignored
+                setattr(self, key, max(getattr(self, key), value))
 
-    def table(self) -> str:
+    def table(self, state: str | None = None) -> str:
         """The current table as text (header line, one row per peer, the ensemble)."""
-        head = f"{self.run_dir}  epoch {self.epoch}"
+        head = f"{_safe(str(self.run_dir))}  epoch {self.epoch}"
         head += f"/{self.total_epochs}" if self.total_epochs and not self.total_steps else ""
         head += f"  step {self.step}" + (f"/{self.total_steps}" if self.total_steps else "")
-        head += "  finished" if self.finished else "  running"
+        head += f"  {state or self.state()}"
         columns: list[tuple[str, str]] = [("train", k) for k in TRAIN_KEYS]
         for split in ("val", "test"):
             keys = {k for (s, _), r in self.latest.items() if s == split for k in r}
@@ -104,11 +176,14 @@ class Watcher:
         columns = [
             c for c in columns if any(c[1] in r for (s, _), r in self.latest.items() if s == c[0])
         ]
-        header = ["peer", *(k if s == "train" else f"{s} {k}" for s, k in columns)]
+        header = ["peer", *(_safe(k if s == "train" else f"{s} {k}") for s, k in columns)]
         rows = [header]
         for name in [*self.peers, "ensemble"] if self.latest else []:
             rows.append(
-                [name, *(_fmt(k, self.latest.get((s, name), {}).get(k)) for s, k in columns)]
+                [
+                    _safe(name),
+                    *(_fmt(k, self.latest.get((s, name), {}).get(k)) for s, k in columns),
+                ]
             )
         widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
         lines = [head]
@@ -132,10 +207,47 @@ def _fmt(key: str, value: Any) -> str:
     if value is None:
         return ""
     if not isinstance(value, int | float):
-        return str(value)
+        return _safe(str(value))
     if key in FRACTIONS:
         return f"{100 * value:.2f}%"
     return f"{value:.4g}"
+
+
+def _lock_held(path: Path) -> bool:
+    """Whether a live process holds ``flock`` on ``path`` (the run folder's lock file).
+
+    Probed with a shared, non-blocking lock taken and dropped at once; a missing file means no
+    dmlkit process ever trained there.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    finally:
+        os.close(fd)
+
+
+def _wait_for_run(run_dir: Path, wait: float, interval: float, err: TextIO) -> None:
+    """Wait up to ``wait`` seconds for ``run_dir/config.yaml`` (a run that is starting)."""
+    if (run_dir / "config.yaml").is_file() or wait <= 0:
+        return
+    print(f"dml watch: waiting for {_safe(str(run_dir))} (up to {wait:g} s)", file=err)
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        time.sleep(min(interval, 0.5, max(deadline - time.monotonic(), 0)))
+        if (run_dir / "config.yaml").is_file():
+            return
+    raise UserError(
+        f"dml watch {_safe(str(run_dir))}: no run there after waiting {wait:g} s (no config.yaml);"
+        f" give a run directory (dml train --out), or a longer --wait"
+    )
 
 
 def watch(
@@ -143,51 +255,92 @@ def watch(
     *,
     once: bool = False,
     interval: float = 2.0,
+    wait: float = 0.0,
     out: TextIO | None = None,
+    err: TextIO | None = None,
 ) -> int:
-    """Print the table of ``run_dir``, then redraw it as the run writes until it finishes.
+    """Print the table of ``run_dir``, then redraw it as the run writes until it ends.
 
-    Returns the exit status (0). Ctrl-C stops watching (not the run).
+    Args:
+        once: print the table once and return.
+        interval: seconds between reads.
+        wait: seconds to wait for ``run_dir`` to appear (a ``dml train`` just started).
+
+    Returns the exit status: 0 once the run has finished (or after ``once``); 1 when the run
+    stopped without finishing or its folder was deleted (one line on ``err`` says which, and how
+    to resume). Ctrl-C stops watching (not the run), status 0.
     """
     out = out or sys.stdout
+    err = err or sys.stderr
+    _wait_for_run(Path(run_dir), wait, interval, err)
     watcher = Watcher(run_dir)
     redraw = out.isatty()
     last = ""
     try:
         while True:
-            done = once or watcher.finished  # before reading: the last records come first
+            state = watcher.state()  # before reading: the last records come first
+            if state == GONE:
+                print(
+                    f"dml watch: {_safe(str(watcher.run_dir))}: the run folder is gone "
+                    f"(deleted or moved); stopped watching",
+                    file=err,
+                )
+                return 1
             watcher.poll()
-            text = watcher.table()
+            text = watcher.table(state)
             if text != last:
                 # On a terminal the table is redrawn in place; in a file each new state is
                 # appended, separated by a blank line.
                 out.write(("\x1b[H\x1b[2J" if redraw else ("\n" if last else "")) + text + "\n")
                 out.flush()
                 last = text
-            if done:
+            if state == STOPPED:
+                print(f"dml watch: {watcher.stopped_line()}", file=err if not once else out)
+                return 0 if once else 1
+            if once or state == FINISHED:
                 return 0
             time.sleep(interval)
     except KeyboardInterrupt:
         return 0
 
 
+def _seconds(flag: str, text: str, *, zero: bool) -> float:
+    """A finite number of seconds > 0 (>= 0 with ``zero``), or a one-line user error."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value < 0 or (value == 0 and not zero):
+        bound = ">= 0" if zero else "> 0"
+        raise UserError(f"{flag} {_safe(text)[:40]}: give a number of seconds {bound}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
-    """``dml watch RUN_DIR [--once] [--interval S]``; a user error prints one line, exit 2."""
+    """``dml watch RUN_DIR [--once] [--interval S] [--wait S]``; a user error: one line, exit 2."""
     import argparse
 
     p = argparse.ArgumentParser(
         prog="dml watch",
-        description="The peers' latest metrics of a run, redrawn as the run writes them "
-        "(stops when the run has finished).",
+        description="The peers' latest metrics of a run, redrawn as the run writes them. "
+        "Exits 0 when the run has finished, 1 when it stopped without finishing (it then "
+        "names the last checkpoint and the resume command) or its folder was deleted.",
     )
     p.add_argument("run_dir", help="the run directory (dml train --out)")
     p.add_argument("--once", action="store_true", help="print the table once and exit")
-    p.add_argument("--interval", type=float, default=2.0, help="seconds between reads (2)")
+    p.add_argument("--interval", default="2", help="seconds between reads (2)")
+    p.add_argument(
+        "--wait",
+        default=None,
+        help="seconds to wait for RUN_DIR to appear, for a dml train just started "
+        "(60; with --once: 0)",
+    )
     args = p.parse_args(argv)
-    if args.interval <= 0:
-        p.error(f"--interval {args.interval}: give a number of seconds > 0")
     try:
-        return watch(args.run_dir, once=args.once, interval=args.interval)
+        interval = _seconds("--interval", args.interval, zero=False)
+        default_wait = "0" if args.once else "60"
+        wait = _seconds("--wait", args.wait if args.wait is not None else default_wait, zero=True)
+        return watch(args.run_dir, once=args.once, interval=interval, wait=wait)
     except UserError as exc:
         print(f"dml: error: {exc}", file=sys.stderr)
         return 2

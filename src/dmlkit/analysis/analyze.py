@@ -41,6 +41,7 @@ __all__ = [
     "analyze",
     "analyze_run",
     "collapse_hints",
+    "length_note",
     "find_runs",
     "order_labels",
     "run_label",
@@ -73,6 +74,9 @@ def analyze(
     results = [analyze_run(p, options, log=log) for p in runs]
     for hint in collapse_hints(results):
         log(hint)
+    note = length_note(results)
+    if note:
+        log(note)
     files: list[Path] = []
     if out is not None:
         target = Path(out)
@@ -111,6 +115,30 @@ def collapse_hints(results: list[dict[str, Any]]) -> list[str]:
                     f"units, final training CE {ce[-1]:.2f} vs chance {chance:.2f}); {fix}"
                 )
     return hints
+
+
+def length_note(results: list[dict[str, Any]]) -> str | None:
+    """One line when the runs compared trained for different numbers of epochs, else None.
+
+    A 3-epoch run beside a 5-epoch one is not a like-for-like comparison: say so rather than
+    overlay their curves and tabulate their scores without a word.
+    """
+    by_length: dict[int, list[str]] = {}
+    for r in results:
+        epochs = [c["epoch"][-1] for c in r["curves"].values() if c.get("epoch")]
+        if epochs:
+            by_length.setdefault(max(epochs), []).append(str(r["path"]))
+    if len(by_length) < 2:
+        return None
+
+    def runs(paths: list[str]) -> str:
+        return ", ".join(paths[:3]) + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
+
+    parts = [f"{n} epochs: {runs(paths)}" for n, paths in sorted(by_length.items(), reverse=True)]
+    return (
+        f"note: these runs trained for different numbers of epochs ({'; '.join(parts)}): "
+        f"their curves and scores are not a like-for-like comparison"
+    )
 
 
 def _common_parent(paths: list[Path]) -> Path:

@@ -35,10 +35,19 @@ def _save(fig: Figure, path: Path) -> Path:
     return path
 
 
+class _PlainLogFormatter(LogFormatter):
+    """matplotlib's log-axis labels (which ticks get one), written as plain numbers."""
+
+    def _num_to_string(self, x: float, vmin: float, vmax: float) -> str:
+        # matplotlib writes values below 1 as "1e-01": as wide as the gap between two panels,
+        # so a right panel's labels ran into the left one (issue 29); "0.1" is short and plain
+        return f"{x:g}"
+
+
 def _plain_log_ticks(ax: Any) -> None:
-    """Log-axis tick labels as plain numbers ("4", "0.5"), never "4×10⁰"."""
-    ax.yaxis.set_major_formatter(LogFormatter())
-    ax.yaxis.set_minor_formatter(LogFormatter(labelOnlyBase=False))
+    """Log-axis tick labels as plain numbers ("4", "0.5", "0.01"), never "4×10⁰" or "1e-01"."""
+    ax.yaxis.set_major_formatter(_PlainLogFormatter())
+    ax.yaxis.set_minor_formatter(_PlainLogFormatter(labelOnlyBase=False))
 
 
 def _min_span(ax: Any, values: list[float], span: float, floor: float | None = None) -> None:
@@ -90,6 +99,16 @@ def plot_curves(
         labels: the lines, in legend order.
         path: the PNG to write.
     """
+    return _save(curves_figure(curves, val, peers, labels), path)
+
+
+def curves_figure(
+    curves: dict[str, dict[str, list[dict[str, list[float]]]]],
+    val: dict[str, dict[str, list[dict[str, list[float]]]]],
+    peers: list[str],
+    labels: list[str],
+) -> Figure:
+    """The figure :func:`plot_curves` writes (arguments as there)."""
     has_val = any(val.get(lab, {}).get(p) for lab in labels for p in peers)
     several = any(len(c.get(p, [])) > 1 for c in curves.values() for p in peers)
     # with more labels the min..max bands hide the lines; with one run each there is no band
@@ -97,7 +116,8 @@ def plot_curves(
     rows = 2 if has_val else 1
     width = 3.6 if len(labels) <= 6 else 5.0  # room for a long legend
     fig = Figure(figsize=(width * len(peers) + 0.6, 3.0 * rows + 0.4))
-    axes = fig.subplots(rows, len(peers), squeeze=False)
+    # room between the panels for the right ones' y tick labels
+    axes = fig.subplots(rows, len(peers), squeeze=False, gridspec_kw={"wspace": 0.3})
     for j, peer in enumerate(peers):
         ax = axes[0][j]
         for i, lab in enumerate(labels):
@@ -140,7 +160,7 @@ def plot_curves(
     _legend_outside(axes[0][-1], 7 if len(labels) > 6 else 8)
     title = "Training loss (mean" + (", band = min..max over runs)" if bands else " over runs)")
     fig.suptitle(title, fontsize=10)
-    return _save(fig, path)
+    return fig
 
 
 def plot_noise(

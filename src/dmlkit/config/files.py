@@ -107,11 +107,26 @@ def parse_yaml(text: str) -> Any:
     return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
 
 
+def _closest_file(path: Path) -> str:
+    """``; did you mean DIR/NAME?`` for the YAML file of ``path``'s folder closest to its name."""
+    import difflib
+
+    try:
+        names = [p.name for p in path.parent.iterdir() if p.suffix in (".yaml", ".yml")]
+    except OSError:  # no such folder (or unreadable): nothing to suggest
+        return ""
+    match = difflib.get_close_matches(path.name, names, n=1, cutoff=0.6)
+    return f"; did you mean {path.parent / match[0]}?" if match else ""
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML config file (safe loader only) into a dict."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"config file not found: {path} (give an existing YAML file with -c)")
+        raise ConfigError(
+            f"config file not found: {path}{_closest_file(path)} (give an existing YAML file "
+            f"with -c)"
+        )
     if path.stat().st_size > MAX_FILE_BYTES:
         raise ConfigError(
             f"{path}: {path.stat().st_size} bytes; a config file is at most {MAX_FILE_BYTES} "

@@ -133,6 +133,9 @@ class DataConfig:
     mean: list[float] | None = None
     std: list[float] | None = None
     on_bad_image: Literal["stop", "skip"] = "stop"  # stream: an unreadable image file
+    # Network input channels: null (as the images are) or 3, which repeats a gray image's one
+    # channel three times (digits for a torchvision: model, whose first convolution takes RGB)
+    channels: int | None = None
 
 
 @dataclass

@@ -29,6 +29,7 @@ _READ_BY: dict[str, tuple[str, ...]] = {
     "pairs_eval_per_class": ("digits-pairs",),
     "pairs_classes": ("digits-pairs",),
     "label_noise": ("digits-pairs",),
+    "channels": ("cifar100", "digits", "digits-pairs", "imagefolder"),
 }
 BUILTIN_DATASETS = ("cifar100", "digits", "digits-pairs", "imagefolder", "market1501")
 

@@ -118,6 +118,10 @@ def _check_data(d: DataConfig) -> None:
     )
     _check(0 < d.fraction <= 1, f"data.fraction must be in (0, 1], got {d.fraction}")
     _check(
+        d.channels in (None, 1, 3),
+        f"data.channels must be 1, 3 or null (as the images are), got {d.channels}",
+    )
+    _check(
         d.train_size is None or d.train_size >= 1,
         f"data.train_size must be >= 1 or null, got {d.train_size}",
     )

@@ -218,6 +218,21 @@ def _torchvision_download(url: str, root: Path, filename: str, md5: str) -> None
 DOWNLOADER: Callable[[str, Path, str, str], None] = _torchvision_download
 
 
+def _remove_created(created: list[Path], archive: Path | None) -> None:
+    """After a failed download: remove the folders and the partial archive it created.
+
+    A failed ``--download`` leaves the disk as it found it; a folder that existed before, or
+    that now holds anything else, is kept.
+    """
+    if archive is not None:
+        archive.unlink(missing_ok=True)
+    for folder in created:
+        try:
+            folder.rmdir()  # only ever removes an empty folder
+        except OSError:
+            return
+
+
 def download(root: Path, timeout: float = 60.0) -> Path:
     """Fetch and unpack the CIFAR-100 archive into ``root`` with torchvision's downloader.
 
@@ -227,6 +242,8 @@ def download(root: Path, timeout: float = 60.0) -> Path:
     Raises:
         UserError: one line, when the network, the server or the archive fails.
     """
+    created = [p for p in (root, *root.parents) if not p.exists()]  # the deepest first
+    new_archive = None if (root / ARCHIVE).exists() else root / ARCHIVE
     root.mkdir(parents=True, exist_ok=True)
     previous = socket.getdefaulttimeout()
     socket.setdefaulttimeout(timeout)  # a blocked network must fail, not hang
@@ -234,6 +251,7 @@ def download(root: Path, timeout: float = 60.0) -> Path:
         DOWNLOADER(URL, root, ARCHIVE, ARCHIVE_MD5)
     except Exception as exc:  # urllib, OSError, RuntimeError (bad MD5), tarfile errors
         reason = first_line(exc)
+        _remove_created(created, new_archive)
         raise UserError(
             f"data.download: could not download {URL} into {root} ({reason}); download it where "
             f"the network allows, unpack it into {root} and run without --download"

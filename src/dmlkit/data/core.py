@@ -276,6 +276,28 @@ def user_stats(cfg: DataConfig, channels: int) -> tuple[Tensor, Tensor]:
     return torch.tensor(cfg.mean, dtype=torch.float32), torch.tensor(cfg.std, dtype=torch.float32)
 
 
+def check_channels(cfg: DataConfig, channels: int) -> None:
+    """Refuse a ``data.channels`` that cannot be made from ``channels``-channel images."""
+    if cfg.channels not in (None, channels) and not (cfg.channels == 3 and channels == 1):
+        raise ConfigError(
+            f"data.channels={cfg.channels}: the {cfg.name} images have {channels} channels; only "
+            f"a gray channel can be repeated (data.channels: 3 for 1-channel images): remove "
+            f"data.channels"
+        )
+
+
+def match_channels(cfg: DataConfig, x: Tensor) -> Tensor:
+    """``[N, C, H, W]`` images with ``data.channels`` channels: a gray ``C = 1`` repeated to 3.
+
+    The repeat is a copy (3x the memory of a gray set): the in-memory sets are small, and the
+    batches' channels-last and in-place steps need real, contiguous storage.
+    """
+    check_channels(cfg, x.shape[1])
+    if cfg.channels is None or cfg.channels == x.shape[1]:
+        return x
+    return x.repeat(1, cfg.channels, 1, 1)
+
+
 def in_memory_bundle(
     cfg: DataConfig,
     x_trainval: Tensor,
@@ -296,6 +318,7 @@ def in_memory_bundle(
         seed: the run seed (data order); the splits use ``cfg.split_seed``.
     """
     train_idx, val_idx, unlabelled = select_training(cfg, y_trainval.numpy())
+    x_trainval, x_test = match_channels(cfg, x_trainval), match_channels(cfg, x_test)
     if cfg.fraction < 1:
         all_test = np.arange(len(y_test))
         test_idx = stratified_subset(all_test, y_test.numpy(), cfg.fraction, cfg.split_seed + 5)

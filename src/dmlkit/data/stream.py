@@ -36,6 +36,7 @@ from dmlkit.config import DataConfig
 from dmlkit.data.core import (
     BatchTransform,
     DataBundle,
+    check_channels,
     epoch_generator,
     select_training,
     stratified_subset,
@@ -330,6 +331,7 @@ def stream_bundle(
         seed: the run seed (data order and augmentation).
     """
     (tr_paths, tr_labels), (te_paths, te_labels) = train, test
+    check_channels(cfg, 3)  # files are decoded as RGB
     train_idx, val_idx, unlabelled = select_training(cfg, tr_labels)
     if cfg.fraction < 1:
         keep = stratified_subset(

@@ -11,6 +11,8 @@ EARLY_EPOCHS = 2
 # Mean training cross-entropy this far above chance (ln C) in epoch 2: worse than guessing after
 # a whole epoch. Not judged in epoch 1, whose mean includes the random start (often above ln C).
 ABOVE_CHANCE_NATS = 0.5
+# The page the warning points to; the README links the same section (tests/test_messages.py).
+FINDINGS = "docs/findings.md#when-does-mutual-learning-help"
 
 
 def early_instability(
@@ -21,7 +23,8 @@ def early_instability(
     Unstable: a peer's mean training cross-entropy in epoch 2 more than
     :data:`ABOVE_CHANCE_NATS` above chance (ln C, what a uniform guess scores), or its mimicry
     term above :data:`MIMICRY_NATS` in epoch 1 or 2. Both were seen together in the
-    DML runs that ended below their independent twins (docs/digits-why.md).
+    DML runs that ended below their independent twins (docs/findings.md, "When does mutual
+    learning help?", the page the warning and the README name).
     """
     if epoch > EARLY_EPOCHS or num_classes < 2:
         return None
@@ -33,6 +36,6 @@ def early_instability(
                 f"epoch {epoch}: {name} has training cross-entropy {ce:.2f} (chance: "
                 f"{chance:.2f}) and mimicry {mimicry:.2f} nats: an unstable start; consider "
                 f"method.mimicry_rampup=5 (mimicry weight raised over 5 epochs) or a lower "
-                f"optim.lr (docs/digits-why.md)"
+                f"optim.lr ({FINDINGS})"
             )
     return None

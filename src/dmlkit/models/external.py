@@ -137,8 +137,9 @@ def build_external(
             check_arch(arch, key)
             if in_channels != 3:
                 raise ConfigError(
-                    f"{key}: {arch} takes 3-channel images, the data has {in_channels}; use a "
-                    f"timm: model (in_chans follows the data) or 3-channel images"
+                    f"{key}: {arch} takes 3-channel images, the data has {in_channels}; set "
+                    f"data.channels: 3 (repeats the gray channel), or use a timm: model "
+                    f"(in_chans follows the data)"
                 )
             model = torchvision.models.get_model(
                 name, weights=None, num_classes=num_classes, **kwargs
