@@ -50,8 +50,14 @@ def _cpus(pending: list[Cell], options: LaunchOptions) -> int:
 
 
 class _RayBackend(_Backend):
-    def __init__(self, ray: Any, task: Any, specs: dict[tuple[str, int], dict[str, Any]], cap: int):
+    def __init__(
+        self, ray: Any, task: Any, specs: dict[tuple[str, int], dict[str, Any]], cap: int
+    ) -> None:
         self.ray, self.task, self.specs, self.capacity = ray, task, specs, cap
+        self.marker = next(iter(specs.values()))["marker"]["path"]
+
+    def close(self) -> None:
+        Path(self.marker).unlink(missing_ok=True)  # its job is done: the workers have read it
 
     def submit(self, cells: list[Cell]) -> list[Any]:
         return [self.task.remote(self.specs[c.key]) for c in cells]
@@ -127,6 +133,10 @@ class _SlurmBackend(_Backend):
         self, executor: Any, specs: dict[tuple[str, int], dict[str, Any]], capacity: int
     ) -> None:
         self.executor, self.specs, self.capacity = executor, specs, capacity
+        self.marker = next(iter(specs.values()))["marker"]["path"]
+
+    def close(self) -> None:
+        Path(self.marker).unlink(missing_ok=True)  # its job is done: the workers have read it
 
     def submit(self, cells: list[Cell]) -> list[Any]:
         # one job array for the cells ready now (a kd student waits for the next wave)

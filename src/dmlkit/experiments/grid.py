@@ -92,6 +92,24 @@ def _key(assignment: str) -> str:
     return assignment.split("=", 1)[0].strip()
 
 
+def _apply(data: dict[str, Any], assignment: str, where: str) -> dict[str, Any]:
+    try:
+        return apply_override(data, assignment)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+def _culprit(message: str, arm: str, assignments: list[str], point: tuple[Any, ...]) -> str:
+    """Which flag a config error comes from: the one whose key the message names."""
+    for a in assignments:
+        if _key(a) in message:
+            return f"--arm {arm}"
+    for key, value in point:
+        if key in message:
+            return f"--sweep {key} (at {value})"
+    return f"--arm {arm} with the config file and --set"
+
+
 def build_grid(
     base: dict[str, Any],
     arms: list[str],
@@ -149,17 +167,14 @@ def build_grid(
         prefix = _point_name(list(point)) + "/" if point else ""
         for arm, assignments in parsed:
             data = full
-            where = f"--arm {arm}"
+            for a in assignments:
+                data = _apply(data, a, f"--arm {arm}")
+            for key, value in point:
+                data = _apply(data, f"{key}={value}", f"--sweep {key}")
             try:
-                for a in assignments:
-                    data = apply_override(data, a)
-                where = f"--sweep at {_point_name(list(point))}"
-                for key, value in point:
-                    data = apply_override(data, f"{key}={value}")
-                where = "--set"
                 build_config(data, overrides=overrides or ())  # unknown keys, bad values
             except ConfigError as exc:
-                raise ConfigError(f"{where}: {exc}") from None
+                raise ConfigError(f"{_culprit(str(exc), arm, assignments, point)}: {exc}") from None
             exp_arms[prefix + arm] = data
     return Experiment(
         name=name,

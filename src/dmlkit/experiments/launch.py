@@ -136,8 +136,10 @@ def parse_jobs(text: str | int) -> int | str:
         except ValueError:
             value = -1
     if not isinstance(value, int) or value < 1:
+        given = str(text).strip()
+        given = given if given.isprintable() and len(given) < 20 else shown(text)
         raise UserError(
-            f"--jobs {shown(text)}: give the number of cells to run at once (1 or more), or auto"
+            f"--jobs {given}: give the number of cells to run at once (1 or more), or auto"
         )
     return value
 
