@@ -21,7 +21,7 @@ from dmlkit.experiments.launch import (
     LaunchOptions,
     _Backend,
     cell_spec,
-    obviously_local,
+    preflight,
     uses_gpu,
 )
 
@@ -185,11 +185,7 @@ def slurm_backend(
 
     settings = slurm_settings(options)
     cluster = settings.pop("cluster")
-    if cluster == "slurm" and obviously_local(out):
-        raise UserError(
-            f"--out {out} {NOT_SHARED} the Slurm nodes (it is under /tmp or on tmpfs); put "
-            f"--out on a filesystem every node mounts (home, NFS, Lustre, GPFS...)"
-        )
+    preflight(out, options)  # run_experiment did it already; a direct caller gets it here
     executor = submitit.AutoExecutor(folder=out / "logs" / "slurm", cluster=cluster)
     cpus = _cpus(pending, options)
     gpus = options.gpus_per_cell or 0

@@ -25,7 +25,7 @@ from dmlkit.engine.persistence import RESUMABLE_CHANGES
 from dmlkit.engine.rundir import RunDir
 from dmlkit.engine.trainer import Trainer
 from dmlkit.errors import UserError
-from dmlkit.experiments.launch import Cell, LaunchOptions, result_line, run_cells
+from dmlkit.experiments.launch import Cell, LaunchOptions, preflight, result_line, run_cells
 from dmlkit.registry import Registry
 
 
@@ -150,6 +150,7 @@ def run_experiment(
     n_seeds = seeds if seeds is not None else exp.seeds
     overrides = [*(overrides or []), f"train.progress={str(progress).lower()}"]
     launch = launch or LaunchOptions()
+    preflight(out, launch)
     with FolderLock(out, f"--out {out}"):  # one grid process per folder (each run locks too)
         # every config is built (and checked) before any cell starts
         cells = plan_cells(exp, out, n_seeds, overrides, scale)

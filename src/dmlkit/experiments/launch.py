@@ -527,6 +527,16 @@ def _backend(
     return make(pending, out, options, marker, log)
 
 
+def preflight(out: Path, options: LaunchOptions) -> None:
+    """What can be refused before the grid folder is touched: Slurm into a /tmp-like --out."""
+    cluster = options.slurm.get("cluster", "slurm")
+    if options.launcher == "slurm" and cluster == "slurm" and obviously_local(out):
+        raise UserError(
+            f"--out {out} {NOT_SHARED} the Slurm nodes (it is under /tmp or on tmpfs); put "
+            f"--out on a filesystem every node mounts (home, NFS, Lustre, GPFS...)"
+        )
+
+
 def write_marker(out: Path) -> dict[str, str]:
     """A random token in ``OUT/.dml-shared`` that every cluster worker must read back."""
     token = secrets.token_hex(16)
