@@ -19,6 +19,7 @@ from dmlkit.engine.lock import FolderLock
 from dmlkit.errors import ConfigError, UserError
 from dmlkit.experiments import EXPERIMENTS, Experiment, LaunchOptions, run_experiment
 from dmlkit.experiments import launch as L
+from dmlkit.experiments import schedule as S
 from dmlkit.experiments.cell import check_marker
 from dmlkit.experiments.grid import build_grid, parse_arm, parse_sweep
 
@@ -101,18 +102,18 @@ def test_each_worker_gets_its_own_gpu_round_robin(tmp_path, monkeypatch):
         def send(self, cell, spec):
             self.cell = cell
 
-    monkeypatch.setattr(L, "_Worker", FakeWorker)
-    monkeypatch.setattr(L, "usable_cpus", lambda: 6)
+    monkeypatch.setattr(S, "_Worker", FakeWorker)
+    monkeypatch.setattr(S, "usable_cpus", lambda: 6)
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     exp = EXPERIMENTS.get("digits")
     cells = L_cells(exp, tmp_path, ["train.device=auto"])
-    backend = L._LocalBackend(tmp_path, 3, ["5", "7"], print)
+    backend = S._LocalBackend(tmp_path, 3, ["5", "7"], print)
     backend.submit(cells[:3])
     assert [w["gpu"] for w in started] == ["5", "7", "5"]
     assert all(w["OMP_NUM_THREADS"] == "2" for w in started)  # 6 cores // 3 jobs
     # a cell whose device is cpu gets no GPU
-    backend = L._LocalBackend(tmp_path, 2, ["5", "7"], print)
+    backend = S._LocalBackend(tmp_path, 2, ["5", "7"], print)
     started.clear()
     backend.submit(L_cells(exp, tmp_path, ["train.device=cpu"])[:2])
     assert [w["gpu"] for w in started] == [None, None]
@@ -417,6 +418,15 @@ def test_ray_local_instance_writes_the_same_table_as_jobs_1(tmp_path):
     comparison_report(exp, run_experiment(exp, one, seeds=2, overrides=TINY), one, 1.0)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
+        # a node that cannot read the command's token: refused before any cell
+        real = L.write_marker
+        with pytest.MonkeyPatch.context() as m:
+            m.setattr(S, "write_marker", lambda out: {**real(out), "token": "another"})
+            with pytest.raises(UserError, match=f"--out {rayed} {L.NOT_SHARED} the worker on"):
+                run_experiment(
+                    exp, rayed, seeds=2, overrides=TINY, launch=LaunchOptions(launcher="ray")
+                )
+        assert not list(rayed.glob("*/seed*")) and not (rayed / L.MARKER_NAME).exists()
         results = run_experiment(
             exp, rayed, seeds=2, overrides=TINY, launch=LaunchOptions(jobs=2, launcher="ray")
         )
@@ -471,3 +481,14 @@ def test_dml_grid_end_to_end_with_paired_intervals(tmp_path, capsys):
     assert "| ensemble |" in section and f"{mean:+.2f} ± {half:.2f} |" in section
     cfg = (out / "mimicry_weight=2" / "dml" / "seed1" / "config.yaml").read_text()
     assert "mimicry_weight: 2" in cfg and "seed: 1" in cfg
+
+
+def test_without_jobs_the_cli_uses_its_explicit_default(monkeypatch):
+    from dmlkit import cli_grid
+    from dmlkit.cli import _parser
+
+    args = _parser().parse_args(["reproduce", "digits"])
+    assert cli_grid.launch_options(args).jobs == cli_grid.DEFAULT_JOBS
+    monkeypatch.setattr(cli_grid, "DEFAULT_JOBS", "auto")  # what the lead may flip it to
+    assert cli_grid.launch_options(args).jobs == "auto"
+    assert cli_grid.launch_options(_parser().parse_args(["grid", "--jobs", "3"])).jobs == 3

@@ -15,6 +15,12 @@ from typing import Any
 from dmlkit.cli_summary import plural
 from dmlkit.errors import UserError
 
+# What `dml reproduce` and `dml grid` use without --jobs: 1 (the cells one after another in the
+# command's own process, as before --jobs existed) until benchmarks/grid_jobs.py has measured
+# --jobs 2 / auto against it on a quiet machine; then set it to "auto" (or a number) here and
+# update the README's printed time of its first command.
+DEFAULT_JOBS: int | str = 1
+
 
 def add_launch_flags(parser: argparse.ArgumentParser) -> None:
     """``--jobs``, ``--launcher`` and the cluster settings, for ``reproduce`` and ``grid``."""
@@ -23,9 +29,9 @@ def add_launch_flags(parser: argparse.ArgumentParser) -> None:
         "--jobs",
         default=None,
         metavar="N|auto",
-        help="cells at once, each its own process (default 1: one after another in this "
-        "process). auto: one per visible GPU, else one per CPU core (1 thread each). Locally "
-        "each cell gets cores/N threads unless train.threads is set",
+        help=f"cells at once, each in its own process (default {DEFAULT_JOBS}; 1: one after "
+        "another in this process). auto: one per visible GPU, else one per CPU core (1 thread "
+        "each). Locally each cell gets cores/N threads unless train.threads is set",
     )
     g.add_argument(
         "--launcher",
@@ -49,7 +55,7 @@ def add_launch_flags(parser: argparse.ArgumentParser) -> None:
 def launch_options(args: argparse.Namespace) -> Any:
     """The :class:`~dmlkit.experiments.launch.LaunchOptions` of the flags (checked)."""
     from dmlkit.config import load_yaml
-    from dmlkit.experiments.launch import DEFAULT_JOBS, LaunchOptions, check_launcher, parse_jobs
+    from dmlkit.experiments.launch import LaunchOptions, check_launcher, parse_jobs
 
     jobs = parse_jobs(args.jobs if args.jobs is not None else DEFAULT_JOBS)
     check_launcher(args.launcher)

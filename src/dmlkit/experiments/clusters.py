@@ -17,9 +17,9 @@ from dmlkit.errors import UserError, first_line
 from dmlkit.experiments.cell import execute_cell, probe_marker
 from dmlkit.experiments.launch import (
     NOT_SHARED,
+    Backend,
     Cell,
     LaunchOptions,
-    _Backend,
     cell_spec,
     preflight,
     uses_gpu,
@@ -49,15 +49,23 @@ def _cpus(pending: list[Cell], options: LaunchOptions) -> int:
 # Ray
 
 
-class _RayBackend(_Backend):
+class _RayBackend(Backend):
     def __init__(
-        self, ray: Any, task: Any, specs: dict[tuple[str, int], dict[str, Any]], cap: int
+        self,
+        ray: Any,
+        task: Any,
+        specs: dict[tuple[str, int], dict[str, Any]],
+        cap: int,
+        started: bool,
     ) -> None:
         self.ray, self.task, self.specs, self.capacity = ray, task, specs, cap
         self.marker = next(iter(specs.values()))["marker"]["path"]
+        self.started = started  # this command connected to (or started) Ray: it lets go
 
     def close(self) -> None:
         Path(self.marker).unlink(missing_ok=True)  # its job is done: the workers have read it
+        if self.started:
+            self.ray.shutdown()
 
     def submit(self, cells: list[Cell]) -> list[Any]:
         return [self.task.remote(self.specs[c.key]) for c in cells]
@@ -83,12 +91,13 @@ def ray_backend(
     options: LaunchOptions,
     marker: dict[str, str],
     log: Callable[[str], None],
-) -> _Backend:
+) -> Backend:
     """Cells as Ray tasks (``num_cpus`` / ``num_gpus`` each) on ``RAY_ADDRESS`` or a local Ray."""
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    if not ray.is_initialized():
+    started = not ray.is_initialized()
+    if started:
         # RAY_ADDRESS (read by ray.init) names a running cluster; without it, a local Ray
         ray.init(log_to_driver=False)
     where = os.environ.get("RAY_ADDRESS") or "a local Ray"
@@ -109,6 +118,8 @@ def ray_backend(
     try:
         ray.get(refs)
     except Exception as exc:
+        if started:
+            ray.shutdown()
         text = first_line(getattr(exc, "cause", None) or exc, None)
         if NOT_SHARED in text:
             raise UserError(text[text.index("--out ") :]) from None
@@ -121,14 +132,14 @@ def ray_backend(
         f"ray: {len(nodes)} node(s) at {where}, {resources.get('CPU', 0):g} CPUs, "
         f"{resources.get('GPU', 0):g} GPUs; each cell asks {cpus} CPU(s), {gpus} GPU(s)"
     )
-    return _RayBackend(ray, task, specs, capacity)
+    return _RayBackend(ray, task, specs, capacity, started)
 
 
 # ------------------------------------------------------------------------------------------------
 # Slurm
 
 
-class _SlurmBackend(_Backend):
+class _SlurmBackend(Backend):
     def __init__(
         self, executor: Any, specs: dict[tuple[str, int], dict[str, Any]], capacity: int
     ) -> None:
@@ -179,7 +190,7 @@ def slurm_backend(
     options: LaunchOptions,
     marker: dict[str, str],
     log: Callable[[str], None],
-) -> _Backend:
+) -> Backend:
     """Cells as Slurm array tasks through submitit (its local executor with ``cluster: local``)."""
     import submitit
 

@@ -25,7 +25,8 @@ from dmlkit.engine.persistence import RESUMABLE_CHANGES
 from dmlkit.engine.rundir import RunDir
 from dmlkit.engine.trainer import Trainer
 from dmlkit.errors import UserError
-from dmlkit.experiments.launch import Cell, LaunchOptions, preflight, result_line, run_cells
+from dmlkit.experiments.launch import Cell, LaunchOptions, preflight, result_line
+from dmlkit.experiments.schedule import run_cells
 from dmlkit.registry import Registry
 
 
