@@ -492,3 +492,26 @@ def test_without_jobs_the_cli_uses_its_explicit_default(monkeypatch):
     monkeypatch.setattr(cli_grid, "DEFAULT_JOBS", "auto")  # what the lead may flip it to
     assert cli_grid.launch_options(args).jobs == "auto"
     assert cli_grid.launch_options(_parser().parse_args(["grid", "--jobs", "3"])).jobs == 3
+
+
+@pytest.mark.slow
+def test_grid_jobs_benchmark_tiny(tmp_path):
+    """benchmarks/grid_jobs.py end to end at a tiny size (its times are not checked)."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    path = os.pathsep.join([str(root / "src"), os.environ.get("PYTHONPATH", "")])
+    env = {**os.environ, "PYTHONPATH": path}
+    args = ["--grids", "digits", "--seeds", "1", "--rounds", "1", "--scale", "0.05"]
+    args += ["--set", "train.threads=1", "--out", str(tmp_path / "out"), "--tag", "tiny"]
+    done = subprocess.run(
+        [sys.executable, str(root / "benchmarks" / "grid_jobs.py"), *args],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1800,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    payload = json.loads((tmp_path / "out" / "grid_jobs-tiny.json").read_text())
+    assert set(payload["median"]["digits"]) == {"1", "2"}
+    assert all(t > 0 for t in payload["median"]["digits"].values())
+    # one thread in both variants: the two grids' results.csv are the same bytes
+    assert payload["results_csv_equal"] == {"digits": {"2": True}}
+    assert "| digits | 2 |" in (tmp_path / "out" / "grid_jobs-tiny.md").read_text()
