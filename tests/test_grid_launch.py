@@ -7,6 +7,7 @@ given ``train.threads``, so the tables must not move by one digit.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -144,6 +145,9 @@ def test_a_kd_student_waits_for_its_teacher_run():
         ("teacher", 1, ()),
         ("student", 1, (("teacher", 1),)),
     ]
+    # --arms student alone: the teacher's run is read from disk, nothing to wait for
+    alone = dataclasses.replace(exp, arms={"student": exp.arms["student"]})
+    assert [c.needs for c in plan_cells(alone, Path("grid"), 2, [], 1.0)] == [(), ()]
 
 
 def test_obviously_local_paths():
@@ -515,3 +519,68 @@ def test_grid_jobs_benchmark_tiny(tmp_path):
     # one thread in both variants: the two grids' results.csv are the same bytes
     assert payload["results_csv_equal"] == {"digits": {"2": True}}
     assert "| digits | 2 |" in (tmp_path / "out" / "grid_jobs-tiny.md").read_text()
+
+
+class _FakeBackend(S.Backend):
+    """Finishes each cell at its first poll (writing a summary), or fails the ones in ``bad``."""
+
+    def __init__(self, capacity: int, bad: set[str]) -> None:
+        self.capacity, self.bad, self.submitted, self.events = capacity, bad, [], []
+
+    def submit(self, cells):
+        self.submitted.append([c.name for c in cells])
+        self.events += [f"start {c.name}" for c in cells]
+        return cells
+
+    def poll(self, cell):
+        self.events.append(f"end {cell.name}")
+        if cell.arm in self.bad:
+            return False, "exit status 1"
+        cell.path.mkdir(parents=True, exist_ok=True)
+        summary = {"peers": [{"name": "p", "arch": "a", "metrics": {"top1": 0.5}}]}
+        (cell.path / "summary.json").write_text(json.dumps(summary))
+        return True, ""
+
+
+def _kd_cells(out: Path):
+    from dmlkit.experiments import plan_cells
+
+    exp = Experiment(
+        name="t",
+        description="",
+        base={},
+        arms={
+            "teacher": {"method": {"name": "independent"}},
+            "student": {"method": {"name": "kd", "teacher": "{run:teacher}"}},
+            "other": {"method": {"name": "dml"}},
+        },
+    )
+    return plan_cells(exp, out, 2, [], 1.0)
+
+
+def test_a_student_starts_only_after_its_teacher_finished(tmp_path, monkeypatch):
+    fake = _FakeBackend(capacity=4, bad=set())
+    monkeypatch.setattr(S, "_backend", lambda *a: fake)
+    lines: list[str] = []
+    done = S.run_cells(_kd_cells(tmp_path), tmp_path, LaunchOptions(jobs=4), lines.append)
+    assert len(done) == 6
+    # first wave: every cell without needs (capacity 4); the students after their teachers
+    assert fake.submitted[0] == ["teacher seed 0", "other seed 0", "teacher seed 1", "other seed 1"]
+    for seed in (0, 1):
+        ev = fake.events
+        assert ev.index(f"end teacher seed {seed}") < ev.index(f"start student seed {seed}")
+    assert lines[-1].endswith("(6/6 done, 0 running, 0 failed)")
+
+
+def test_a_failed_teacher_fails_its_student_without_starting_it(tmp_path, monkeypatch):
+    fake = _FakeBackend(capacity=2, bad={"teacher"})
+    monkeypatch.setattr(S, "_backend", lambda *a: fake)
+    lines: list[str] = []
+    with pytest.raises(L.CellsFailed) as info:
+        S.run_cells(_kd_cells(tmp_path), tmp_path, LaunchOptions(jobs=2), lines.append)
+    text = str(info.value)
+    assert text.startswith("4 of 6 cells failed: ")
+    assert "student seed 0 (not started: teacher seed 0 failed; log: " in text
+    assert "teacher seed 1 (exit status 1; log: " in text
+    assert not any("start student" in e for e in fake.events)
+    assert "The 2 finished are kept" in text  # the `other` arm ran to its end

@@ -187,7 +187,9 @@ def plan_cells(
     for seed in range(exp.first_seed, exp.first_seed + n_seeds):
         for arm in exp.arms:
             cfg = arm_config(exp, arm, seed, overrides, out=out, scale=scale)
-            needs = tuple((a, seed) for a in _needed_arms(merge_dicts(exp.base, exp.arms[arm])))
+            # a referenced arm outside the grid (dml reproduce --arms) is read as it is on disk
+            named = _needed_arms(merge_dicts(exp.base, exp.arms[arm]))
+            needs = tuple((a, seed) for a in named if a in exp.arms)
             cell = Cell(arm, seed, cfg, out / arm / f"seed{seed}", needs)
             run = RunDir(cell.path)
             if run.config_path.is_file():

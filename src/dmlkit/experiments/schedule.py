@@ -191,6 +191,8 @@ def run_cells(
                     pending.remove(cell)
                     running[cell.key] = (cell, handle)
                     log(f"[{cell.name}] started; log: {log_path(out, cell)} ({counts()})")
+            if pending and not running:  # a safety net: plan_cells keeps needs inside the grid
+                raise UserError(f"{pending[0].name} needs {pending[0].needs}, not in this grid")
             for key, (cell, handle) in list(running.items()):
                 state = backend.poll(handle)
                 if state is None:
@@ -204,14 +206,6 @@ def run_cells(
                 else:
                     failed[key] = why or tail(log_path(out, cell)) or "no reason given"
                     log(f"[{cell.name}] FAILED, {failed[key]} ({counts()})")
-            if (
-                pending
-                and not running
-                and not any(all(n in done for n in c.needs) for c in pending)
-            ):  # only cells whose needs are not in this grid: a mistake of the experiment
-                raise UserError(
-                    f"{pending[0].name} needs {pending[0].needs}, which this grid does not run"
-                )
             if running:
                 time.sleep(0.2)
     except BaseException:
