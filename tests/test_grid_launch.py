@@ -496,6 +496,9 @@ def test_without_jobs_the_cli_uses_its_explicit_default(monkeypatch):
     monkeypatch.setattr(cli_grid, "DEFAULT_JOBS", "auto")  # what the lead may flip it to
     assert cli_grid.launch_options(args).jobs == "auto"
     assert cli_grid.launch_options(_parser().parse_args(["grid", "--jobs", "3"])).jobs == 3
+    # on a cluster, no cap of ours unless --jobs says so
+    ray_args = _parser().parse_args(["reproduce", "digits", "--launcher", "ray"])
+    assert cli_grid.launch_options(ray_args).jobs == "auto"
 
 
 @pytest.mark.slow

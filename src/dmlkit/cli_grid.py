@@ -31,7 +31,8 @@ def add_launch_flags(parser: argparse.ArgumentParser) -> None:
         metavar="N|auto",
         help=f"cells at once, each in its own process (default {DEFAULT_JOBS}; 1: one after "
         "another in this process). auto: one per visible GPU, else one per CPU core (1 thread "
-        "each). Locally each cell gets cores/N threads unless train.threads is set",
+        "each). Locally each cell gets cores/N threads unless train.threads is set. With "
+        "--launcher ray / slurm: the most in flight (default: no cap, the cluster decides)",
     )
     g.add_argument(
         "--launcher",
@@ -57,8 +58,11 @@ def launch_options(args: argparse.Namespace) -> Any:
     from dmlkit.config import load_yaml
     from dmlkit.experiments.launch import LaunchOptions, check_launcher, parse_jobs
 
-    jobs = parse_jobs(args.jobs if args.jobs is not None else DEFAULT_JOBS)
     check_launcher(args.launcher)
+    if args.jobs is not None:
+        jobs = parse_jobs(args.jobs)
+    else:  # on a cluster the scheduler decides how many run at once: no cap of ours
+        jobs = parse_jobs(DEFAULT_JOBS if args.launcher == "local" else "auto")
     block: dict[str, Any] = {}
     if args.launcher_config:
         data = load_yaml(args.launcher_config)
