@@ -61,8 +61,10 @@ class _Worker:
     def send(self, cell: Cell, spec: dict[str, Any]) -> None:
         assert self.proc.stdin is not None
         self.cell = cell
-        self.proc.stdin.write((json.dumps(spec) + "\n").encode())
-        self.proc.stdin.flush()
+        # a worker that died since it was last asked: answer() reports its end for this cell
+        with contextlib.suppress(BrokenPipeError):
+            self.proc.stdin.write((json.dumps(spec) + "\n").encode())
+            self.proc.stdin.flush()
 
     def answer(self) -> tuple[bool, str] | None:
         """The cell's outcome once the worker has answered (or died); None while it runs."""
