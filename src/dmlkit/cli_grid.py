@@ -111,7 +111,7 @@ def add_grid_parser(sub: argparse._SubParsersAction) -> None:
         help="your own paired comparison: arms x sweep x seeds, results with 95 %% intervals",
         description="Train every --arm at every --sweep point for --seeds seeds (paired: the "
         "arms of one seed share initial weights and data order), then write results.md and "
-        "results.csv with each arm's gain over the baseline and its 95 %% interval.",
+        "results.csv with each arm's gain over the baseline and its 95 % interval.",
     )
     g.add_argument("-c", "--config", help="YAML config every run starts from (default: built-in)")
     g.add_argument(
