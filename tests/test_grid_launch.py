@@ -252,10 +252,17 @@ def test_arm_and_sweep_syntax():
     assert parse_sweep("method.mimicry_weight=0.5,1,2") == (
         "method.mimicry_weight",
         ["0.5", "1", "2"],
+        None,
     )
     assert parse_sweep("peers.*.kwargs.hidden=[16,16],[32]") == (
         "peers.*.kwargs.hidden",
         ["[16,16]", "[32]"],
+        None,
+    )
+    assert parse_sweep("dml,dml_e:method.temperature=1,4") == (
+        "method.temperature",
+        ["1", "4"],
+        ["dml", "dml_e"],
     )
 
 
@@ -271,7 +278,7 @@ def test_bad_arm_syntax(arm):
     "sweep", ["method.mimicry_weight", "method.mimicry_weight=", "=1,2", "k=1,,2"]
 )
 def test_bad_sweep_syntax(sweep):
-    with pytest.raises(UserError, match="expected KEY=VALUE,VALUE"):
+    with pytest.raises(UserError, match=r"expected \[ARM:\]KEY=VALUE,VALUE"):
         parse_sweep(sweep)
 
 
@@ -284,13 +291,36 @@ def test_grid_arms_at_every_sweep_point():
     )
     assert list(exp.arms) == [
         "mimicry_weight=0.5/independent",
-        "mimicry_weight=0.5/dml",
         "mimicry_weight=2/independent",
+        "mimicry_weight=0.5/dml",
         "mimicry_weight=2/dml",
     ]
     assert exp.baseline == "independent"
     assert exp.arms["mimicry_weight=2/dml"]["method"]["mimicry_weight"] == 2
     assert exp.arms["mimicry_weight=2/dml"]["method"]["name"] == "dml"
+
+
+def test_a_sweep_of_one_arm_leaves_the_baseline_one_set_of_runs():
+    exp = build_grid(
+        {},
+        ["independent:method.name=independent", "dml:method.name=dml"],
+        ["dml:method.mimicry_weight=0.5,2"],
+        seeds=2,
+    )
+    assert list(exp.arms) == ["independent", "mimicry_weight=0.5/dml", "mimicry_weight=2/dml"]
+    from dmlkit.experiments.grid import _sections
+
+    assert _sections(exp) == {
+        "mimicry_weight=0.5": {"independent": "independent", "dml": "mimicry_weight=0.5/dml"},
+        "mimicry_weight=2": {"independent": "independent", "dml": "mimicry_weight=2/dml"},
+    }
+    with pytest.raises(UserError, match="--sweep dlm:method.mimicry_weight: no --arm dlm"):
+        build_grid(
+            {},
+            ["independent:method.name=independent", "dml:method.name=dml"],
+            ["dlm:method.mimicry_weight=0.5,2"],
+            seeds=2,
+        )
 
 
 @pytest.mark.parametrize(
@@ -306,7 +336,7 @@ def test_grid_arms_at_every_sweep_point():
         (["a:method.name=independent", "b:method.name=dml"], [], ["method.name=dml"],
          "--set method.name conflicts"),
         (["a:method.name=independent", "b:method.mimicry_weight=2"], ["method.mimicry_weight=1,2"],
-         [], "an --arm sets method.mimicry_weight too"),
+         [], "--arm b sets method.mimicry_weight too"),
     ],
 )  # fmt: skip
 def test_bad_grids_are_refused(arms, sweeps, sets_, words):
@@ -587,3 +617,27 @@ def test_a_failed_teacher_fails_its_student_without_starting_it(tmp_path, monkey
     assert "teacher seed 1 (exit status 1; log: " in text
     assert not any("start student" in e for e in fake.events)
     assert "The 2 finished are kept" in text  # the `other` arm ran to its end
+
+
+@pytest.mark.slow
+def test_dml_grid_with_a_sweep_of_one_arm_shares_the_baseline_runs(tmp_path):
+    out = tmp_path / "g"
+    args = [
+        "grid", "--arm", "independent:method.name=independent", "--arm", "dml:method.name=dml",
+        "--sweep", "dml:method.mimicry_weight=0.5,2", "--seeds", "2", "--jobs", "2",
+        "--out", str(out), "--no-progress", *sets(*TINY),
+    ]  # fmt: skip
+    assert main(args) == 0
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == [
+        "independent", "logs", "mimicry_weight=0.5", "mimicry_weight=2"
+    ]  # fmt: skip
+    md = (out / "results.md").read_text()
+    half, two = md.split("### mimicry_weight=0.5")[1].split("### mimicry_weight=2")
+    # the same independent runs in both sections: the same mean ± std column
+    column = [line.split(" | ")[1] for line in half.splitlines() if line.startswith("| peer")]
+    assert column == [
+        line.split(" | ")[1] for line in two.splitlines() if line.startswith("| peer")
+    ]
+    rows = (out / "results.csv").read_text().splitlines()
+    assert len(rows) == 1 + 3 * 2 + 2 * 3 * 2  # independent once, dml at 2 points
+    assert sum(r.startswith(",") and ",independent," in r for r in rows) == 3 * 2

@@ -1,11 +1,12 @@
 """``dml grid``: a user's own paired comparison, built into an :class:`Experiment`.
 
 ``--arm NAME:KEY=VALUE [KEY=VALUE ...]`` names an arm by its config changes; ``--sweep
-KEY=V1,V2,...`` (repeatable: the product of all) runs every arm at every value. The grid is an
-ordinary :class:`~dmlkit.experiments.core.Experiment` whose arms are ``<point>/<arm>`` (or just
-``<arm>`` without a sweep), so it runs, resumes, is launched and locked exactly as ``dml
-reproduce``'s grids; its report compares every arm with the baseline (the first ``--arm``
-unless ``--baseline``) at the same sweep point, paired by seed, with 95 % t-intervals.
+[ARM[,ARM]:]KEY=V1,V2,...`` (repeatable: the product of all) runs every arm (or the arms named)
+at every value. The grid is an ordinary :class:`~dmlkit.experiments.core.Experiment` whose arms
+are ``<point>/<arm>`` (just ``<arm>`` for an arm no sweep applies to), so it runs, resumes, is
+launched and locked exactly as ``dml reproduce``'s grids; its report compares every arm with
+the baseline (the first ``--arm`` unless ``--baseline``) at each sweep point (an unswept
+baseline is the same runs at every point), paired by seed, with 95 % t-intervals.
 """
 
 from __future__ import annotations
@@ -68,19 +69,25 @@ def _split_values(raw: str) -> list[str]:
     return values
 
 
-def parse_sweep(text: str) -> tuple[str, list[str]]:
-    """``KEY=V1,V2,...`` -> (key, values); one line when malformed or a value repeats."""
-    key, sep, raw = text.partition("=")
+def parse_sweep(text: str) -> tuple[str, list[str], list[str] | None]:
+    """``[ARM[,ARM]:]KEY=V1,V2,...`` -> (key, values, arms or None for every arm).
+
+    One line when malformed or a value repeats.
+    """
+    head, sep, raw = text.partition("=")
+    only, colon, key = head.rpartition(":")
     key = key.strip()
+    arms = [a.strip() for a in only.split(",")] if colon else None
     values = _split_values(raw) if sep else []
-    if not key or not values or any(v == "" for v in values) or " " in key:
+    bad_arms = arms is not None and not all(arms)
+    if not key or not values or any(v == "" for v in values) or " " in key or bad_arms:
         raise UserError(
-            f"--sweep {shown(text)}: expected KEY=VALUE,VALUE,..., e.g. "
-            f"--sweep method.mimicry_weight=0.5,1,2"
+            f"--sweep {shown(text)}: expected [ARM:]KEY=VALUE,VALUE,..., e.g. "
+            f"--sweep method.mimicry_weight=0.5,1,2 or --sweep dml:method.mimicry_weight=0.5,1,2"
         )
     if len(set(values)) != len(values):
         raise UserError(f"--sweep {shown(text)}: a value is given twice")
-    return key, values
+    return key, values, arms
 
 
 def _point_name(point: list[tuple[str, str]]) -> str:
@@ -146,26 +153,36 @@ def build_grid(
     if baseline not in names:
         raise UserError(f"--baseline {shown(baseline)}: no such --arm; arms: {', '.join(names)}")
     swept = [parse_sweep(s) for s in sweeps]
-    keys = [k for k, _ in swept]
+    keys = [k for k, _, _ in swept]
     if len(set(keys)) != len(keys):
         raise UserError(f"--sweep: the key {next(k for k in keys if keys.count(k) > 1)} twice")
+    for key, _, only in swept:
+        unknown = [a for a in only or [] if a not in names]
+        if unknown:
+            raise UserError(
+                f"--sweep {unknown[0]}:{key}: no --arm {unknown[0]}; arms: {', '.join(names)}"
+            )
+    # the sweeps each arm runs at (all, unless a sweep names its arms)
+    own = {n: [(k, vs) for k, vs, only in swept if only is None or n in only] for n in names}
     set_keys = {_key(a) for a in overrides or []}
     for arm, assignments in parsed:
-        clash = set_keys & ({_key(a) for a in assignments} | set(keys))
+        clash = set_keys & ({_key(a) for a in assignments} | {k for k, _ in own[arm]})
         if clash:
             raise UserError(
                 f"--set {sorted(clash)[0]} conflicts with --arm {arm} / --sweep, which set it "
                 f"too; set it in one place"
             )
-    for key in keys:
-        if any(key == _key(a) for _, assignments in parsed for a in assignments):
-            raise UserError(f"--sweep {key}: an --arm sets {key} too; set it in one place")
+        for key, _ in own[arm]:
+            if any(key == _key(a) for a in assignments):
+                raise UserError(f"--sweep {key}: --arm {arm} sets {key} too; set it in one place")
     full = merge_dicts(Config().to_dict(), base)
-    points = list(itertools.product(*[[(k, v) for v in vs] for k, vs in swept]))
     exp_arms: dict[str, dict[str, Any]] = {}
-    for point in points:
-        prefix = _point_name(list(point)) + "/" if point else ""
-        for arm, assignments in parsed:
+    n_points = 1
+    for arm, assignments in parsed:
+        points = list(itertools.product(*[[(k, v) for v in vs] for k, vs in own[arm]]))
+        n_points = max(n_points, len(points))
+        for point in points:
+            prefix = _point_name(list(point)) + "/" if point else ""
             data = full
             for a in assignments:
                 data = _apply(data, a, f"--arm {arm}")
@@ -179,7 +196,7 @@ def build_grid(
     return Experiment(
         name=name,
         description=f"{', '.join(names)} (baseline {baseline})"
-        + (f" at {len(points)} sweep points" if swept else ""),
+        + (f" at {n_points} sweep points" if swept else ""),
         base={},
         arms=exp_arms,
         baseline=baseline,
@@ -189,13 +206,23 @@ def build_grid(
     )
 
 
-def _points(exp: Experiment) -> dict[str, list[str]]:
-    """Sweep point -> the arms at it, in order (point ``""`` without a sweep)."""
-    points: dict[str, list[str]] = {}
-    for arm in exp.arms:
-        point, _, name = arm.rpartition("/")
-        points.setdefault(point, []).append(name)
-    return points
+def _sections(exp: Experiment) -> dict[str, dict[str, str]]:
+    """Sweep point -> {arm name: the grid arm compared there}, arms in their --arm order.
+
+    An arm no sweep applies to (``--sweep OTHER:KEY=...``) is one run set, in every section.
+    """
+    names = list(dict.fromkeys(arm.rpartition("/")[2] for arm in exp.arms))
+    points = list(dict.fromkeys(arm.rpartition("/")[0] for arm in exp.arms if "/" in arm))
+    sections: dict[str, dict[str, str]] = {}
+    for point in points or [""]:
+        shown_ = {}
+        for n in names:
+            for grid_arm in (f"{point}/{n}" if point else n, n):
+                if grid_arm in exp.arms:
+                    shown_[n] = grid_arm
+                    break
+        sections[point] = shown_
+    return sections
 
 
 def grid_report(exp: Experiment, results: list[RunResult], out: Path, scale: float) -> str:
@@ -206,21 +233,15 @@ def grid_report(exp: Experiment, results: list[RunResult], out: Path, scale: flo
         f"Test top-1 % over {len(seeds)} seed(s), mean ± std; gain = arm − {exp.baseline}, "
         f"paired by seed, mean ± half-width of its 95 % t-interval.",
     ]
-    csv_rows = []
-    for point, arms in _points(exp).items():
-        prefix = point + "/" if point else ""
+    csv_rows: dict[tuple[str, str, str, int], list[Any]] = {}
+    for point, shown_ in _sections(exp).items():
+        arms = list(shown_)
         sub = Experiment(
-            name=exp.name,
-            description="",
-            base={},
-            arms={a: {} for a in arms},
+            name=exp.name, description="", base={}, arms={a: {} for a in arms},
             baseline=exp.baseline,
-        )
-        mine = [
-            RunResult(r.arm[len(prefix) :], r.seed, r.path, r.summary)
-            for r in results
-            if r.arm.startswith(prefix) and r.arm[len(prefix) :] in arms
-        ]
+        )  # fmt: skip
+        back = {grid_arm: a for a, grid_arm in shown_.items()}
+        mine = [RunResult(back[r.arm], r.seed, r.path, r.summary) for r in results if r.arm in back]
         rows = comparison_rows(sub, mine)
         others = [a for a in arms if a != exp.baseline]
         head = ["peer", *arms, *[f"gain {a} (95 % interval)" for a in others]]
@@ -238,13 +259,14 @@ def grid_report(exp: Experiment, results: list[RunResult], out: Path, scale: flo
                 cells.append(f"{mean:+.2f} ± {half:.2f}")
             lines.append("| " + " | ".join(cells) + " |")
             for a in arms:
-                csv_rows += [
-                    [point, row["peer"], row["arch"], a, seed, f"{v:.4f}"]
-                    for seed, v in zip(seeds, row[a], strict=False)
-                ]
+                where = shown_[a].rpartition("/")[0]  # "" for an arm no sweep applies to
+                for seed, v in zip(seeds, row[a], strict=False):
+                    csv_rows[(where, row["peer"], a, seed)] = [
+                        where, row["peer"], row["arch"], a, seed, f"{v:.4f}"
+                    ]  # fmt: skip
     text = "\n".join(lines)
     if scale != 1.0:
         text = f"Smoke run at --scale {scale:g} (epochs and data x {scale:g}).\n\n{text}"
     header = ["point", "peer", "arch", "arm", "seed", "top1_percent"]
-    write_results_files(exp, out, text, header, csv_rows)
+    write_results_files(exp, out, text, header, list(csv_rows.values()))
     return text
