@@ -634,10 +634,11 @@ def test_dml_grid_with_a_sweep_of_one_arm_shares_the_baseline_runs(tmp_path):
     md = (out / "results.md").read_text()
     half, two = md.split("### mimicry_weight=0.5")[1].split("### mimicry_weight=2")
     # the same independent runs in both sections: the same mean ± std column
-    column = [line.split(" | ")[1] for line in half.splitlines() if line.startswith("| peer")]
-    assert column == [
-        line.split(" | ")[1] for line in two.splitlines() if line.startswith("| peer")
-    ]
+
+    def column(text: str) -> list[str]:
+        return [x.split(" | ")[1] for x in text.splitlines() if x.startswith("| ")]
+
+    assert column(half) == column(two) and len(column(half)) == 4  # header, 2 peers, ensemble
     rows = (out / "results.csv").read_text().splitlines()
     assert len(rows) == 1 + 3 * 2 + 2 * 3 * 2  # independent once, dml at 2 points
     assert sum(r.startswith(",") and ",independent," in r for r in rows) == 3 * 2
