@@ -642,3 +642,11 @@ def test_dml_grid_with_a_sweep_of_one_arm_shares_the_baseline_runs(tmp_path):
     rows = (out / "results.csv").read_text().splitlines()
     assert len(rows) == 1 + 3 * 2 + 2 * 3 * 2  # independent once, dml at 2 points
     assert sum(r.startswith(",") and ",independent," in r for r in rows) == 3 * 2
+
+
+def test_a_worker_without_the_command_s_folder_says_so(tmp_path):
+    from dmlkit.experiments.cell import execute_cell
+
+    spec = {"cwd": str(tmp_path / "not-here"), "marker": None, "config": {}, "run": "", "desc": ""}
+    with pytest.raises(UserError, match="not-here, does not exist on the worker on "):
+        execute_cell(spec)

@@ -97,8 +97,14 @@ def _logged_to(path: str | None) -> Iterator[None]:
 
 def execute_cell(spec: dict[str, Any]) -> dict[str, Any]:
     """Train (or resume, or reuse) the run of one cell; returns its ``summary.json`` content."""
-    os.chdir(spec["cwd"])  # relative paths of the config (data.root) mean what they meant
     check_marker(spec.get("marker"))  # before anything is written under --out
+    try:
+        os.chdir(spec["cwd"])  # relative paths of the config (data.root) mean what they meant
+    except OSError:
+        raise UserError(
+            f"the folder the command was started in, {spec['cwd']}, does not exist on the "
+            f"worker on {socket.gethostname()}; start it from a folder every worker mounts"
+        ) from None
     with _logged_to(spec.get("log")):
         if spec.get("threads"):
             # read by train.threads=auto (an explicit train.threads wins, as in any run)
