@@ -39,6 +39,7 @@ LAYERS: list[tuple[str, ...]] = [
         "dmlkit.cli_use",
         "dmlkit.cli_analysis",
         "dmlkit.cli_summary",
+        "dmlkit.cli_grid",
         "dmlkit.bench",
         "dmlkit.api",
         "dmlkit.watch",

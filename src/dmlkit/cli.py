@@ -1,4 +1,4 @@
-"""The ``dml`` command: train, eval, reproduce, analyze, report, list, predict, export, bench.
+"""The ``dml`` command: train, eval, reproduce, grid, analyze, report, list, predict, export, bench.
 
 User errors (bad config, paths, data, checkpoints) print one line ``dml: error: ...`` and exit
 with status 2, no traceback; a training failure (non-finite loss) exits 1; Ctrl-C exits 130
@@ -53,6 +53,9 @@ def _parser() -> argparse.ArgumentParser:
     _add_train_parser(sub)
     _add_eval_parser(sub)
     _add_reproduce_parser(sub)
+    from dmlkit.cli_grid import add_grid_parser
+
+    add_grid_parser(sub)  # dml grid: a user's own arms x sweep x seeds
     from dmlkit.cli_analysis import add_parsers as add_analysis_parsers
 
     add_analysis_parsers(sub)  # analyze, report
@@ -129,6 +132,9 @@ def _add_reproduce_parser(sub: argparse._SubParsersAction) -> None:
         help="also write the experiment's report page to DIR/<name>.md (figures in DIR/<name>/)",
     )
     _add_data_flags(r)
+    from dmlkit.cli_grid import add_launch_flags
+
+    add_launch_flags(r)  # --jobs, --launcher
 
 
 def _add_bench_parser(sub: argparse._SubParsersAction) -> None:
@@ -281,6 +287,9 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         raise UserError(f"--seeds must be >= 1, got {args.seeds}")
     if not 0 < args.scale <= 1:
         raise UserError(f"--scale must be in (0, 1], got {args.scale}")
+    from dmlkit.cli_grid import launch_options
+
+    launch = launch_options(args)
     overrides = [*_data_overrides(args), *args.overrides]
     if args.data_root:
         _check_one_data_root(args.overrides)
@@ -299,6 +308,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
             overrides=overrides,
             scale=args.scale,
             progress=not args.no_progress,
+            launch=launch,
         )
     except KeyboardInterrupt:
         _ignore_interrupts()
@@ -354,6 +364,9 @@ def main(argv: list[str] | None = None) -> int:
 
     commands = {"train": cmd_train, "eval": cmd_eval, "reproduce": cmd_reproduce, "list": cmd_list}
     commands.update(analyze=cmd_analyze, report=cmd_report, predict=cmd_predict, export=cmd_export)
+    from dmlkit.cli_grid import cmd_grid
+
+    commands["grid"] = cmd_grid
     try:
         return commands[args.command](args)
     except UserError as exc:
@@ -414,6 +427,7 @@ def _stopped(exc: Exception) -> str | None:
         ("dmlkit.engine.persistence", "TrainingError", "training stopped"),
         # another process of a torchrun job died or hung
         ("dmlkit.distributed", "DistributedError", "distributed training stopped"),
+        ("dmlkit.experiments.launch", "CellsFailed", "grid stopped"),  # --jobs / --launcher
     ):
         cls = getattr(sys.modules.get(module), name, None)
         if cls is not None and isinstance(exc, cls):

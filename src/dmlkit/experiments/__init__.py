@@ -14,13 +14,17 @@ from dmlkit.experiments.core import (
     comparison_report,
     comparison_rows,
     format_table,
+    plan_cells,
     register_experiment,
     run_experiment,
     scale_config,
     write_results,
 )
+from dmlkit.experiments.launch import CellsFailed, LaunchOptions  # noqa: E402,I001
 
 __all__ = [
+    "CellsFailed",
+    "LaunchOptions",
     "EXPERIMENTS",
     "Experiment",
     "RunResult",
@@ -28,6 +32,7 @@ __all__ = [
     "comparison_report",
     "comparison_rows",
     "format_table",
+    "plan_cells",
     "register_experiment",
     "run_experiment",
     "scale_config",

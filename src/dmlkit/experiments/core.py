@@ -25,6 +25,8 @@ from dmlkit.engine.persistence import RESUMABLE_CHANGES
 from dmlkit.engine.rundir import RunDir
 from dmlkit.engine.trainer import Trainer
 from dmlkit.errors import UserError
+from dmlkit.experiments.launch import Cell, LaunchOptions, preflight, result_line
+from dmlkit.experiments.schedule import run_cells
 from dmlkit.registry import Registry
 
 
@@ -133,29 +135,63 @@ def run_experiment(
     scale: float = 1.0,
     progress: bool = True,
     log: Callable[[str], None] = print,
+    launch: LaunchOptions | None = None,
 ) -> list[RunResult]:
-    """Train every arm for every seed (reusing finished runs) and return their summaries."""
+    """Train every arm for every seed (reusing finished runs) and return their summaries.
+
+    Args:
+        launch: where the cells run (``--jobs``, ``--launcher``); default: one after another in
+            this process. The results (and so the tables) do not depend on it: each cell is the
+            same deterministic run wherever it trains, at the same ``train.threads``.
+
+    Raises:
+        CellsFailed: (launched cells only) some cells failed; the others are finished and kept.
+    """
     out = Path(out)
     n_seeds = seeds if seeds is not None else exp.seeds
     overrides = [*(overrides or []), f"train.progress={str(progress).lower()}"]
+    launch = launch or LaunchOptions()
+    preflight(out, launch)
     with FolderLock(out, f"--out {out}"):  # one grid process per folder (each run locks too)
-        return _run_grid(exp, out, n_seeds, overrides, scale, log)
+        # every config is built (and checked) before any cell starts
+        cells = plan_cells(exp, out, n_seeds, overrides, scale)
+        for cell in cells:
+            if cell.summary is not None:
+                log(f"[{cell.name}] reused finished run {cell.path}")
+        if launch.in_process:
+            return _run_in_process(cells, log)
+        summaries = run_cells(cells, out, launch, log)
+        return [RunResult(c.arm, c.seed, c.path, summaries[c.key]) for c in cells]
 
 
-def _run_grid(
-    exp: Experiment,
-    out: Path,
-    n_seeds: int,
-    overrides: list[str],
-    scale: float,
-    log: Callable[[str], None],
-) -> list[RunResult]:
-    results = []
+def _needed_arms(value: Any) -> list[str]:
+    """The arms a config refers to with ``"{run:ARM}"`` (a kd student's teacher)."""
+    if isinstance(value, str) and value.startswith("{run:") and value.endswith("}"):
+        return [value[5:-1]]
+    if isinstance(value, dict):
+        return [a for v in value.values() for a in _needed_arms(v)]
+    if isinstance(value, list):
+        return [a for v in value for a in _needed_arms(v)]
+    return []
+
+
+def plan_cells(
+    exp: Experiment, out: Path, n_seeds: int, overrides: list[str], scale: float
+) -> list[Cell]:
+    """Every cell of the grid in its sequential order (seed-major), finished ones with summaries.
+
+    Raises:
+        UserError: a cell's folder holds a run of another config (nothing is started).
+    """
+    cells = []
     for seed in range(exp.first_seed, exp.first_seed + n_seeds):
         for arm in exp.arms:
             cfg = arm_config(exp, arm, seed, overrides, out=out, scale=scale)
-            run = RunDir(out / arm / f"seed{seed}")
-            resume = False
+            # a referenced arm outside the grid (dml reproduce --arms) is read as it is on disk
+            named = _needed_arms(merge_dicts(exp.base, exp.arms[arm]))
+            needs = tuple((a, seed) for a in named if a in exp.arms)
+            cell = Cell(arm, seed, cfg, out / arm / f"seed{seed}", needs)
+            run = RunDir(cell.path)
             if run.config_path.is_file():
                 diff = config_differences(run.load_config(), cfg)
                 # what may change on resume, except the length (a finished run is reused)
@@ -170,17 +206,23 @@ def _run_grid(
                         f"use another --out or remove that folder"
                     )
                 if run.is_finished():
-                    summary = run.read_summary()
-                    log(f"[{arm} seed {seed}] reused finished run {run.path}")
-                    results.append(RunResult(arm, seed, run.path, summary))
-                    continue
-                resume = True
-            trainer = Trainer(cfg, run.path, resume=resume, desc=f"{arm} seed {seed}")
+                    cell.summary = run.read_summary()
+            cells.append(cell)
+    return cells
+
+
+def _run_in_process(cells: list[Cell], log: Callable[[str], None]) -> list[RunResult]:
+    """``--jobs 1``: the cells one after another in this process (the sequential order)."""
+    results = []
+    for cell in cells:
+        summary = cell.summary
+        if summary is None:
+            run = RunDir(cell.path)
+            resume = run.config_path.is_file()
+            trainer = Trainer(cell.config, run.path, resume=resume, desc=cell.name)
             summary = trainer.fit()
-            key = "top1" if "top1" in summary["peers"][0]["metrics"] else "mAP"  # re-id: mAP
-            shown = ", ".join(f"{100 * p['metrics'][key]:.2f}" for p in summary["peers"])
-            log(f"[{arm} seed {seed}] test {key.replace('top1', 'top-1')} per peer: {shown}")
-            results.append(RunResult(arm, seed, run.path, summary))
+            log(f"[{cell.name}] {result_line(summary)}")
+        results.append(RunResult(cell.arm, cell.seed, cell.path, summary))
     return results
 
 
