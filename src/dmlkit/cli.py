@@ -68,7 +68,18 @@ def _parser() -> argparse.ArgumentParser:
                 action="store_true",
                 help="hide the progress bars (they hide themselves when output is not a terminal)",
             )
+        if name in _READERS:
+            command.add_argument(
+                "--trust-code",
+                action="store_true",
+                help="let a run or checkpoint read here import the code its files name (a "
+                "package.module:function arch, train.callbacks): only for runs you trust",
+            )
     return p
+
+
+# The commands that read a run folder or checkpoint another may have written (dmlkit.trust).
+_READERS = ("train", "eval", "analyze", "report", "predict", "export")
 
 
 def _add_train_parser(sub: argparse._SubParsersAction) -> None:
@@ -183,7 +194,13 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise UserError(f"--resume {out}: no run there (no config.yaml)")
         # The run's own config, then the file and --set changes (checked by the trainer).
         file = load_yaml(args.config) if args.config else {}
-        cfg = build_config(load_yaml(out / "config.yaml"), file, overrides=args.overrides)
+        saved = load_yaml(out / "config.yaml")
+        from dmlkit.trust import check_config
+
+        # the run's files name no code to import unless the user's own file or --set does
+        mine = [Path(args.config).read_text(encoding="utf-8")] if args.config else []
+        check_config(saved, str(out / "config.yaml"), args.trust_code, [*mine, *args.overrides])
+        cfg = build_config(saved, file, overrides=args.overrides)
     else:
         cfg = load_config(args.config, args.overrides)
         out = (
@@ -193,7 +210,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         )
     from dmlkit.engine.trainer import Trainer  # torch: only once the config is known good
 
-    trainer = Trainer(cfg, out, resume=bool(args.resume))
+    trainer = Trainer(cfg, out, resume=bool(args.resume), trust_code=args.trust_code)
     main_process = trainer.dist.is_main  # under torchrun, rank 0 alone reports
     if main_process:
         print(f"run directory: {out}")
@@ -222,7 +239,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise UserError(f"{run.path}: not a run directory (no config.yaml)")
     cfg = run.load_config()
     device = resolve_device(*((args.device, "--device") if args.device else (cfg.train.device,)))
-    cohort, state = load_cohort(path, device)
+    cohort, state = load_cohort(path, device, trust_code=args.trust_code)
     data = build_data(cfg.data, seed=cfg.seed, device=device)
     loader = {"test": data.test, "val": data.val, "train": data.train}[args.split]
     if loader is None:

@@ -74,6 +74,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         probe_samples=args.samples,
         seed=args.seed,
         device=args.device,
+        trust_code=args.trust_code,
     )
     result = analyze(args.runs, args.out, options)
     n, seconds = len(result["runs"]), result["seconds"]
@@ -83,7 +84,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from dmlkit.analysis.analyze import analyze
+    from dmlkit.analysis.analyze import AnalysisOptions, analyze
     from dmlkit.analysis.report import write_report
 
     if args.out:
@@ -95,7 +96,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     analysis = Path(args.analysis) if args.analysis else None
     if args.analyze:
         analysis = analysis or out.parent / f"{out.stem}_analysis"
-        analyze(args.runs, analysis)
+        analyze(args.runs, analysis, AnalysisOptions(trust_code=args.trust_code))
     write_report(
         args.runs,
         out,

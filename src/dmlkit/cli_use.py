@@ -90,7 +90,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.top_k < 1:
         raise UserError(f"--top-k must be >= 1, got {args.top_k}")
     device = resolve_device(args.device, "--device")  # a typo blames the flag, not the run
-    predictor = load_predictor(args.run_dir, peer=args.peer, device=device)
+    predictor = load_predictor(
+        args.run_dir, peer=args.peer, device=device, trust_code=args.trust_code
+    )
     rows = predictor.predict(args.images, top_k=args.top_k)
     if args.format == "json":
         text = json.dumps({"model": predictor.which, "predictions": rows}, indent=2) + "\n"
@@ -121,7 +123,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from dmlkit.engine.export import export
     from dmlkit.engine.predict import load_predictor
 
-    predictor = load_predictor(args.run_dir, peer=args.peer)
+    predictor = load_predictor(args.run_dir, peer=args.peer, trust_code=args.trust_code)
     for path in export(predictor, args.out):
         print(path)
     return 0

@@ -29,7 +29,9 @@ from dmlkit.analysis.measure import (
 from dmlkit.analysis.outputs import write_outputs
 from dmlkit.analysis.runs import find_runs, order_labels, run_label
 from dmlkit.analysis.tables import ArmAnalyses, summary_tables
+from dmlkit.config import load_yaml
 from dmlkit.engine.checkpoint import atomic_write_text
+from dmlkit.trust import check_config
 
 # The pieces live in measure (one run), tables (Markdown), outputs (files) and runs (finding
 # runs); importing them from here keeps `dmlkit.analysis.analyze` the one entry point.
@@ -70,6 +72,8 @@ def analyze(
     options = options or AnalysisOptions()
     options.validate()
     runs = find_runs(paths)
+    for run in runs:  # every run's saved config before any work: no run names code to import
+        check_config(load_yaml(run / "config.yaml"), str(run), options.trust_code)
     results = [analyze_run(p, options, log=log) for p in runs]
     for hint in collapse_hints(results):
         log(hint)

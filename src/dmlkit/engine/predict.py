@@ -169,9 +169,11 @@ def load_predictor(
     run_dir: str | Path,
     peer: int | str | None = None,
     device: torch.device | str = "cpu",
+    trust_code: bool = False,
 ) -> Predictor:
     """Peer ``peer`` (its index or name) of a run (or of its checkpoint file), or the ensemble
-    when ``peer`` is None.
+    when ``peer`` is None. ``trust_code``: build import-path archs the checkpoint names (the
+    user's opt-in, ``--trust-code``; :mod:`dmlkit.trust`).
 
     Example::
 
@@ -185,7 +187,7 @@ def load_predictor(
     run = RunDir(path if path.is_dir() else path.parent.parent)
     if not run.config_path.is_file():
         raise UserError(f"{run.path}: not a run directory (no config.yaml)")
-    cohort, _ = load_cohort(path, device)
+    cohort, _ = load_cohort(path, device, trust_code=trust_code)
     classes, preprocess = _run_facts(run)
     specs = [dataclasses.asdict(s) for s in cohort.specs]
     if peer is None:

@@ -67,6 +67,8 @@ class Trainer(RunPersistence):
         desc: label of the progress bar.
         dist: this process's place in a ``torchrun`` job; by default joined from the
             environment as ``cfg.distributed`` says (a one-process context when ``mode=none``).
+        trust_code: build a kd teacher whose checkpoint names an import-path arch (the user's
+            opt-in, ``--trust-code``; :mod:`dmlkit.trust`).
     """
 
     def __init__(
@@ -79,6 +81,7 @@ class Trainer(RunPersistence):
         dist: DistContext | None = None,
         data: DataBundle | None = None,
         cohort_factory: Callable[[list[PeerSpec], float, int], Any] | None = None,
+        trust_code: bool = False,
     ) -> None:
         check_names(cfg)  # a misspelt name fails before any work (and any writing)
         # stored absolute: `dml eval RUN` then works from any folder
@@ -143,7 +146,8 @@ class Trainer(RunPersistence):
                 channels_last=cfg.train.channels_last,
             )
         self.cohort = dist.wrap_cohort(cohort, specs, optims, total_epochs)  # the whole cohort
-        teacher = load_teacher(cfg.method, self.data.num_classes, self.device)  # kd's, or None
+        # kd's, or None; a teacher's arch is read from its checkpoint: data unless trusted
+        teacher = load_teacher(cfg.method, self.data.num_classes, self.device, trust_code)
         # data mode: the method averages its losses and gradients over the processes
         sync = dist.step_sync(cfg.data.batch_size)
         self.method: Method = build_method(
