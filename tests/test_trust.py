@@ -140,7 +140,9 @@ def test_python_readers_run_nothing(crafted, tmp_path):
     assert not marker.exists()
 
 
-def test_import_path_from_the_current_folder_is_not_imported(finished, tmp_path, monkeypatch, capsys):
+def test_import_path_from_the_current_folder_is_not_imported(
+    finished, tmp_path, monkeypatch, capsys
+):
     """``dml eval`` of a run naming ``evilmod:build`` imported ./evilmod.py."""
     marker = tmp_path / "imported"
     work = tmp_path / "cwd"
@@ -198,7 +200,7 @@ def build(num_classes, in_channels, image_size):
 """
 
 
-@pytest.mark.slow
+@pytest.mark.slow  # five trainings
 def test_own_import_path_model_works_with_the_opt_in(tmp_path, monkeypatch, capsys):
     (tmp_path / "mine_trust.py").write_text(MODULE)
     monkeypatch.syspath_prepend(str(tmp_path))
@@ -233,3 +235,36 @@ def test_printable_escapes_control_characters():
     assert printable("peer\x1b[2J\x07") == "peer\\x1b[2J\\x07"
     assert printable("a\u202eb\nc") == "a\\u202eb\\x0ac"
     assert printable("chat é 猫 top1") == "chat é 猫 top1"
+
+
+ESC = "\x1b[2J\x1b]0;pwned\x07"
+
+
+def test_names_from_files_are_printed_escaped(finished, tmp_path, capsys):
+    """eval (peer names from the checkpoint), watch (peer and metric keys from metrics.jsonl),
+    predict --format csv (class names from summary.json): no raw control character."""
+    import json
+
+    run = copy_run(finished, tmp_path)
+    for ckpt in (run / "checkpoints").glob("*.pt"):
+        state = torch.load(ckpt, weights_only=True)
+        state["peers"][0]["name"] = "evil" + ESC
+        torch.save(state, ckpt)
+        _reseal(ckpt)
+    with (run / "metrics.jsonl").open("a") as f:
+        f.write(json.dumps({"split": "val", "peer": "p" + ESC, "epoch": 1, "k" + ESC: 0.5}) + "\n")
+    summary = json.loads((run / "summary.json").read_text())
+    summary["classes"][0] = "zero" + ESC
+    (run / "summary.json").write_text(json.dumps(summary))
+    capsys.readouterr()
+    image = _image(tmp_path)
+    for argv in (
+        ["eval", str(run)],
+        ["watch", str(run), "--once"],
+        ["predict", str(run), str(image), "--format", "csv", "--top-k", "10"],
+    ):
+        assert main(argv) == 0, argv
+        out = capsys.readouterr()
+        text = out.out + out.err
+        assert "\x1b" not in text and "\x07" not in text, argv
+        assert "\\x1b[2J" in text, (argv, text)

@@ -21,6 +21,7 @@ from pathlib import Path
 from dmlkit import __version__
 from dmlkit.cli_summary import plural, print_summary
 from dmlkit.errors import UserError
+from dmlkit.trust import printable
 
 # Nothing heavy (torch, torchvision, matplotlib, sklearn) is imported at module level: every
 # command imports what it uses, so --help, --version, list and config errors answer at once.
@@ -356,13 +357,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return commands[args.command](args)
     except UserError as exc:
-        print(f"dml: error: {_one_line(exc)}", file=sys.stderr)
+        print(f"dml: error: {printable(_one_line(exc))}", file=sys.stderr)
         return EXIT_USER_ERROR
     except Exception as exc:
         stopped = _stopped(exc)
         if stopped is None:
             raise
-        print(f"dml: {stopped}: {_one_line(exc)}", file=sys.stderr)
+        print(f"dml: {stopped}: {printable(_one_line(exc))}", file=sys.stderr)
         return 1
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from dmlkit.cli_summary import plural
 from dmlkit.errors import UserError
+from dmlkit.trust import printable
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -76,10 +77,11 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         device=args.device,
         trust_code=args.trust_code,
     )
-    result = analyze(args.runs, args.out, options)
+    result = analyze(args.runs, args.out, options, log=lambda line: print(printable(line)))
     n, seconds = len(result["runs"]), result["seconds"]
     print(f"analysis of {plural(n, 'run')} in {seconds:.0f} s -> {result['out']}")
-    print((result["out"] / "summary.md").read_text(encoding="utf-8"))
+    text = (result["out"] / "summary.md").read_text(encoding="utf-8")
+    print("\n".join(printable(line) for line in text.splitlines()))  # peer names from files
     return 0
 
 

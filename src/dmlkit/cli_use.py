@@ -86,6 +86,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from dmlkit.engine.devices import resolve_device
     from dmlkit.engine.predict import load_predictor
     from dmlkit.errors import UserError
+    from dmlkit.trust import printable
 
     if args.top_k < 1:
         raise UserError(f"--top-k must be >= 1, got {args.top_k}")
@@ -102,8 +103,15 @@ def cmd_predict(args: argparse.Namespace) -> int:
         writer.writerow(["file", "rank", "class", "index", "probability"])
         for row in rows:
             for rank, top in enumerate(row["top"], 1):
+                # names from the run's summary.json (and file names): no raw control characters
                 writer.writerow(
-                    [row["file"], rank, top["class"], top["index"], f"{top['probability']:.6f}"]
+                    [
+                        printable(row["file"]),
+                        rank,
+                        printable(top["class"]),
+                        top["index"],
+                        f"{top['probability']:.6f}",
+                    ]
                 )
         text = buf.getvalue()
     if args.out:
