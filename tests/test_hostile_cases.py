@@ -1,0 +1,129 @@
+"""More hostile and careless cases of issue 25 (docs/errors.md, "Trust" section rows): the run
+lock and forked children, silent garbage, tracebacks for user mistakes, wrong advice.
+
+Each case: one line naming the problem and the fix, exit 2 (or the promised status), nothing
+half-written.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from dmlkit.cli import main
+from dmlkit.engine.lock import FolderLock
+from dmlkit.errors import UserError
+
+from helpers import records, sets, weights
+
+
+def _one_error(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    lines = [ln for ln in err.splitlines() if not ln.startswith("dml: warning:")]
+    assert len(lines) == 1 and lines[0].startswith("dml: error: "), err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+# -- the run lock and forked children ---------------------------------------------------------
+
+
+def test_a_forked_child_does_not_hold_the_run_lock(tmp_path):
+    """The parent dies (SIGKILL) while its forked child lives on: the folder is free at once."""
+    out = tmp_path / "run"
+    code = (
+        "import os, signal, time; from dmlkit.engine.lock import FolderLock; "
+        f"FolderLock({str(out)!r}, 'x').acquire(); pid = os.fork()\n"
+        "if pid == 0:\n"  # off the pipes: subprocess.run must not wait for the orphan
+        "    null = os.open(os.devnull, os.O_WRONLY); os.dup2(null, 1); os.dup2(null, 2)\n"
+        "    time.sleep(30); os._exit(0)\n"
+        "print(pid, flush=True); os.kill(os.getpid(), signal.SIGKILL)"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    child = int(proc.stdout.split()[0])
+    try:
+        os.kill(child, 0)  # the orphan is alive
+        start = time.monotonic()
+        FolderLock(out, "x").acquire().release()  # and yet the lock is free
+        assert time.monotonic() - start < 1.0
+    finally:
+        os.kill(child, signal.SIGKILL)
+
+
+def test_a_dead_holder_is_not_named_as_in_use(tmp_path, monkeypatch):
+    """An older dmlkit's orphan still holds the lock: the message says its parent is dead."""
+    import fcntl
+
+    from dmlkit.engine import lock as lock_module
+
+    out = tmp_path / "run"
+    out.mkdir()
+    path = out / lock_module.LOCK_NAME
+    path.write_text("pid 999999999, since 2026-01-01 00:00:00: dml train\n")
+    fd = os.open(path, os.O_RDWR)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # this fd stands for the orphan's copy
+    monkeypatch.setattr(lock_module, "DEAD_HOLDER_GRACE_S", 0.3)
+    try:
+        with pytest.raises(UserError, match="still locked by a child of a dml process that has"):
+            FolderLock(out, "--out run").acquire()
+    finally:
+        os.close(fd)
+
+
+def _stream_overrides(tmp: Path) -> list[str]:
+    from test_stream import write_folder
+
+    root = write_folder(tmp / "img", per_class=12)
+    return [
+        "train.progress=false",
+        "train.epochs=2",
+        "data.name=imagefolder",
+        f"data.root={root}",
+        "data.loader=stream",
+        "data.num_workers=2",  # forked workers: they inherited the lock before the fix
+        "data.batch_size=4",
+        "data.val_fraction=0.2",
+        "data.image_size=10",
+        "data.hflip=true",
+        "data.mean=[0.5,0.5,0.5]",
+        "data.std=[0.25,0.25,0.25]",
+        "peers=[small_cnn,small_cnn]",
+        "train.checkpoint_every_steps=2",
+    ]
+
+
+@pytest.mark.slow
+def test_resume_right_after_a_kill_on_the_stream_path(tmp_path):
+    """SIGKILL mid-epoch with DataLoader workers alive, ``--resume`` at once: it runs, and the
+    result equals an uninterrupted run's bitwise."""
+    overrides = _stream_overrides(tmp_path)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+
+    def train(out: Path, fault: str | None = None) -> subprocess.CompletedProcess:
+        argv = ["train", "--out", str(out), *sets(*overrides)]
+        extra = {"DMLKIT_FAULT": fault} if fault else {}
+        return subprocess.run(
+            [sys.executable, "-m", "dmlkit.cli", *argv],
+            env={**env, **extra},
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+
+    assert train(whole).returncode == 0
+    assert train(cut, "kill-at-step@13").returncode == -9
+    start = time.monotonic()
+    assert main(["train", "--resume", str(cut)]) == 0
+    assert time.monotonic() - start < 60
+    for a, b in zip(weights(whole), weights(cut)):
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    strip = [{k: v for k, v in r.items() if k != "seconds"} for r in records(cut)]
+    assert strip == [{k: v for k, v in r.items() if k != "seconds"} for r in records(whole)]
