@@ -17,6 +17,7 @@ children to go before it says so.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import re
@@ -36,10 +37,8 @@ _HELD: set[int] = set()
 
 def _close_in_child() -> None:
     for fd in _HELD:
-        try:
+        with contextlib.suppress(OSError):
             os.close(fd)
-        except OSError:
-            pass
     _HELD.clear()
 
 
