@@ -127,3 +127,63 @@ def test_resume_right_after_a_kill_on_the_stream_path(tmp_path):
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     strip = [{k: v for k, v in r.items() if k != "seconds"} for r in records(cut)]
     assert strip == [{k: v for k, v in r.items() if k != "seconds"} for r in records(whole)]
+
+
+# -- wrong advice -------------------------------------------------------------------------------
+
+
+def _tiny_fit(tmp_path: Path, x: torch.Tensor, **kwargs):
+    import dmlkit
+    from torch import nn
+    from torch.utils.data import TensorDataset
+
+    torch.manual_seed(0)
+    y = torch.arange(len(x)) % 2
+    models = [nn.Sequential(nn.Flatten(), nn.Linear(4, 2)) for _ in range(2)]
+    data = TensorDataset(x, y)
+    config = {"train": {"device": "cpu", "progress": False}, **kwargs.pop("config", {})}
+    return dmlkit.fit(
+        models, data, test=data, out=tmp_path / "run", batch_size=4, config=config, **kwargs
+    )
+
+
+def test_nan_input_is_not_blamed_on_the_learning_rate(tmp_path):
+    from dmlkit.engine.persistence import TrainingError
+
+    x = torch.randn(8, 4)
+    x[5, 2] = float("nan")
+    with pytest.raises(TrainingError, match="the batch itself holds NaN or inf") as info:
+        _tiny_fit(tmp_path, x, epochs=1)
+    assert "lower optim.lr" not in str(info.value)
+
+
+def test_a_deleted_run_folder_is_not_told_to_free_space(tmp_path):
+    import shutil
+
+    from dmlkit.engine.persistence import TrainingError
+
+    class Delete:
+        def on_epoch_end(self, run, records):
+            shutil.rmtree(run.run_dir)
+
+    with pytest.raises(TrainingError, match="was deleted or moved meanwhile") as info:
+        _tiny_fit(tmp_path, torch.randn(8, 4), epochs=2, callbacks=[Delete()])
+    assert "free space" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("errno_name", "needle"),
+    [
+        ("ENOSPC", "free space and resume"),
+        ("EROFS", "is read-only or not writable by you: make it writable and resume"),
+        ("EACCES", "is read-only or not writable by you"),
+        ("ENOENT", "was deleted or moved meanwhile"),
+    ],
+)
+def test_write_advice_follows_the_cause(errno_name, needle):
+    import errno
+
+    from dmlkit.errors import write_advice
+
+    exc = OSError(getattr(errno, errno_name), os.strerror(getattr(errno, errno_name)))
+    assert needle in write_advice(exc, "RUN", "resume with dml train --resume RUN")

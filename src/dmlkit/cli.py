@@ -20,7 +20,7 @@ from pathlib import Path
 
 from dmlkit import __version__
 from dmlkit.cli_summary import plural, print_summary
-from dmlkit.errors import UserError
+from dmlkit.errors import UserError, write_advice
 from dmlkit.trust import printable
 
 # Nothing heavy (torch, torchvision, matplotlib, sklearn) is imported at module level: every
@@ -263,7 +263,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         maybe_enospc("enospc-in-eval", state["epoch"])
         atomic_write_text(target, json.dumps(summary, indent=2))
     except OSError as exc:
-        raise UserError(f"cannot write {target} ({exc.strerror or exc}); free space") from None
+        advice = write_advice(exc, run.path)
+        raise UserError(f"cannot write {target} ({exc.strerror or exc}); {advice}") from None
     print(f"checkpoint: epoch {state['epoch']} of {run.path}")
     print_summary(summary)
     return 0

@@ -57,6 +57,15 @@ from dmlkit.models.registry import accepts
 log = logging.getLogger("dmlkit")
 
 
+def _nonfinite(x: Any) -> bool:
+    """Whether a batch's inputs (a tensor, or a dict of them) hold NaN or inf."""
+    tensors = x.values() if isinstance(x, dict) else [x]
+    return any(
+        isinstance(t, torch.Tensor) and t.is_floating_point() and not bool(torch.isfinite(t).all())
+        for t in tensors
+    )
+
+
 class Trainer(RunPersistence):
     """Train a configured cohort into a run directory.
 
@@ -314,6 +323,13 @@ class Trainer(RunPersistence):
             try:
                 logs = method.train_step(x, y)
             except NonFiniteLoss as exc:
+                if self.cfg.train.nonfinite == "stop" and _nonfinite(x):
+                    # the data, not the optimisation: no learning rate would help
+                    raise TrainingError(
+                        f"non-finite input at step {self.iteration + 1} (epoch {self.epoch + 1}):"
+                        f" the batch itself holds NaN or inf values; {self._kept()}; check the "
+                        f"data (a file, a transform, data.std of 0), not optim.lr"
+                    ) from None
                 if self.cfg.train.nonfinite == "stop":
                     raise TrainingError(
                         f"non-finite loss at step {self.iteration + 1} (epoch {self.epoch + 1}) "
