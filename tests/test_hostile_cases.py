@@ -133,9 +133,10 @@ def test_resume_right_after_a_kill_on_the_stream_path(tmp_path):
 
 
 def _tiny_fit(tmp_path: Path, x: torch.Tensor, **kwargs):
-    import dmlkit
     from torch import nn
     from torch.utils.data import TensorDataset
+
+    import dmlkit
 
     torch.manual_seed(0)
     y = torch.arange(len(x)) % 2

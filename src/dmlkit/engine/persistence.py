@@ -216,6 +216,5 @@ class RunPersistence:
         except OSError as exc:
             where = exc.filename or self.run.path / name
             raise TrainingError(
-                f"cannot write {where} ({exc.strerror or exc}); {self._kept()}; "
-                f"{self._advice(exc)}"
+                f"cannot write {where} ({exc.strerror or exc}); {self._kept()}; {self._advice(exc)}"
             ) from None
