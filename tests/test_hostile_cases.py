@@ -188,3 +188,123 @@ def test_write_advice_follows_the_cause(errno_name, needle):
 
     exc = OSError(getattr(errno, errno_name), os.strerror(getattr(errno, errno_name)))
     assert needle in write_advice(exc, "RUN", "resume with dml train --resume RUN")
+
+
+# -- silent garbage and tracebacks for user mistakes ---------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("override", "needle"),
+    [
+        ("optim.name=LBFGS", "optim.name: LBFGS needs a closure"),
+        ("optim.name=sparseadam", "optim.name: SparseAdam takes sparse gradients only"),
+        ("method.temperature=1e-12", "the mimicry term vanishes"),
+    ],
+    ids=["lbfgs", "sparseadam", "temperature-floor"],
+)
+def test_refused_up_front_and_no_run_folder(tmp_path, capsys, override, needle):
+    out = tmp_path / "run"
+    assert main(["train", "--out", str(out), *sets("train.progress=false", override)]) == 2
+    assert needle in _one_error(capsys)
+    assert not out.exists()
+
+
+class _NoneAt(torch.utils.data.Dataset):
+    def __init__(self, data, bad: int) -> None:
+        self.data, self.bad = data, bad
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, i):
+        return None if i == self.bad else self.data[i]
+
+
+class _Empty(torch.utils.data.Dataset):
+    def __len__(self) -> int:
+        return 0
+
+    def __getitem__(self, i):
+        raise IndexError(i)
+
+
+class _NoParameters(torch.nn.Module):
+    def forward(self, x):
+        return torch.zeros(len(x), 2)
+
+
+def _linear() -> torch.nn.Module:
+    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 2))
+
+
+def _wrong_schedulers(models):
+    opts = [torch.optim.SGD(m.parameters(), 0.1) for m in models]
+    steps = [torch.optim.lr_scheduler.StepLR(opts[0], 1) for _ in opts]  # both on peer 0's
+    return {"optimizers": opts, "schedulers": steps}
+
+
+def _named_schedulers(models):
+    return {
+        "optimizers": [torch.optim.SGD(m.parameters(), 0.1) for m in models],
+        "schedulers": ["cosine", "cosine"],
+    }
+
+
+FIT_MISTAKES = {
+    "no-parameters": (lambda d, m: {"models": [_NoParameters(), m[1]]}, "has no parameters"),
+    "empty-dataset": (lambda d, m: {"train": _Empty()}, "train: the dataset is empty"),
+    "drop-last-no-batch": (
+        lambda d, m: {"train": torch.utils.data.DataLoader(d, batch_size=16, drop_last=True)},
+        "the DataLoader yields no batch (8 samples, batch_size 16, drop_last=True)",
+    ),
+    "none-sample": (lambda d, m: {"train": _NoneAt(d, 3)}, "the dataset's item 3 is None"),
+    "none-first-sample": (lambda d, m: {"train": _NoneAt(d, 0)}, "the dataset's item 0 is None"),
+    "schedulers-by-name": (lambda d, m: _named_schedulers(m), "'cosine' is not a scheduler"),
+    "schedulers-wrong-peer": (
+        lambda d, m: _wrong_schedulers(m),
+        "schedulers[1] steps optimizers[0], not optimizers[1]",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(FIT_MISTAKES))
+def test_fit_mistakes_are_one_line(tmp_path, case):
+    from torch.utils.data import TensorDataset
+
+    import dmlkit
+
+    data = TensorDataset(torch.randn(8, 4), torch.arange(8) % 2)
+    models = [_linear(), _linear()]
+    change, needle = FIT_MISTAKES[case]
+    args = {
+        "models": models,
+        "train": data,
+        "test": data,
+        "out": tmp_path / "run",
+        "epochs": 1,
+        "batch_size": 4,
+        "config": {"train": {"device": "cpu", "progress": False}},
+        **change(data, models),
+    }
+    with pytest.raises(UserError, match="") as info:
+        dmlkit.fit(**args)
+    assert needle in str(info.value) and "\n" not in str(info.value)
+
+
+LAZY = """
+from torch import nn
+
+
+def build(num_classes):
+    return nn.Sequential(nn.Flatten(), nn.LazyLinear(16), nn.ReLU(), nn.Linear(16, num_classes))
+"""
+
+
+def test_a_user_arch_with_lazy_modules_trains_and_reloads(tmp_path, monkeypatch, capsys):
+    (tmp_path / "lazy25.py").write_text(LAZY)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    out = tmp_path / "run"
+    argv = ["train", "--out", str(out), *sets("train.progress=false", "data.train_size=64")]
+    assert main([*argv, *sets("train.epochs=1", "peers=[lazy25:build,small_cnn]")]) == 0
+    assert weights(out)[0]["1.weight"].shape == (16, 64)  # 8 x 8 digits, materialised
+    assert main(["eval", str(out), "--trust-code"]) == 0
