@@ -210,3 +210,29 @@ def test_predict_checks_what_summary_json_says(run, tmp_path, capsys, change, ne
     assert main(["predict", str(run), str(_image(tmp_path / "x.png"))]) == 2
     line = _one_error(capsys)
     assert needle in line and "delete it" in line, line
+
+
+# -- dml analyze / export: where the outputs go, checked before any work ------------------------
+
+
+def test_analyze_out_a_file_is_one_line(run, tmp_path, capsys):
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x")
+    assert main(["analyze", str(run), "--out", str(a_file)]) == 2
+    assert "is a file, not a folder" in _one_error(capsys)
+    assert a_file.read_text() == "x"
+
+
+def test_read_only_run_folder_is_refused_before_work(run, tmp_path, capsys, monkeypatch):
+    """A read-only run folder (simulated: the tests may run as root, whom chmod does not stop)."""
+    import dmlkit.analysis.analyze as analyze_module
+
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: Path(p) != run and real(p, mode))
+    measured = []
+    monkeypatch.setattr(analyze_module, "analyze_run", lambda *a, **k: measured.append(a))
+    assert main(["analyze", str(run)]) == 2
+    assert "is read-only or not a folder); give a writable --out" in _one_error(capsys)
+    assert not measured and not (run / "analysis").exists()
+    assert main(["export", str(run), "--out", str(run / "exported")]) == 2
+    assert f"{run} is not a writable folder" in _one_error(capsys)
