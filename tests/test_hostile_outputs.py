@@ -236,3 +236,49 @@ def test_read_only_run_folder_is_refused_before_work(run, tmp_path, capsys, monk
     assert not measured and not (run / "analysis").exists()
     assert main(["export", str(run), "--out", str(run / "exported")]) == 2
     assert f"{run} is not a writable folder" in _one_error(capsys)
+
+
+# -- data.on_bad_image=skip: counted, and a class that loses every image stops the run ------------
+
+
+def _stream_argv(out: Path, root: Path) -> list[str]:
+    return [
+        "train",
+        "--out",
+        str(out),
+        *sets(
+            "train.progress=false",
+            "train.epochs=1",
+            "data.name=imagefolder",
+            f"data.root={root}",
+            "data.loader=stream",
+            "data.num_workers=0",
+            "data.batch_size=4",
+            "data.val_fraction=0",
+            "data.mean=[0.5,0.5,0.5]",
+            "data.std=[0.25,0.25,0.25]",
+            "data.on_bad_image=skip",
+        ),
+    ]
+
+
+def test_skipped_images_are_counted_in_summary_json(tmp_path, capsys):
+    root = image_folder(tmp_path / "img")
+    for path in (root / "fox" / "1.png", root / "fox" / "4.png", root / "cat" / "2.png"):
+        path.write_bytes(b"garbage")
+    assert main(_stream_argv(tmp_path / "run", root)) == 0
+    skipped = json.loads((tmp_path / "run" / "summary.json").read_text())["skipped_images"]
+    assert set(skipped) == {"train", "test"} and sum(skipped.values()) == 3  # each file once
+
+
+def test_a_class_that_loses_every_image_stops_the_run(tmp_path, capsys):
+    root = image_folder(tmp_path / "img")
+    for path in (root / "dog").iterdir():
+        path.write_bytes(b"garbage")  # as if the folder's files went away mid-training
+    assert main(_stream_argv(tmp_path / "run", root)) == 2
+    err = capsys.readouterr().err.splitlines()
+    line = [ln for ln in err if not ln.startswith(("dml: skipping", "dml: warning"))]
+    assert len(line) == 1 and "Traceback" not in "".join(err)
+    line = line[0]
+    assert "every image of class 'dog'" in line and "the class is gone" in line
+    assert not (tmp_path / "run" / "summary.json").exists()

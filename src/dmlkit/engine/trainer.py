@@ -389,6 +389,15 @@ class Trainer(RunPersistence):
         deployed = self.method.deployed()
         if deployed is not None:
             summary["deployed"] = {"name": deployed, "metrics": test[deployed]}
+        skipped = {
+            split: len(loader.skipped)
+            for split, loader in (("train", self.data.train), ("val", self.data.val))
+            if hasattr(loader, "skipped")
+        }
+        if hasattr(self.data.test, "skipped"):
+            skipped["test"] = len(self.data.test.skipped)
+        if skipped:  # data.on_bad_image=skip: what the metrics leave out, in the record
+            summary["skipped_images"] = skipped
         self._write("summary.json", self.run.write_summary, summary)
         self.events.fire("on_fit_end", run, summary)
         return summary
