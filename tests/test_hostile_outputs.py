@@ -282,3 +282,13 @@ def test_a_class_that_loses_every_image_stops_the_run(tmp_path, capsys):
     line = line[0]
     assert "every image of class 'dog'" in line and "the class is gone" in line
     assert not (tmp_path / "run" / "summary.json").exists()
+
+
+def test_eval_of_a_read_only_run_is_refused_before_evaluating(run, capsys, monkeypatch):
+    import dmlkit.engine.checkpoint as checkpoint
+
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: Path(p) != run and real(p, mode))
+    monkeypatch.setattr(checkpoint, "load_cohort", lambda *a, **k: pytest.fail("evaluated"))
+    assert main(["eval", str(run)]) == 2
+    assert "is read-only, and dml eval writes eval_test.json there" in _one_error(capsys)

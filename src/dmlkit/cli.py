@@ -11,6 +11,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import os
 import shlex
 import signal
 import sys
@@ -240,6 +241,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise UserError(f"{run.path}: not a run directory (no config.yaml)")
     cfg = run.load_config()
     device = resolve_device(*((args.device, "--device") if args.device else (cfg.train.device,)))
+    if not os.access(run.path, os.W_OK | os.X_OK):  # before the evaluation, not after it
+        raise UserError(
+            f"{run.path}: is read-only, and dml eval writes eval_{args.split}.json there; "
+            f"make it writable (or copy the run elsewhere)"
+        )
     cohort, state = load_cohort(path, device, trust_code=args.trust_code)
     data = build_data(cfg.data, seed=cfg.seed, device=device)
     loader = {"test": data.test, "val": data.val, "train": data.train}[args.split]
