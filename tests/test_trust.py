@@ -242,13 +242,15 @@ ESC = "\x1b[2J\x1b]0;pwned\x07"
 
 def test_names_from_files_are_printed_escaped(finished, tmp_path, capsys):
     """eval (peer names from the checkpoint), watch (peer and metric keys from metrics.jsonl),
-    predict --format csv (class names from summary.json): no raw control character."""
+    predict --format csv (class names from summary.json), analyze (a grid's run folder names,
+    its labels): no raw control character reaches the terminal."""
     import json
 
     run = copy_run(finished, tmp_path)
     for ckpt in (run / "checkpoints").glob("*.pt"):
         state = torch.load(ckpt, weights_only=True)
-        state["peers"][0]["name"] = "evil" + ESC
+        for i, peer in enumerate(state["peers"]):
+            peer["name"] = f"evil{i}" + ESC
         torch.save(state, ckpt)
         _reseal(ckpt)
     with (run / "metrics.jsonl").open("a") as f:
@@ -268,3 +270,9 @@ def test_names_from_files_are_printed_escaped(finished, tmp_path, capsys):
         text = out.out + out.err
         assert "\x1b" not in text and "\x07" not in text, argv
         assert "\\x1b[2J" in text, (argv, text)
+    grid = tmp_path / "grid"
+    shutil.copytree(finished, grid / ("arm" + ESC) / "seed0")
+    argv = ["analyze", str(grid), "--samples", "16", "--draws", "1", "--out", str(tmp_path / "a")]
+    assert main(argv) == 0
+    out = capsys.readouterr()
+    assert "\x1b" not in out.out + out.err and "arm\\x1b[2J" in out.out
