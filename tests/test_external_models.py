@@ -37,10 +37,10 @@ def _train(out: Path, *overrides: str) -> int:
     return main(args)
 
 
-def _eval_matches_summary(run: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def _eval_matches_summary(run: Path, capsys: pytest.CaptureFixture[str], *flags: str) -> None:
     summary = json.loads((run / "summary.json").read_text())
     capsys.readouterr()
-    assert main(["eval", str(run), "--device", "cpu"]) == 0
+    assert main(["eval", str(run), "--device", "cpu", *flags]) == 0
     printed = capsys.readouterr().out
     for peer in summary["peers"]:
         assert peer["name"] in printed
@@ -98,7 +98,8 @@ def test_import_path_arch(tmp_path: Path, monkeypatch, capsys) -> None:
     assert _train(run, "peers=[mynets.zoo:build, small_cnn]", "peers.0.kwargs={width: 6}") == 0
     state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
     assert state["cohort"]["models"][0]["1.weight"].shape == (6, 64)
-    _eval_matches_summary(run, capsys)
+    # a run names code to import: reading it back needs the opt-in (docs/errors.md, "Trust")
+    _eval_matches_summary(run, capsys, "--trust-code")
 
 
 @pytest.mark.parametrize(

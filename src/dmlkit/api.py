@@ -71,7 +71,13 @@ def _num_classes(models: Sequence[nn.Module], data: Any) -> int:
     """Class count from one forward of each peer on one training batch (no grad, eval mode)."""
     loader = data if isinstance(data, DataLoader) else None
     if loader is None:
-        x = data[0][0]
+        first = data[0]
+        if first is None:
+            raise UserError(
+                "the dataset's item 0 is None; __getitem__ must return an (input, label) pair "
+                "(filter bad samples out of the dataset instead)"
+            )
+        x = first[0]
         x = x.unsqueeze(0) if isinstance(x, torch.Tensor) else x
     else:
         x = next(iter(loader))[0]
@@ -123,6 +129,48 @@ def _optimizers(
             raise UserError(f"optimizers[{k}] holds parameters that are not models[{k}]'s")
         out.append(opt)
     return out
+
+
+def _check_nonempty(data: Any, split: str) -> None:
+    """A Dataset with no sample, or a DataLoader that yields no batch: one line, before work."""
+    try:
+        n = len(data)
+    except TypeError:  # an iterable-style dataset: found out when it is read
+        return
+    if n == 0 and isinstance(data, DataLoader):
+        size = len(data.dataset) if hasattr(data.dataset, "__len__") else "?"
+        raise UserError(
+            f"{split}: the DataLoader yields no batch ({size} samples, batch_size "
+            f"{data.batch_size}, drop_last={data.drop_last}); lower its batch_size or set "
+            f"drop_last=False"
+        )
+    if n == 0:
+        raise UserError(f"{split}: the dataset is empty; give it samples")
+
+
+def _check_schedulers(
+    schedulers: Sequence[SchedulerLike] | None, opts: list[torch.optim.Optimizer] | None
+) -> None:
+    """One scheduler per optimizer, each an LR scheduler (or a factory) of its own optimizer."""
+    if schedulers is None:
+        return
+    if opts is None or len(schedulers) != len(opts):
+        raise UserError("schedulers: give your optimizers too, one scheduler for each")
+    for k, (sched, opt) in enumerate(zip(schedulers, opts)):
+        if not hasattr(sched, "step") and not callable(sched):
+            raise UserError(
+                f"schedulers[{k}]: {sched!r:.40} is not a scheduler; give torch.optim.lr_scheduler "
+                f"objects or factories optimizer -> scheduler (for a named schedule of dmlkit's "
+                f"own optimizers: config={{'optim': {{'schedule': 'cosine'}}}})"
+            )
+        bound = getattr(sched, "optimizer", opt) if hasattr(sched, "step") else opt
+        if bound is not opt:
+            other = [j for j, o in enumerate(opts) if o is bound]
+            whose = f"optimizers[{other[0]}]" if other else "an optimizer not given to fit"
+            raise UserError(
+                f"schedulers[{k}] steps {whose}, not optimizers[{k}]: models[{k}]'s learning "
+                f"rate would never follow it; build scheduler k on optimizer k"
+            )
 
 
 def fit(
@@ -192,6 +240,13 @@ def fit(
         raise UserError("give test= (or at least val=): the data the trained peers are scored on")
     if method not in ("dml", "dml_e", "independent"):
         raise UserError(f"method must be dml, dml_e or independent, got {method!r}")
+    for k, m in enumerate(models):
+        if next(m.parameters(), None) is None:
+            raise UserError(
+                f"models[{k}] ({type(m).__name__}) has no parameters: there is nothing to train; "
+                f"give modules with trainable parameters"
+            )
+    _check_nonempty(train, "train")
     if names is None:
         names = [f"peer{i}_{type(m).__name__.lower()}" for i, m in enumerate(models)]
     cfg = fit_config(
@@ -222,6 +277,7 @@ def fit(
         num_workers=num_workers,
     )
     opts = _optimizers(models, optimizers, cfg)
+    _check_schedulers(schedulers, opts)
 
     def cohort(specs: list[PeerSpec], total_epochs: float, steps_per_epoch: int) -> Cohort:
         optim = [cfg.peer_optim(i) for i in range(len(models))]

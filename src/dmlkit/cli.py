@@ -11,6 +11,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import os
 import shlex
 import signal
 import sys
@@ -20,7 +21,8 @@ from pathlib import Path
 
 from dmlkit import __version__
 from dmlkit.cli_summary import plural, print_summary
-from dmlkit.errors import UserError
+from dmlkit.errors import UserError, write_advice
+from dmlkit.trust import printable
 
 # Nothing heavy (torch, torchvision, matplotlib, sklearn) is imported at module level: every
 # command imports what it uses, so --help, --version, list and config errors answer at once.
@@ -71,7 +73,18 @@ def _parser() -> argparse.ArgumentParser:
                 action="store_true",
                 help="hide the progress bars (they hide themselves when output is not a terminal)",
             )
+        if name in _READERS:
+            command.add_argument(
+                "--trust-code",
+                action="store_true",
+                help="let a run or checkpoint read here import the code its files name (a "
+                "package.module:function arch, train.callbacks): only for runs you trust",
+            )
     return p
+
+
+# The commands that read a run folder or checkpoint another may have written (dmlkit.trust).
+_READERS = ("train", "eval", "analyze", "report", "predict", "export")
 
 
 def _add_train_parser(sub: argparse._SubParsersAction) -> None:
@@ -199,7 +212,13 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise UserError(f"--resume {out}: no run there (no config.yaml)")
         # The run's own config, then the file and --set changes (checked by the trainer).
         file = load_yaml(args.config) if args.config else {}
-        cfg = build_config(load_yaml(out / "config.yaml"), file, overrides=args.overrides)
+        saved = load_yaml(out / "config.yaml")
+        from dmlkit.trust import check_config
+
+        # the run's files name no code to import unless the user's own file or --set does
+        mine = [Path(args.config).read_text(encoding="utf-8")] if args.config else []
+        check_config(saved, str(out / "config.yaml"), args.trust_code, [*mine, *args.overrides])
+        cfg = build_config(saved, file, overrides=args.overrides)
     else:
         cfg = load_config(args.config, args.overrides)
         out = (
@@ -209,7 +228,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         )
     from dmlkit.engine.trainer import Trainer  # torch: only once the config is known good
 
-    trainer = Trainer(cfg, out, resume=bool(args.resume))
+    trainer = Trainer(cfg, out, resume=bool(args.resume), trust_code=args.trust_code)
     main_process = trainer.dist.is_main  # under torchrun, rank 0 alone reports
     if main_process:
         print(f"run directory: {out}")
@@ -241,7 +260,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise UserError(f"{run.path}: not a run directory (no config.yaml)")
     cfg = run.load_config()
     device = resolve_device(*((args.device, "--device") if args.device else (cfg.train.device,)))
-    cohort, state = load_cohort(path, device)
+    if not os.access(run.path, os.W_OK | os.X_OK):  # before the evaluation, not after it
+        raise UserError(
+            f"{run.path}: is read-only, and dml eval writes eval_{args.split}.json there; "
+            f"make it writable (or copy the run elsewhere)"
+        )
+    cohort, state = load_cohort(path, device, trust_code=args.trust_code)
     data = build_data(cfg.data, seed=cfg.seed, device=device)
     loader = {"test": data.test, "val": data.val, "train": data.train}[args.split]
     if loader is None:
@@ -264,7 +288,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         maybe_enospc("enospc-in-eval", state["epoch"])
         atomic_write_text(target, json.dumps(summary, indent=2))
     except OSError as exc:
-        raise UserError(f"cannot write {target} ({exc.strerror or exc}); free space") from None
+        advice = write_advice(exc, run.path)
+        raise UserError(f"cannot write {target} ({exc.strerror or exc}); {advice}") from None
     print(f"checkpoint: epoch {state['epoch']} of {run.path}")
     print_summary(summary)
     return 0
@@ -370,13 +395,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return commands[args.command](args)
     except UserError as exc:
-        print(f"dml: error: {_one_line(exc)}", file=sys.stderr)
+        print(f"dml: error: {printable(_one_line(exc))}", file=sys.stderr)
         return EXIT_USER_ERROR
     except Exception as exc:
         stopped = _stopped(exc)
         if stopped is None:
             raise
-        print(f"dml: {stopped}: {_one_line(exc)}", file=sys.stderr)
+        print(f"dml: {stopped}: {printable(_one_line(exc))}", file=sys.stderr)
         return 1
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from dmlkit.cli_summary import plural
 from dmlkit.errors import UserError
+from dmlkit.trust import printable
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -74,16 +75,18 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         probe_samples=args.samples,
         seed=args.seed,
         device=args.device,
+        trust_code=args.trust_code,
     )
-    result = analyze(args.runs, args.out, options)
+    result = analyze(args.runs, args.out, options, log=lambda line: print(printable(line)))
     n, seconds = len(result["runs"]), result["seconds"]
     print(f"analysis of {plural(n, 'run')} in {seconds:.0f} s -> {result['out']}")
-    print((result["out"] / "summary.md").read_text(encoding="utf-8"))
+    text = (result["out"] / "summary.md").read_text(encoding="utf-8")
+    print("\n".join(printable(line) for line in text.splitlines()))  # peer names from files
     return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from dmlkit.analysis.analyze import analyze
+    from dmlkit.analysis.analyze import AnalysisOptions, analyze
     from dmlkit.analysis.report import write_report
 
     if args.out:
@@ -95,7 +98,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     analysis = Path(args.analysis) if args.analysis else None
     if args.analyze:
         analysis = analysis or out.parent / f"{out.stem}_analysis"
-        analyze(args.runs, analysis)
+        analyze(args.runs, analysis, AnalysisOptions(trust_code=args.trust_code))
     write_report(
         args.runs,
         out,

@@ -1,6 +1,12 @@
-"""The tables ``dml train`` and ``dml eval`` print from a run's summary."""
+"""The tables ``dml train`` and ``dml eval`` print from a run's summary.
+
+Every name comes from a file (a checkpoint's peer names, summary.json): printed through
+:func:`dmlkit.trust.printable`, so a control character in one cannot drive the terminal.
+"""
 
 from __future__ import annotations
+
+from dmlkit.trust import printable
 
 
 def plural(n: int, noun: str) -> str:
@@ -30,17 +36,18 @@ def print_summary(summary: dict) -> None:
     # top-5 of a problem with <= 5 classes is always 100 %: not worth a column
     top5 = summary.get("num_classes", 6) > 5
     split = summary.get("split", "test")
-    print(f"{split} top-1{' / top-5' if top5 else ''} {run_line(summary)}:")
+    print(printable(f"{split} top-1{' / top-5' if top5 else ''} {run_line(summary)}:"))
     members = [(p["name"], p["metrics"]) for p in summary["peers"]]
     members.append(("ensemble", summary["ensemble"]["metrics"]))
     for name, m in members:
+        name = printable(name)
         print(f"  {name:<24} {100 * m['top1']:6.2f}%" + (f"  {100 * m['top5']:6.2f}%" * top5))
 
 
 def _print_reid_summary(summary: dict) -> None:
     """Re-id: mAP and CMC Rank-1/5/10/20 per peer and for the ensemble (concatenated features)."""
     split = summary.get("split", "test")
-    print(f"{split} retrieval {run_line(summary)}, %:")
+    print(printable(f"{split} retrieval {run_line(summary)}, %:"))
     keys = ["mAP", "rank1", "rank5", "rank10", "rank20"]
     multi = "mq_mAP" in summary["ensemble"]["metrics"]
     header = ["mAP", "Rank-1", "Rank-5", "Rank-10", "Rank-20"] + (["MQ mAP", "MQ R-1"] * multi)
@@ -49,4 +56,4 @@ def _print_reid_summary(summary: dict) -> None:
     members = [(p["name"], p["metrics"]) for p in summary["peers"]]
     members.append(("ensemble", summary["ensemble"]["metrics"]))
     for name, m in members:
-        print(f"  {name:<24}" + "".join(f"{100 * m[k]:9.2f}" for k in keys))
+        print(f"  {printable(name):<24}" + "".join(f"{100 * m[k]:9.2f}" for k in keys))

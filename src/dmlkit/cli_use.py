@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 # The built-in names, so that `dml list` answers without importing torch (the registries fill
 # themselves by importing the modules that define the networks). tests/test_cli_feel.py checks
@@ -67,10 +68,23 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--format", choices=["json", "csv"], default="json", help="default json")
     p.add_argument("--out", help="write here instead of to standard output")
     p.add_argument("--device", default="cpu", help="where to run (default cpu)")
+    p.add_argument(
+        "--force", action="store_true", help="replace an --out file that dml predict did not write"
+    )
+    p.add_argument(
+        "--skip-bad",
+        action="store_true",
+        help="skip images that cannot be decoded (listed on stderr) instead of stopping",
+    )
 
     e = sub.add_parser("export", help="write one peer or the ensemble for use without dmlkit")
     e.add_argument("run_dir", help="run directory (or a checkpoint .pt file inside one)")
     e.add_argument("--out", required=True, help="folder to write the model files into")
+    e.add_argument(
+        "--force",
+        action="store_true",
+        help="replace model files in --out that dml export did not write",
+    )
     _add_which(e)
 
 
@@ -93,19 +107,29 @@ def cmd_predict(args: argparse.Namespace) -> int:
     import csv
     import io
     import json
-    from pathlib import Path
 
     from dmlkit.cli_summary import plural
-    from dmlkit.engine.checkpoint import atomic_write_text
     from dmlkit.engine.devices import resolve_device
+    from dmlkit.engine.export import check_output_file, write_files
     from dmlkit.engine.predict import load_predictor
     from dmlkit.errors import UserError
+    from dmlkit.trust import printable
 
     if args.top_k < 1:
         raise UserError(f"--top-k must be >= 1, got {args.top_k}")
     device = resolve_device(args.device, "--device")  # a typo blames the flag, not the run
-    predictor = load_predictor(args.run_dir, peer=args.peer, device=device)
-    rows = predictor.predict(args.images, top_k=args.top_k)
+    if args.out:  # before any work: nothing the user has is overwritten
+        inputs = [Path(args.run_dir), *map(Path, args.images)]
+        check_output_file(args.out, args.force, _predict_output(Path(args.out)), inputs)
+    predictor = load_predictor(
+        args.run_dir, peer=args.peer, device=device, trust_code=args.trust_code
+    )
+    skipped: list[tuple[str, str]] = []
+    rows = predictor.predict(
+        args.images, top_k=args.top_k, skipped=skipped if args.skip_bad else None
+    )
+    for name, reason in skipped:
+        print(printable(f"dml: skipped {name}: {reason}"), file=sys.stderr)
     if args.format == "json":
         text = json.dumps({"model": predictor.which, "predictions": rows}, indent=2) + "\n"
     else:
@@ -114,28 +138,43 @@ def cmd_predict(args: argparse.Namespace) -> int:
         writer.writerow(["file", "rank", "class", "index", "probability"])
         for row in rows:
             for rank, top in enumerate(row["top"], 1):
+                # names from the run's summary.json (and file names): no raw control characters
                 writer.writerow(
-                    [row["file"], rank, top["class"], top["index"], f"{top['probability']:.6f}"]
+                    [
+                        printable(row["file"]),
+                        rank,
+                        printable(top["class"]),
+                        top["index"],
+                        f"{top['probability']:.6f}",
+                    ]
                 )
         text = buf.getvalue()
     if args.out:
-        try:  # whole or not at all
-            atomic_write_text(Path(args.out), text)
-        except OSError as exc:
-            raise UserError(
-                f"--out {args.out}: cannot write there ({exc.strerror or exc}); choose another path"
-            ) from None
+        write_files({Path(args.out): text.encode("utf-8")})  # whole or not at all
         print(f"{plural(len(rows), 'image')} -> {args.out}", file=sys.stderr)
     else:
         sys.stdout.write(text)
     return 0
 
 
+def _predict_output(path: Path) -> bool:
+    """Whether ``path`` holds an earlier ``dml predict`` output (its JSON or CSV head)."""
+    try:
+        if not path.is_file():  # a FIFO would block the read
+            return False
+        with open(path, "rb") as f:
+            head = f.read(64)
+    except OSError:
+        return False
+    return head.startswith((b'{\n  "model": ', b"file,rank,class,index,probability\n"))
+
+
 def cmd_export(args: argparse.Namespace) -> int:
-    from dmlkit.engine.export import export
+    from dmlkit.engine.export import check_export_dir, export
     from dmlkit.engine.predict import load_predictor
 
-    predictor = load_predictor(args.run_dir, peer=args.peer)
-    for path in export(predictor, args.out):
+    check_export_dir(args.out, args.force)  # before any work
+    predictor = load_predictor(args.run_dir, peer=args.peer, trust_code=args.trust_code)
+    for path in export(predictor, args.out, force=args.force):
         print(path)
     return 0

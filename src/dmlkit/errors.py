@@ -37,3 +37,19 @@ def shown(value: Any) -> str:
     or a 10 MB string: a message must never grow with it.
     """
     return _SHOWN.repr(value).replace("\n", "\\n")
+
+
+def write_advice(exc: OSError, folder: Any, resume: str = "") -> str:
+    """What to do after a failed write into ``folder``, by the error's cause (not always a
+    full disk): ``resume`` is appended where going on makes sense (e.g. "dml train --resume R").
+    """
+    import errno
+
+    then = f" and {resume}" if resume else ""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return f"free space{then}"
+    if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return f"{folder} is read-only or not writable by you: make it writable{then}"
+    if exc.errno in (errno.ENOENT, errno.ESTALE, errno.ENOTDIR):
+        return f"{folder} was deleted or moved meanwhile; nothing more can be written there"
+    return f"check {folder} (its disk and permissions){then}"

@@ -36,12 +36,22 @@ from dmlkit.errors import ConfigError
 _NOT_OPTIMIZERS = {"Optimizer", "lr_scheduler", "swa_utils"}
 
 
+# Optimizers that a training step of a cohort cannot drive: refused by name, before any work.
+_UNSUPPORTED = {
+    "lbfgs": "LBFGS needs a closure that re-evaluates the loss (step(closure)), which a DML "
+    "step does not give; choose another optimizer, e.g. optim.name=adam",
+    "sparseadam": "SparseAdam takes sparse gradients only (nn.Embedding(sparse=True)); choose "
+    "another optimizer, e.g. optim.name=adam",
+}
+
+
 def optimizer_names() -> list[str]:
-    """Every optimizer class ``torch.optim`` exports."""
+    """Every optimizer class ``torch.optim`` exports that a cohort can use."""
     return sorted(
         n
         for n in dir(torch.optim)
         if n not in _NOT_OPTIMIZERS
+        and n.lower() not in _UNSUPPORTED
         and isinstance(getattr(torch.optim, n), type)
         and issubclass(getattr(torch.optim, n), torch.optim.Optimizer)
     )
@@ -51,6 +61,8 @@ def optimizer_class(name: str, key: str = "optim.name") -> type[torch.optim.Opti
     """The ``torch.optim`` class called ``name``, in any case (``sgd``, ``AdamW``, ``adamw``)."""
     names = optimizer_names()
     by_lower = {n.lower(): n for n in names}
+    if name.lower() in _UNSUPPORTED:  # listed as torch.optim's, but no cohort can use it
+        raise ConfigError(f"{key}: {_UNSUPPORTED[name.lower()]}")
     if name.lower() in by_lower:  # AdamW, adamw: one optimizer
         return getattr(torch.optim, by_lower[name.lower()])
     close = difflib.get_close_matches(name.lower(), list(by_lower), n=1)

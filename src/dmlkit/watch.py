@@ -34,6 +34,7 @@ from typing import Any, TextIO
 import yaml
 
 from dmlkit.errors import UserError
+from dmlkit.trust import printable
 
 TRAIN_KEYS = ("loss", "ce", "mimicry", "lr", "grad_norm")
 COHORT_KEYS = ("all_agree", "pairwise_agree", "pairwise_kl")
@@ -185,6 +186,7 @@ class Watcher:
                     *(_fmt(k, self.latest.get((s, name), {}).get(k)) for s, k in columns),
                 ]
             )
+        rows = [[printable(c) for c in row] for row in rows]  # names read from metrics.jsonl
         widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
         lines = [head]
         lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]

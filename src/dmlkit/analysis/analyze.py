@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
@@ -29,7 +30,10 @@ from dmlkit.analysis.measure import (
 from dmlkit.analysis.outputs import write_outputs
 from dmlkit.analysis.runs import find_runs, order_labels, run_label
 from dmlkit.analysis.tables import ArmAnalyses, summary_tables
+from dmlkit.config import load_yaml
 from dmlkit.engine.checkpoint import atomic_write_text
+from dmlkit.errors import UserError
+from dmlkit.trust import check_config
 
 # The pieces live in measure (one run), tables (Markdown), outputs (files) and runs (finding
 # runs); importing them from here keeps `dmlkit.analysis.analyze` the one entry point.
@@ -71,6 +75,14 @@ def analyze(
     options = options or AnalysisOptions()
     options.validate()
     runs = find_runs(paths)
+    for run in runs:  # every run's saved config before any work: no run names code to import
+        check_config(load_yaml(run / "config.yaml"), str(run), options.trust_code)
+    if out is not None:  # where the outputs go, checked before minutes of measuring
+        _check_out_folder(Path(out), "--out")
+    else:
+        common = [_common_parent(runs) / "analysis"] if len(runs) > 1 else []
+        for folder in [*(r / "analysis" for r in runs), *common]:
+            _check_out_folder(folder, "the analysis folder")
     results = [analyze_run(p, options, log=log) for p in runs]
     for hint in collapse_hints(results):
         log(hint)
@@ -139,6 +151,20 @@ def length_note(results: list[dict[str, Any]]) -> str | None:
         f"note: these runs trained for different numbers of epochs ({'; '.join(parts)}): "
         f"their curves and scores are not a like-for-like comparison"
     )
+
+
+def _check_out_folder(folder: Path, what: str) -> None:
+    """``folder`` is (or can be made) a writable folder: one line otherwise, before any work."""
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"{what} {folder}: is a file, not a folder; give a folder for the outputs")
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(
+            f"{what} {folder}: cannot write there ({existing} is read-only or not a folder); "
+            f"give a writable --out"
+        )
 
 
 def _common_parent(paths: list[Path]) -> Path:

@@ -44,6 +44,8 @@ class AnalysisOptions:
         entropy_samples: training images on which the train-split entropy is measured.
         seed: seed of the noise draws.
         device: where the networks are evaluated.
+        trust_code: build import-path archs the runs' checkpoints name (``--trust-code``;
+            :mod:`dmlkit.trust`); without it such a run is refused before anything is imported.
     """
 
     sigmas: Sequence[float] | None = None
@@ -53,6 +55,7 @@ class AnalysisOptions:
     entropy_samples: int = 5000
     seed: int = 0
     device: str = "cpu"
+    trust_code: bool = False
 
     def noise_levels(self) -> list[float]:
         if self.sigmas is not None:
@@ -161,7 +164,7 @@ def analyze_run(
         raise UserError(f"{run.path}: not a run directory (no config.yaml)")
     cfg = run.load_config()
     device = resolve_device(options.device, "--device")
-    cohort, state = load_cohort(run.path, device)
+    cohort, state = load_cohort(run.path, device, trust_code=options.trust_code)
     specs, models = cohort.specs, list(cohort.peers)
     names = [s.name for s in specs]
     records = run.read_metrics()

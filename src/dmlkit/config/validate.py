@@ -95,8 +95,20 @@ def validate(cfg: Config) -> None:
     _check_train(cfg)
 
 
+#: The lowest ``method.temperature`` accepted.
+MIN_TEMPERATURE = 0.05
+
+
 def _check_method(m: MethodConfig) -> None:
     _check(m.temperature > 0, f"method.temperature must be > 0, got {m.temperature}")
+    # Below this the softened distributions are one-hot in float32 and the T^2-scaled mimicry
+    # gradient vanishes: DML silently becomes independent training.
+    _check(
+        m.temperature >= MIN_TEMPERATURE,
+        f"method.temperature={m.temperature} is below {MIN_TEMPERATURE}: the peers' softened "
+        f"outputs become one-hot and the mimicry term vanishes (independent training in "
+        f"disguise); use a temperature >= {MIN_TEMPERATURE} (the paper: 1)",
+    )
     _check(m.mimicry_weight >= 0, f"method.mimicry_weight must be >= 0, got {m.mimicry_weight}")
     _check(m.mimicry_rampup >= 0, f"method.mimicry_rampup must be >= 0, got {m.mimicry_rampup}")
     _check(0 <= m.alpha <= 1, f"method.alpha must be in [0, 1], got {m.alpha}")

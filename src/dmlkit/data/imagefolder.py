@@ -33,12 +33,6 @@ def _unreadable(exc: OSError) -> UserError:
     )
 
 
-def _fail(exc: OSError) -> None:
-    """os.walk's error hook: a folder that cannot be read fails (a class never loses its images
-    without a word)."""
-    raise _unreadable(exc)
-
-
 def _scan(
     folder: Path, root: Path, classes: list[str] | None = None
 ) -> tuple[np.ndarray, np.ndarray, list[str]]:
@@ -61,16 +55,7 @@ def _scan(
         sub = folder / name
         if not sub.is_dir():
             continue
-        found_here = []
-        for dirpath, dirnames, filenames in os.walk(sub, onerror=_fail):
-            dirnames[:] = [d for d in dirnames if not _hidden(d)]  # .ipynb_checkpoints...
-            rel = os.path.relpath(dirpath, root)
-            # ._x.png (macOS resource forks), .DS_Store: hidden entries are never images
-            found_here += [
-                os.path.join(rel, f)
-                for f in filenames
-                if not _hidden(f) and f.lower().endswith(IMAGE_EXTENSIONS)
-            ]
+        found_here = [os.path.relpath(f, root) for f in _image_entries(sub)]
         found_here.sort(key=lambda p: p.split(os.sep))  # the order of sorted(Path.rglob())
         if not found_here and name in found:
             raise UserError(
@@ -82,6 +67,31 @@ def _scan(
     if not paths:
         raise UserError(f"data.root: no images ({', '.join(IMAGE_EXTENSIONS)}) under {folder}")
     return np.array(paths, dtype=np.bytes_), np.array(labels, dtype=np.int64), classes
+
+
+def _image_entries(folder: Path) -> list[str]:
+    """Paths of the image files under ``folder`` (recursively, symlinked folders not followed).
+
+    Hidden entries (``._x.png`` resource forks, ``.DS_Store``, ``.ipynb_checkpoints/``) are
+    never images. Only regular files (or links to them) are: a FIFO named ``x.png`` would
+    block the first read forever, a device or socket is not an image either.
+    """
+    found: list[str] = []
+    stack = [str(folder)]
+    while stack:
+        here = stack.pop()
+        try:
+            with os.scandir(here) as entries:
+                for e in entries:
+                    if _hidden(e.name):
+                        continue
+                    if e.is_dir(follow_symlinks=False):
+                        stack.append(e.path)
+                    elif e.name.lower().endswith(IMAGE_EXTENSIONS) and e.is_file():
+                        found.append(e.path)
+        except OSError as exc:  # never an unreadable folder taken for an empty one
+            raise _unreadable(exc) from None
+    return found
 
 
 def _hidden(name: str) -> bool:

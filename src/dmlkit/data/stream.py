@@ -130,7 +130,7 @@ def _seeded(transform: Callable[[Tensor], Tensor], image: Tensor, seed: int) -> 
 def collate(samples: list[tuple[Any, int, Any]]) -> tuple[Tensor | None, Tensor, list]:
     """Stack the readable samples; pass the unreadable ones' (path, reason) on."""
     good = [s for s in samples if s[0] is not None]
-    bad = [s[2] for s in samples if s[0] is None]
+    bad = [(*s[2], s[1]) for s in samples if s[0] is None]  # (path, reason, label)
     x = torch.stack([s[0] for s in good]) if good else None
     y = torch.tensor([s[1] for s in good], dtype=torch.int64)
     return x, y, bad
@@ -201,7 +201,10 @@ class StreamLoader:
         self.on_bad_image = on_bad_image
         self.device = torch.device("cpu")
         self._loader: DataLoader | None = None
-        self._warned: set[str] = set()
+        #: the files skipped so far (data.on_bad_image=skip), path -> label: summary.json counts
+        #: them, and a class whose every image was skipped stops the run
+        self.skipped: dict[str, int] = {}
+        self.class_names: list[str] | None = None  # for the message naming a lost class
 
     @property
     def sharded(self) -> bool:
@@ -230,6 +233,21 @@ class StreamLoader:
         self._loader = None  # pin_memory follows the device
         return self
 
+    def _check_class(self, label: int) -> None:
+        """Stop when every image of class ``label`` has been skipped: training on without it
+        would report accuracy over the classes left, as if nothing had happened."""
+        if label < 0:  # unlabelled (semi-supervised): belongs to no class
+            return
+        total = int((np.asarray(self.dataset.labels) == label).sum())
+        lost = sum(1 for kept in self.skipped.values() if kept == label)
+        if lost >= total:
+            name = self.class_names[label] if self.class_names else f"number {label}"
+            raise UserError(
+                f"data.root: every image of class {name!r} ({total}) could not be read and was "
+                f"skipped (data.on_bad_image=skip): the class is gone; restore its images "
+                f"(was the folder moved or deleted?) and resume"
+            )
+
     def _dataloader(self) -> DataLoader:
         if self._loader is None:
             workers = self.num_workers
@@ -247,7 +265,7 @@ class StreamLoader:
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         for x, y, bad in self._dataloader():
-            for path, reason in bad:
+            for path, reason, label in bad:
                 if self.on_bad_image == "stop" or reason.startswith("size"):
                     fix = (
                         "set data.image_size to resize every image to one size"
@@ -255,9 +273,10 @@ class StreamLoader:
                         else "remove or replace the file, or set data.on_bad_image=skip"
                     )
                     raise UserError(f"{path}: {reason}; {fix}")
-                if path not in self._warned:
-                    self._warned.add(path)
+                if path not in self.skipped:
+                    self.skipped[path] = label
                     log.warning("skipping %s: %s (data.on_bad_image=skip)", path, reason)
+                    self._check_class(label)
             if x is None:
                 continue
             x = x.to(self.device, non_blocking=True)
@@ -299,7 +318,7 @@ def sample_stats(dataset: ImageFiles, num_workers: int, seed: int) -> tuple[Tens
     squares = torch.zeros(3, dtype=torch.float64)
     count = 0
     for x, _, bad in loader:
-        for path, reason in bad:
+        for path, reason, _label in bad:
             raise UserError(f"{path}: {reason}; remove or replace the file")
         xf = x.double() / 255.0
         total += xf.sum(dim=(0, 2, 3))
@@ -358,7 +377,9 @@ def stream_bundle(
 
     def loader(ds: ImageFiles, batch: int, is_train: bool) -> StreamLoader:
         batches = EpochBatches(len(ds), batch, train=is_train, seed=seed)
-        return StreamLoader(ds, batches, norm, num_workers=workers, on_bad_image=cfg.on_bad_image)
+        out = StreamLoader(ds, batches, norm, num_workers=workers, on_bad_image=cfg.on_bad_image)
+        out.class_names = list(classes)
+        return out
 
     val = None
     if len(val_idx):

@@ -42,7 +42,7 @@ class SeededDataset(Dataset):
     def __getitem__(self, item: tuple[int, int | None]) -> Any:
         index, seed = item
         if seed is None:
-            return self.dataset[index]
+            return _not_none(self.dataset[index], index)
         in_worker = torch.utils.data.get_worker_info() is not None
         gen = torch.default_generator
         saved = None if in_worker else (gen.get_state(), random.getstate(), np.random.get_state())
@@ -50,12 +50,22 @@ class SeededDataset(Dataset):
             gen.manual_seed(seed)  # ~10 us; torch.manual_seed also seeds CUDA (~500 us)
             random.seed(seed)
             np.random.seed(seed % 2**32)
-            return self.dataset[index]
+            return _not_none(self.dataset[index], index)
         finally:
             if saved is not None:  # the main process: the trainer's generators put back
                 gen.set_state(saved[0])
                 random.setstate(saved[1])
                 np.random.set_state(saved[2])
+
+
+def _not_none(sample: Any, index: int) -> Any:
+    """A sample, or one line naming the index of a ``None`` one (collate would fail cryptically)."""
+    if sample is None:
+        raise UserError(
+            f"the dataset's item {index} is None; __getitem__ must return an (input, label) pair "
+            f"(filter bad samples out of the dataset instead)"
+        )
+    return sample
 
 
 def _pair(batch: Any) -> tuple[Any, Any]:

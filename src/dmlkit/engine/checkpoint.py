@@ -38,6 +38,7 @@ from dmlkit.engine.faults import fault, maybe_kill
 from dmlkit.errors import UserError, first_line
 from dmlkit.methods import METHODS
 from dmlkit.models import build_model
+from dmlkit.trust import check_peer
 
 FORMAT = "dmlkit-cohort"
 VERSION = 1
@@ -377,7 +378,7 @@ def _check_specs_against_config(path: Path, specs: list[PeerSpec], config: Any) 
 
 
 def load_cohort(
-    path: str | Path, device: torch.device | str = "cpu"
+    path: str | Path, device: torch.device | str = "cpu", trust_code: bool = False
 ) -> tuple[Cohort, dict[str, Any]]:
     """Rebuild a checkpoint's peers with their trained weights, for evaluation or as a teacher.
 
@@ -388,6 +389,9 @@ def load_cohort(
     Args:
         path: a checkpoint file or a run directory (its ``checkpoints/last.pt``).
         device: where the peers live.
+        trust_code: build import-path archs the checkpoint names (the user's opt-in,
+            ``--trust-code``); without it they are refused before anything is imported
+            (:mod:`dmlkit.trust`).
 
     Returns:
         ``(cohort, state)``: a loop :class:`Cohort` in eval mode whose specs are the
@@ -395,6 +399,8 @@ def load_cohort(
         whole checkpoint (``epoch``, ``iteration``, ``config``, ...).
     """
     found, state = load_verified(path, map_location=device)
+    for spec in state["peers"]:  # before any arch is resolved, imported or built
+        check_peer(spec["arch"], spec.get("kwargs"), str(found), trust_code)
     full = [PeerSpec(**s) for s in state["peers"]]
     _check_specs_against_config(found, full, state.get("config"))
     specs = [s.without_pretrained() for s in full]
@@ -411,17 +417,18 @@ def load_cohort(
 
 
 def load_teacher(
-    cfg: MethodConfig, num_classes: int, device: torch.device | str
+    cfg: MethodConfig, num_classes: int, device: torch.device | str, trust_code: bool = False
 ) -> nn.Module | None:
     """The method's frozen teacher: peer ``cfg.teacher_peer`` of the run ``cfg.teacher``.
 
     Args:
         cfg: the method's config; None is returned for a method that takes no teacher.
         num_classes: classes of the students' data; the teacher must predict the same.
+        trust_code: build an import-path teacher arch (the user's opt-in, ``--trust-code``).
     """
     if not METHODS.get(cfg.name).needs_teacher:
         return None
-    cohort, _ = load_cohort(cfg.teacher, device)
+    cohort, _ = load_cohort(cfg.teacher, device, trust_code=trust_code)
     if not 0 <= cfg.teacher_peer < len(cohort):
         raise UserError(
             f"{resolve_checkpoint(cfg.teacher)}: has {len(cohort)} peers, no peer index "

@@ -12,15 +12,21 @@ from __future__ import annotations
 import importlib.util
 import io
 import json
+import os
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
-from dmlkit.engine.checkpoint import atomic_write_bytes_with, atomic_write_text, load_checkpoint
+from dmlkit.engine.checkpoint import atomic_write_bytes_with, load_checkpoint
+from dmlkit.engine.faults import maybe_enospc
 from dmlkit.engine.predict import Predictor, peer_index
-from dmlkit.errors import UserError
+from dmlkit.errors import UserError, write_advice
+
+#: The files ``dml export`` writes into its folder (one of the two weights files).
+EXPORT_FILES = ("weights.safetensors", "weights.pt", "model.pt2", "model.json")
 
 
 def have_safetensors() -> bool:
@@ -34,6 +40,14 @@ def save_weights(state: Mapping[str, Tensor], dest: str | Path) -> Path:
     a failure leaves no partial file. Loaded back with ``safetensors.torch.load_file(dest)`` or
     ``torch.load(dest, weights_only=True)``, no dmlkit needed."""
     dest = Path(dest)
+    data = weights_bytes(state, dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes_with(dest, lambda f: f.write(data))
+    return dest
+
+
+def weights_bytes(state: Mapping[str, Tensor], dest: Path) -> bytes:
+    """The bytes :func:`save_weights` writes for ``dest`` (its suffix picks the format)."""
     weights = {k: v.detach().cpu().contiguous() for k, v in state.items()}
     if dest.suffix == ".safetensors":
         if not have_safetensors():
@@ -48,9 +62,113 @@ def save_weights(state: Mapping[str, Tensor], dest: str | Path) -> Path:
         buffer = io.BytesIO()
         torch.save(weights, buffer)
         data = buffer.getvalue()
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes_with(dest, lambda f: f.write(data))
-    return dest
+    return data
+
+
+def _ours_json(path: Path, keys: tuple[str, ...]) -> bool:
+    """Whether ``path`` is a JSON object with ``keys`` (a file dmlkit wrote), read safely."""
+    try:
+        if path.stat().st_size > 64 << 20:
+            return False
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(meta, dict) and all(k in meta for k in keys)
+
+
+def check_export_dir(out: str | Path, force: bool = False) -> Path:
+    """Refuse, before any work, an ``--out`` folder that cannot take ``dml export``'s files.
+
+    A folder whose ``model.json`` dmlkit wrote is an earlier export: replaced. Any other file
+    of the names :data:`EXPORT_FILES` is not replaced without ``force``.
+    """
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out}: is a file, not a folder; give a folder for the model files")
+    ours = _ours_json(out / "model.json", ("which", "preprocess", "peers"))
+    theirs = [n for n in EXPORT_FILES if (out / n).exists() or (out / n).is_symlink()]
+    if theirs and not ours and not force:
+        raise UserError(
+            f"--out {out}: {theirs[0]} is there and was not written by dml export; choose "
+            f"another folder, or add --force to replace it"
+        )
+    odd = [n for n in theirs if not (out / n).is_file() or (out / n).is_symlink()]
+    if odd:
+        raise UserError(f"--out {out}: {odd[0]} is not a plain file; remove it or choose another")
+    _check_writable(out, "--out")
+    return out
+
+
+def _check_writable(folder: Path, flag: str) -> None:
+    """The nearest existing folder of ``folder`` can be written into (checked before work)."""
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(
+            f"{flag} {folder}: cannot write there ({existing} is not a writable folder); "
+            f"choose another path"
+        )
+
+
+def check_output_file(
+    path: str | Path, force: bool, ours: bool, inputs: list[Path] = (), flag: str = "--out"
+) -> Path:
+    """Refuse, before any work, an output file that would replace what dmlkit did not write.
+
+    Args:
+        path: the file to write.
+        force: replace an existing file that is not ``ours`` (never one of ``inputs``).
+        ours: whether an existing ``path`` holds an earlier output of the same command.
+        inputs: files the command reads (an output must not replace them, even with force).
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{flag} {path}: is a folder; give a file name")
+    if path.exists() or path.is_symlink():
+        if not path.is_file() or path.is_symlink():
+            raise UserError(f"{flag} {path}: is not a plain file; choose another path")
+        if any(path.resolve() == Path(i).resolve() for i in inputs):
+            raise UserError(f"{flag} {path}: is one of the inputs; choose another path")
+        if not ours and not force:
+            raise UserError(
+                f"{flag} {path}: exists and was not written by this command; choose another "
+                f"path, or add --force to replace it"
+            )
+    if not path.parent.is_dir():
+        raise UserError(
+            f"{flag} {path}: cannot write there (No such folder: {path.parent}); create it or "
+            f"choose another path"
+        )
+    _check_writable(path.parent, flag)
+    return path
+
+
+def write_files(files: Mapping[Path, bytes], flag: str = "--out") -> list[Path]:
+    """Write every file whole or none: each to a temporary name first, renamed once all are
+    written. A full disk or a read-only folder is one line (UserError), nothing left behind."""
+    staged: list[tuple[Path, Path]] = []
+    try:
+        for dest, data in files.items():
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
+            staged.append((Path(tmp), dest))
+            with os.fdopen(fd, "wb") as f:
+                maybe_enospc("enospc-in-export", 1, dest)
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+        for tmp, dest in staged:
+            os.replace(tmp, dest)
+    except OSError as exc:
+        for tmp, _ in staged:
+            tmp.unlink(missing_ok=True)
+        where = Path(exc.filename) if exc.filename else next(iter(files))
+        raise UserError(
+            f"{flag}: cannot write {where} ({exc.strerror or exc}); "
+            f"{write_advice(exc, where.parent)}"
+        ) from None
+    return list(files)
 
 
 def export_peer(path: str | Path, peer: int | str, dest: str | Path) -> Path:
@@ -61,28 +179,32 @@ def export_peer(path: str | Path, peer: int | str, dest: str | Path) -> Path:
     return save_weights(state["cohort"]["models"][index], dest)
 
 
-def export(predictor: Predictor, out: str | Path) -> list[Path]:
+def export(predictor: Predictor, out: str | Path, force: bool = False) -> list[Path]:
     """Write the predictor for use without dmlkit into folder ``out``.
 
     ``weights.safetensors`` (``weights.pt`` without the safetensors package): the state dict;
     ``model.json``: class names, preprocessing, and the peers' architecture names and kwargs;
     ``model.pt2``: the network as a ``torch.export`` program (loaded with
     ``torch.export.load(path).module()``, no dmlkit needed), when the model can be exported.
-    Returns the files written.
+    Returns the files written. Every file is written whole or not at all (all renamed into
+    place once all are written); files of an earlier export there are replaced, any other
+    file of those names only with ``force`` (:func:`check_export_dir`).
     """
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = check_export_dir(out, force)
+    earlier = _ours_json(out / "model.json", ("which", "preprocess", "peers"))
     model = predictor.model.cpu().eval()
     suffix = ".safetensors" if have_safetensors() else ".pt"  # safetensors is optional
-    written = [save_weights(model.state_dict(), out / f"weights{suffix}")]
+    files = {out / f"weights{suffix}": weights_bytes(model.state_dict(), out / f"weights{suffix}")}
     p = predictor.preprocess
     example = torch.zeros(2, p["in_channels"], *p["image_size"])  # 2: not specialised to 1
     program = None
     try:
         batch = torch.export.Dim("batch")  # any batch size
         program = torch.export.export(model, (example,), dynamic_shapes=({0: batch},))
-        torch.export.save(program, out / "model.pt2")
-        written.append(out / "model.pt2")
+        # into memory: torch's own file writer aborts the process on a full disk
+        buffer = io.BytesIO()
+        torch.export.save(program, buffer)
+        files[out / "model.pt2"] = buffer.getvalue()
     except Exception as exc:  # noqa: BLE001  (any model torch.export cannot trace: say so)
         program = f"not exported: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
     meta = {
@@ -93,6 +215,9 @@ def export(predictor: Predictor, out: str | Path) -> list[Path]:
         "peers": predictor.peers,
         "program": "model.pt2" if not isinstance(program, str) else program,
     }
-    atomic_write_text(out / "model.json", json.dumps(meta, indent=2))
-    written.append(out / "model.json")
+    files[out / "model.json"] = json.dumps(meta, indent=2).encode("utf-8")
+    written = write_files(files)
+    for stale in EXPORT_FILES if earlier else ():  # an earlier export's other files
+        if out / stale not in files and (out / stale).is_file():
+            (out / stale).unlink()
     return written

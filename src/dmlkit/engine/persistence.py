@@ -19,7 +19,7 @@ from dmlkit.config import config_differences
 from dmlkit.engine.checkpoint import load_checkpoint, newest_valid_checkpoint, save_checkpoint
 from dmlkit.engine.lock import LOCK_NAME
 from dmlkit.engine.records import EpochProgress
-from dmlkit.errors import UserError, first_line
+from dmlkit.errors import UserError, first_line, write_advice
 
 log = logging.getLogger("dmlkit")
 
@@ -190,11 +190,16 @@ class RunPersistence:
             what = f"epoch {self.epoch}" if within is None else f"step {self.iteration}"
             raise TrainingError(
                 f"cannot write the checkpoint of {what} in {self.run.checkpoints} "
-                f"({exc.strerror or exc}); {self._kept()}; free space and resume with "
-                f"dml train --resume {self.run.path}"
+                f"({exc.strerror or exc}); {self._kept()}; {self._advice(exc)}"
             ) from None
 
+    def _advice(self, exc: OSError) -> str:
+        """What to do after a failed write: free space, fix permissions, or the folder is gone."""
+        return write_advice(exc, self.run.path, f"resume with dml train --resume {self.run.path}")
+
     def _kept(self) -> str:
+        if not self.run.path.is_dir():
+            return "the run folder is gone with its checkpoints"
         previous = newest_valid_checkpoint(self.run.checkpoints)[0]
         if previous is None:
             return "no checkpoint was written before this"
@@ -211,6 +216,5 @@ class RunPersistence:
         except OSError as exc:
             where = exc.filename or self.run.path / name
             raise TrainingError(
-                f"cannot write {where} ({exc.strerror or exc}); {self._kept()}; "
-                f"free space and resume with dml train --resume {self.run.path}"
+                f"cannot write {where} ({exc.strerror or exc}); {self._kept()}; {self._advice(exc)}"
             ) from None

@@ -57,6 +57,15 @@ from dmlkit.models.registry import accepts
 log = logging.getLogger("dmlkit")
 
 
+def _nonfinite(x: Any) -> bool:
+    """Whether a batch's inputs (a tensor, or a dict of them) hold NaN or inf."""
+    tensors = x.values() if isinstance(x, dict) else [x]
+    return any(
+        isinstance(t, torch.Tensor) and t.is_floating_point() and not bool(torch.isfinite(t).all())
+        for t in tensors
+    )
+
+
 class Trainer(RunPersistence):
     """Train a configured cohort into a run directory.
 
@@ -67,6 +76,8 @@ class Trainer(RunPersistence):
         desc: label of the progress bar.
         dist: this process's place in a ``torchrun`` job; by default joined from the
             environment as ``cfg.distributed`` says (a one-process context when ``mode=none``).
+        trust_code: build a kd teacher whose checkpoint names an import-path arch (the user's
+            opt-in, ``--trust-code``; :mod:`dmlkit.trust`).
     """
 
     def __init__(
@@ -79,6 +90,7 @@ class Trainer(RunPersistence):
         dist: DistContext | None = None,
         data: DataBundle | None = None,
         cohort_factory: Callable[[list[PeerSpec], float, int], Any] | None = None,
+        trust_code: bool = False,
     ) -> None:
         check_names(cfg)  # a misspelt name fails before any work (and any writing)
         # stored absolute: `dml eval RUN` then works from any folder
@@ -143,7 +155,8 @@ class Trainer(RunPersistence):
                 channels_last=cfg.train.channels_last,
             )
         self.cohort = dist.wrap_cohort(cohort, specs, optims, total_epochs)  # the whole cohort
-        teacher = load_teacher(cfg.method, self.data.num_classes, self.device)  # kd's, or None
+        # kd's, or None; a teacher's arch is read from its checkpoint: data unless trusted
+        teacher = load_teacher(cfg.method, self.data.num_classes, self.device, trust_code)
         # data mode: the method averages its losses and gradients over the processes
         sync = dist.step_sync(cfg.data.batch_size)
         self.method: Method = build_method(
@@ -314,6 +327,13 @@ class Trainer(RunPersistence):
             try:
                 logs = method.train_step(x, y)
             except NonFiniteLoss as exc:
+                if self.cfg.train.nonfinite == "stop" and _nonfinite(x):
+                    # the data, not the optimisation: no learning rate would help
+                    raise TrainingError(
+                        f"non-finite input at step {self.iteration + 1} (epoch {self.epoch + 1}):"
+                        f" the batch itself holds NaN or inf values; {self._kept()}; check the "
+                        f"data (a file, a transform, data.std of 0), not optim.lr"
+                    ) from None
                 if self.cfg.train.nonfinite == "stop":
                     raise TrainingError(
                         f"non-finite loss at step {self.iteration + 1} (epoch {self.epoch + 1}) "
@@ -373,6 +393,15 @@ class Trainer(RunPersistence):
         deployed = self.method.deployed()
         if deployed is not None:
             summary["deployed"] = {"name": deployed, "metrics": test[deployed]}
+        skipped = {
+            split: len(loader.skipped)
+            for split, loader in (("train", self.data.train), ("val", self.data.val))
+            if hasattr(loader, "skipped")
+        }
+        if hasattr(self.data.test, "skipped"):
+            skipped["test"] = len(self.data.test.skipped)
+        if skipped:  # data.on_bad_image=skip: what the metrics leave out, in the record
+            summary["skipped_images"] = skipped
         self._write("summary.json", self.run.write_summary, summary)
         self.events.fire("on_fit_end", run, summary)
         return summary

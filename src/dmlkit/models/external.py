@@ -154,9 +154,40 @@ def build_external(
         ) from None
     if not isinstance(model, nn.Module):
         raise ConfigError(f"{key}: {arch!r} returned {type(model).__name__}, not an nn.Module")
+    _materialise_lazy(model, arch, in_channels, image_size)
     if pretrained is not None:
         load_pretrained(model, pretrained, arch)
     return model
+
+
+def _materialise_lazy(
+    model: nn.Module, arch: str, in_channels: int, image_size: tuple[int, int] | None
+) -> None:
+    """Give a model's lazy modules (``nn.LazyLinear``...) their shapes with one dummy batch
+    ``[2, C, H, W]`` of zeros, in eval mode: optimizers, channels-last and checkpoints need
+    real parameters."""
+    from torch.nn.parameter import is_lazy
+
+    if not any(is_lazy(p) for p in model.parameters()):
+        return
+    if image_size is None:
+        raise ConfigError(
+            f"peers[].arch {arch!r} has lazy modules and the data's image size is unknown; "
+            f"give the layers their input sizes"
+        )
+    was = model.training
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(2, in_channels, *image_size))
+    except Exception as exc:  # noqa: BLE001 - the user's forward: one line naming it
+        raise ConfigError(
+            f"peers[].arch {arch!r} has lazy modules and fails on a dummy batch "
+            f"[2, {in_channels}, {image_size[0]}, {image_size[1]}] ({type(exc).__name__}: "
+            f"{str(exc).strip().splitlines()[0][:120] if str(exc).strip() else ''}); give the "
+            f"layers their input sizes"
+        ) from None
+    finally:
+        model.train(was)
 
 
 def _constructor_kwargs(
