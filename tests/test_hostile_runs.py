@@ -1,4 +1,4 @@
-"""Hostile and unlucky cases around run folders and checkpoints (issue 18).
+"""Hostile and unlucky cases around run folders and checkpoints.
 
 A shared run folder (locks), an ``--out`` that is not a run, the crash windows of ``last.pt``,
 readers that must verify what they load (missing checksum, non-finite weights, inflating

@@ -220,12 +220,12 @@ def test_channels_last_is_a_resumable_layout_choice(tmp_path):
 def test_emulated_low_precision_on_the_cpu_warns(monkeypatch):
     import warnings
 
-    import dmlkit.methods as methods
+    import dmlkit.update as update
 
-    monkeypatch.setattr(methods, "_cpu_has_native", lambda precision: False)
+    monkeypatch.setattr(update, "cpu_has_native", lambda precision: False)
     with pytest.warns(UserWarning, match=r"train.precision=bf16 .* use train.precision=fp32"):
         Precision("bf16", "cpu")
-    monkeypatch.setattr(methods, "_cpu_has_native", lambda precision: True)
+    monkeypatch.setattr(update, "cpu_has_native", lambda precision: True)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         Precision("bf16", "cpu"), Precision("fp32", "cpu"), Precision("fp32", "cuda")

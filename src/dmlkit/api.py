@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from dmlkit.config import Config, config_from_dict, merge_dicts
+from dmlkit.config import Config, config_from_dict, default_peer_name, merge_dicts
 from dmlkit.data.user import PYTHON_DATA, user_bundle
 from dmlkit.engine.checkpoint import load_checkpoint, resolve_checkpoint
 from dmlkit.errors import UserError
@@ -193,7 +193,7 @@ def fit(
     if method not in ("dml", "dml_e", "independent"):
         raise UserError(f"method must be dml, dml_e or independent, got {method!r}")
     if names is None:
-        names = [f"peer{i}_{type(m).__name__.lower()}" for i, m in enumerate(models)]
+        names = [default_peer_name(i, type(m).__name__.lower()) for i, m in enumerate(models)]
     cfg = fit_config(
         models,
         method=method,

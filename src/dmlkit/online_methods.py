@@ -29,7 +29,7 @@ from torch import Tensor
 
 from dmlkit.errors import ConfigError
 from dmlkit.losses import cross_entropy, mimicry_kl
-from dmlkit.methods import METHODS, Method, PeerLog, _log
+from dmlkit.methods import METHODS, Method, PeerLog, peer_log
 from dmlkit.models.layers import global_avg_pool
 from dmlkit.online_losses import (
     ema_decay,
@@ -75,8 +75,8 @@ class KDCL(Method):
                 weight=self.mimicry_weight,
                 variant=self.cfg.ensemble,
             )
-        self._step_all([t.total for t in terms])
-        return [_log(t.total, t.ce, t.distill) for t in terms]
+        self.step_all([t.total for t in terms])
+        return [peer_log(t.total, t.ce, t.distill) for t in terms]
 
 
 class BranchMethod(Method):
@@ -103,7 +103,7 @@ class BranchMethod(Method):
         with torch.no_grad():
             ce = [cross_entropy(z, y) for z in logits]
             kl = [mimicry_kl(z, q, t) for z, q in zip(logits, teachers)]
-        return [_log(c + w * k, c, k) for c, k in zip(ce, kl)]
+        return [peer_log(c + w * k, c, k) for c, k in zip(ce, kl)]
 
 
 @METHODS.register("one")
@@ -123,7 +123,7 @@ class ONE(BranchMethod):
             terms = one_loss(out.logits, gate, y, self.cfg.temperature)
             # one_loss weighs its soft term 1; the configured weight scales it here
             total = terms.ce + self.mimicry_weight * terms.distill
-        self._step_all([total])
+        self.step_all([total])
         ens = gate_ensemble(out.logits, gate).detach()
         return self._logs(out.logits, y, [ens] * len(out.logits))
 
@@ -157,7 +157,7 @@ class OKDDip(BranchMethod):
                 temperature=self.cfg.temperature,
                 weight=self.mimicry_weight,
             )
-        self._step_all([terms.total])
+        self.step_all([terms.total])
         z = torch.stack(peers, dim=1).detach()
         teachers = list(torch.bmm(att.detach(), z).unbind(1)) + [z.mean(dim=1)]
         return self._logs(out.logits, y, teachers)
@@ -223,7 +223,7 @@ class PCL(BranchMethod):
                 temperature=self.cfg.temperature,
                 weight=self.mimicry_weight,
             )
-        self._step_all([terms.total])
+        self.step_all([terms.total])
         self._update_mean()
         return self._logs(logits, y, [ens.detach()] * len(logits))
 

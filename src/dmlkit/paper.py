@@ -42,7 +42,7 @@ def market1501_by_method() -> dict[str, dict[str, float]]:
 
 # Online distillation, CIFAR-100, ResNet-32, top-1 %: the comparison table of Wu & Gong, "Peer
 # Collaborative Learning for Online Knowledge Distillation", AAAI 2021 (arXiv 2006.04147), as
-# quoted in dmlkit's issue 16. NOT VERIFIED against the paper: the reachable copies of it gave
+# quoted to us second-hand. NOT VERIFIED against the paper: the reachable copies of it gave
 # its abstract and introduction only, not its tables, so neither the table number nor which
 # network each value measures (a branch, the ensemble or the deployed model) is checked. The
 # same five values (with ± std: DML 73.68±0.14, ONE 73.79±0.41, OKDDip 73.25±0.38, KDCL
@@ -59,7 +59,7 @@ ONLINE_KD_CIFAR100_RESNET32: dict[str, float] = {
     "pcl": 74.14,
 }
 ONLINE_KD_NOTE = (
-    "Published: the PCL paper's CIFAR-100 ResNet-32 comparison as quoted in issue 16, not "
+    "Published: the PCL paper's CIFAR-100 ResNet-32 comparison as quoted second-hand, not "
     "checked against the paper (see dmlkit.paper); its schedule and number of students may "
     "differ from this grid's."
 )

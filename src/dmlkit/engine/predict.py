@@ -10,7 +10,6 @@ since they are stored there), else from rebuilding the run's dataset.
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from dmlkit.data.images import decode_rgb
 from dmlkit.engine.checkpoint import load_cohort
 from dmlkit.engine.rundir import RunDir
 from dmlkit.errors import UserError
+from dmlkit.losses import ensemble_log_probs
 
 
 def preprocess_of(data: DataBundle) -> dict[str, Any] | None:
@@ -53,8 +53,7 @@ class Ensemble(nn.Module):
         self.peers = nn.ModuleList(peers)
 
     def forward(self, x: Tensor) -> Tensor:
-        log_probs = torch.stack([torch.log_softmax(p(x).float(), dim=1) for p in self.peers])
-        return torch.logsumexp(log_probs, dim=0) - math.log(len(self.peers))
+        return ensemble_log_probs([p(x) for p in self.peers])
 
 
 @dataclass

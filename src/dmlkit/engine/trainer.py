@@ -1,7 +1,8 @@
 """The one trainer every method shares.
 
-It owns the loop (epochs or iterations), the learning-rate schedule, evaluation cadence,
-checkpoints, logging and resume; the method owns what happens inside a step. Model selection
+It owns the loop (epochs or iterations), when each step's learning rate is set (the cohort's
+schedules compute it), evaluation cadence, checkpoints, logging and resume; the method owns
+what happens inside a step (:mod:`dmlkit.update`). Model selection
 never looks at the test split: the test split is evaluated once, after the final epoch, and
 that is what ``summary.json`` reports.
 """
@@ -167,7 +168,6 @@ class Trainer(RunPersistence):
             num_epochs=self.num_epochs,
         )
 
-    # -- set-up ---------------------------------------------------------------------------------
     # -- the loop -------------------------------------------------------------------------------
     def fit(
         self,

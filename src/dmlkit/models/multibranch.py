@@ -30,7 +30,6 @@ so these networks also work wherever a one-output model is expected.
 from __future__ import annotations
 
 import copy
-import math
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -39,6 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dmlkit.errors import ConfigError
+from dmlkit.losses import mean_log_probs
 from dmlkit.models.cifar import BasicBlock, WideBlock, _conv_bn_relu, _init_weights
 from dmlkit.models.layers import global_avg_pool
 from dmlkit.models.registry import MODELS
@@ -141,8 +141,7 @@ class MultiBranchNet(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """x -> ``[B, C]``: log of the branches' mean probability (a valid logits tensor)."""
-        log_probs = torch.stack([F.log_softmax(z, dim=1) for z in self.branch_logits(x)])
-        return torch.logsumexp(log_probs, dim=0) - math.log(self.num_branches)
+        return mean_log_probs([F.log_softmax(z, dim=1) for z in self.branch_logits(x)])
 
 
 def _stage(
