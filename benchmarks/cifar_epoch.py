@@ -45,6 +45,7 @@ import torch
 
 import dmlkit
 from dmlkit.data.cifar100 import DataIntegrityWarning
+from dmlkit.engine.records import EpochFunction
 from dmlkit.engine.trainer import Trainer
 from dmlkit.experiments import arm_config
 from dmlkit.experiments.cifar100 import CIFAR100_TABLE
@@ -259,7 +260,9 @@ def run_full_epoch(args: argparse.Namespace) -> dict[str, Any]:
         device, stamps = trainer.device, []
         start = time.perf_counter()
         # on_epoch runs after the epoch's log line and checkpoint: what every epoch costs
-        summary = trainer.fit(on_epoch=lambda *_: stamps.append(time.perf_counter()))
+        summary = trainer.fit(
+            callbacks=[EpochFunction(lambda *_: stamps.append(time.perf_counter()))]
+        )
         end = time.perf_counter()
         records = [json.loads(line) for line in (Path(tmp) / "run" / "metrics.jsonl").open()]
         train_loop = max(r["seconds"] for r in records if r["split"] == "train")

@@ -15,6 +15,7 @@ import torch
 
 from dmlkit.cli import main
 from dmlkit.config import load_config
+from dmlkit.engine.records import EpochFunction
 from dmlkit.engine.trainer import Trainer
 
 from helpers import FAST, records, sets, train, weights
@@ -116,7 +117,7 @@ def test_resume_after_interrupt_gives_identical_weights(tmp_path):
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        Trainer(cfg, cut).fit(on_epoch=stop_at_2)
+        Trainer(cfg, cut).fit(callbacks=[EpochFunction(stop_at_2)])
     assert not (cut / "summary.json").exists()
     assert main(["train", "--resume", str(cut)]) == 0
     _assert_same_weights(full, cut)

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from dmlkit.cli import main
 from dmlkit.cohort import Cohort, PeerSpec, StackedCohort
 from dmlkit.config import MethodConfig, OptimConfig, load_config
+from dmlkit.engine.records import EpochFunction
 from dmlkit.engine.trainer import Trainer
 from dmlkit.methods import DML, Precision
 from dmlkit.models import list_models
@@ -278,7 +279,7 @@ def test_two_epoch_train_resumes_bitwise(device: str, tmp_path: Path):
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        trainer.fit(on_epoch=stop_after_first)
+        trainer.fit(callbacks=[EpochFunction(stop_after_first)])
     assert not (cut / "summary.json").exists()
     assert main(["train", "--resume", str(cut)]) == 0
 

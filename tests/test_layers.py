@@ -38,7 +38,13 @@ LAYERS: list[tuple[str, ...]] = [
     ("dmlkit.models", "dmlkit.metrics", "dmlkit.data", "dmlkit.optim"),
     ("dmlkit.cohort",),  # K peers with their optimizers
     # one step of K peers in both update orders; the methods; dmlkit.step for users' loops
-    ("dmlkit.update", "dmlkit.methods", "dmlkit.online_methods", "dmlkit.loop"),
+    (
+        "dmlkit.update",
+        "dmlkit.method_base",
+        "dmlkit.methods",
+        "dmlkit.online_methods",
+        "dmlkit.loop",
+    ),
     ("dmlkit.distributed",),  # the cohort and the step spread over processes
     ("dmlkit.engine",),  # trainer, checkpoints, evaluation, run directory
     ("dmlkit.analysis",),  # reading finished runs
@@ -184,7 +190,7 @@ def test_the_layer_table_of_the_architecture_page_matches():
         for n in names:
             short = n.removeprefix("dmlkit.") if n != ROOT else ROOT
             assert any(f"`{short}`" in row for row in table), f"{short} not in the layer table"
-    for name, path in _modules().items():
+    for path in _modules().values():
         rel = path.relative_to(SRC / "dmlkit").as_posix()
         assert f"`{rel}`" in page, f"{rel} has no line in docs/architecture.md"
 

@@ -12,6 +12,7 @@ from dmlkit.analysis.analyze import AnalysisOptions, analyze_run
 from dmlkit.cli import main
 from dmlkit.config import load_config
 from dmlkit.engine.checkpoint import load_checkpoint
+from dmlkit.engine.records import EpochFunction
 from dmlkit.engine.trainer import Trainer
 from dmlkit.models import build_model
 
@@ -114,7 +115,7 @@ def test_fp16_resume_equals_an_uninterrupted_run(tmp_path):
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        Trainer(cfg, cut).fit(on_epoch=stop_at_1)
+        Trainer(cfg, cut).fit(callbacks=[EpochFunction(stop_at_1)])
     # The first steps overflowed at the initial scale 2^16 and were skipped: a resume that
     # started again from 2^16 would skip another step.
     assert load_checkpoint(cut)["precision"]["scale"] < 2.0**16

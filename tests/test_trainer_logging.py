@@ -12,6 +12,7 @@ import torch
 from dmlkit.cohort import Cohort, PeerSpec, StackedCohort
 from dmlkit.config import OptimConfig, load_config
 from dmlkit.engine.callbacks import Callback
+from dmlkit.engine.records import EpochFunction
 from dmlkit.engine.trainer import Trainer
 from dmlkit.errors import ConfigError
 
@@ -43,7 +44,7 @@ def test_on_epoch_sees_train_and_val_records_of_an_evaluated_epoch(tmp_path: Pat
         seen[epoch] = list(records.values()) if isinstance(records, dict) else list(records)
 
     cfg = load_config(None, [*FAST, "train.epochs=2"])
-    Trainer(cfg, tmp_path / "r").fit(on_epoch=on_epoch)
+    Trainer(cfg, tmp_path / "r").fit(callbacks=[EpochFunction(on_epoch)])
     assert sorted(seen) == [1, 2]
     for records in seen.values():
         train = {r["peer"]: r for r in records if r["split"] == "train"}
@@ -53,6 +54,14 @@ def test_on_epoch_sees_train_and_val_records_of_an_evaluated_epoch(tmp_path: Pat
             assert {"loss", "ce", "mimicry", "lr", "grad_norm"} <= set(r)
             assert r["loss"] == pytest.approx(r["ce"] + r["mimicry"], rel=1e-5)  # weight 1
         assert {"top1", "top5", "ce", "all_agree", "pairwise_kl"} <= set(val["ensemble"])
+
+
+def test_fit_on_epoch_is_a_deprecated_alias_of_an_epoch_callback(tmp_path: Path) -> None:
+    seen = []
+    cfg = load_config(None, [*FAST, "train.epochs=1"])
+    with pytest.warns(DeprecationWarning, match=r"callbacks=\[EpochFunction\(f\)\]"):
+        Trainer(cfg, tmp_path / "r").fit(on_epoch=lambda epoch, records: seen.append(epoch))
+    assert seen == [1]
 
 
 class Spy(Callback):

@@ -1,8 +1,7 @@
 """DML's online-distillation successors as methods: ``one``, ``kdcl``, ``okddip``, ``pcl``.
 
-Each is a small :class:`dmlkit.methods.Method` over the pure losses of
-:mod:`dmlkit.online_losses`, registered in ``METHODS`` (imported by :mod:`dmlkit.engine.names`,
-so every config the trainer sees can name them).
+Each is a small :class:`dmlkit.method_base.Method` over the pure losses of
+:mod:`dmlkit.online_losses`, named in the registry table of :mod:`dmlkit.methods` (``METHODS``).
 
 * ``kdcl`` trains a cohort of separate (possibly heterogeneous) peers, like DML.
 * ``one``, ``okddip`` and ``pcl`` train ONE multi-branch network (``peers: [resnet32_mb]`` or
@@ -29,7 +28,7 @@ from torch import Tensor
 
 from dmlkit.errors import ConfigError
 from dmlkit.losses import cross_entropy, mimicry_kl
-from dmlkit.methods import METHODS, Method, PeerLog, peer_log
+from dmlkit.method_base import Method, PeerLog, peer_log
 from dmlkit.models.layers import global_avg_pool
 from dmlkit.online_losses import (
     ema_decay,
@@ -43,7 +42,6 @@ from dmlkit.online_losses import (
 )
 
 
-@METHODS.register("kdcl")
 class KDCL(Method):
     """KDCL (Guo et al. CVPR 2020): every peer distils from a teacher built from all peers'
     logits (``method.ensemble``: ``minlogit`` or ``naive``, :func:`kdcl_teacher`), detached, at
@@ -106,7 +104,6 @@ class BranchMethod(Method):
         return [peer_log(c + w * k, c, k) for c, k in zip(ce, kl)]
 
 
-@METHODS.register("one")
 class ONE(BranchMethod):
     """ONE (Lan et al. NeurIPS 2018): a gate weights the branches' logits into an ensemble
     teacher, trained with CE; each branch distils from it (detached) at ``method.temperature``
@@ -132,7 +129,6 @@ class ONE(BranchMethod):
         return {f"{self.peer}.gate": gate_ensemble(out.logits, self.net.gate(out.trunk))}
 
 
-@METHODS.register("okddip")
 class OKDDip(BranchMethod):
     """OKDDip (Chen et al. AAAI 2020): the first K - 1 branches are auxiliary peers, each
     distilling from its own attention-weighted ensemble of the peers; the last branch is the
@@ -166,7 +162,6 @@ class OKDDip(BranchMethod):
         return self.cohort.names[-1]  # the group leader
 
 
-@METHODS.register("pcl")
 class PCL(BranchMethod):
     """PCL (Wu & Gong AAAI 2021): a fusion head over the branches' features is the peer
     ensemble teacher (trained with CE); the temporal mean (EMA, ``method.ema_decay``) of the

@@ -171,21 +171,30 @@ class Trainer(RunPersistence):
     # -- the loop -------------------------------------------------------------------------------
     def fit(
         self,
-        on_epoch: Callable[[int, list[Record]], Any] | None = None,
         callbacks: Sequence[Any] = (),
+        *,
+        on_epoch: Callable[[int, list[Record]], Any] | None = None,
     ) -> dict[str, Any]:
         """Train to the end, evaluate the test split, write summary.json and return it.
 
         The run folder is locked (rank 0) from here to the end, whatever the exit.
 
         Args:
-            on_epoch: ``on_epoch(epoch, records)`` after every epoch, with the epoch's records
-                (train, and val on an evaluated epoch); a callback's ``on_epoch_end`` is the
-                same thing.
             callbacks: objects with some of the events of :mod:`dmlkit.engine.callbacks`,
-                called after the configured loggers and ``train.callbacks``.
+                called after the configured loggers and ``train.callbacks``; a function of
+                ``(epoch, records)`` after every epoch is ``EpochFunction(f)``
+                (:mod:`dmlkit.engine.records`).
+            on_epoch: deprecated alias of ``callbacks=[EpochFunction(on_epoch)]`` (warns).
         """
-        extra = [*callbacks, *([EpochFunction(on_epoch)] if on_epoch is not None else [])]
+        extra = list(callbacks)
+        if on_epoch is not None:
+            warnings.warn(
+                "Trainer.fit(on_epoch=f) is deprecated: pass callbacks=[EpochFunction(f)] "
+                "(from dmlkit.engine.records)",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            extra.append(EpochFunction(on_epoch))
         self.events = CallbackList([*self.loggers, *self.callbacks, *extra])
         lock = FolderLock(self.run.path, f"--out {self.run.path}")
         try:
