@@ -220,6 +220,17 @@ def test_the_reader_sees_what_the_code_imports():
     assert "dmlkit.data.cifar100" in graph["dmlkit.data"]  # __init__ -> submodule
 
 
+def test_no_private_name_is_imported_from_another_module():
+    # a name another module needs is public (renamed or moved), not reached into
+    found = []
+    for name, path in _modules().items():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("dmlkit"):
+                private = [a.name for a in node.names if a.name.startswith("_")]
+                found += [f"{name}: {node.module}.{p}" for p in private if p != "__version__"]
+    assert not found, f"private names imported across modules: {found}"
+
+
 def test_the_trainer_knows_no_method_by_name():
     # The README's promise: the trainer does not know about the update order (or any other
     # method's rule). A method name in the trainer or the distributed layer would be such a rule.

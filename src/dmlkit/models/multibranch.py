@@ -39,7 +39,7 @@ from torch import Tensor, nn
 
 from dmlkit.errors import ConfigError
 from dmlkit.losses import mean_log_probs
-from dmlkit.models.cifar import BasicBlock, WideBlock, _conv_bn_relu, _init_weights
+from dmlkit.models.cifar import BasicBlock, WideBlock, conv_bn_relu, init_weights
 from dmlkit.models.layers import global_avg_pool
 from dmlkit.models.registry import MODELS
 
@@ -107,7 +107,7 @@ class MultiBranchNet(nn.Module):
             self.key = nn.Linear(width, proj, bias=False)
         if heads.get("fusion"):
             self.fusion_fc = nn.Linear(width * branches, num_classes)
-        _init_weights(self)
+        init_weights(self)
         self.mean_net: MultiBranchNet | None = None
         if temporal_mean:
             # Built after every other layer so the copy starts equal to the network; it is a
@@ -180,7 +180,7 @@ def resnet32_mb(
         raise ConfigError(f"peers[].kwargs.depth of the CIFAR ResNet must be 6n + 2, got {depth}")
     n = (depth - 2) // 6
     return MultiBranchNet(
-        _conv_bn_relu(in_channels, 16, 3),
+        conv_bn_relu(in_channels, 16, 3),
         lambda i: _stage(i, n, (16, 32, 64), 16, BasicBlock),
         nn.Identity,
         (16, 32, 64),
