@@ -12,6 +12,7 @@ from torch import Tensor
 
 from dmlkit.cohort import CohortLike
 from dmlkit.config import MethodConfig
+from dmlkit.data.protocol import TrainLoader, ViewsLoader
 from dmlkit.errors import ConfigError
 from dmlkit.losses import rampup
 from dmlkit.update import PeerLog, Precision, StepSync, check_finite, step_all
@@ -71,12 +72,12 @@ class Method:
         ``method.member_views`` (K), else 0 (one ``[B, ...]`` batch for every member)."""
         return len(self.cohort.names) if self.cfg.member_views else 0
 
-    def prepare_loader(self, loader: Any) -> None:
+    def prepare_loader(self, loader: TrainLoader) -> None:
         """Ask the training loader for what train_step takes (one view per member, if set)."""
         views = self.member_views()
         if not views:
             return
-        if not hasattr(loader, "set_views"):
+        if not isinstance(loader, ViewsLoader):
             raise ConfigError(
                 "method.member_views=true needs a dmlkit dataset's loader (it augments one view "
                 "per member); set method.member_views=false for your own loader"

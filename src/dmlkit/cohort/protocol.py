@@ -14,6 +14,8 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from torch import Tensor
 
+from dmlkit.cohort.loop import PeerSpec
+
 
 @runtime_checkable
 class CohortLike(Protocol):
@@ -22,6 +24,16 @@ class CohortLike(Protocol):
     @property
     def names(self) -> list[str]:
         """One name per member (a multi-branch peer has one per branch)."""
+        ...
+
+    @property
+    def specs(self) -> list[PeerSpec]:
+        """One spec per peer network (what a checkpoint rebuilds)."""
+        ...
+
+    @property
+    def member_specs(self) -> list[PeerSpec]:
+        """One spec per member, named after it (a branch: its network's spec, renamed)."""
         ...
 
     @property

@@ -91,6 +91,11 @@ class StackedCohort(nn.Module):
     def names(self) -> list[str]:
         return [s.name for s in self.specs]
 
+    @property
+    def member_specs(self) -> list[PeerSpec]:
+        """The peers' specs (stacked peers have no branches: one member each)."""
+        return self.specs
+
     def __len__(self) -> int:
         return len(self.specs)
 

@@ -187,6 +187,11 @@ class CohortParallel(nn.Module):
     def names(self) -> list[str]:
         return [s.name for s in self.specs]
 
+    @property
+    def member_specs(self) -> list[PeerSpec]:
+        """All K peers' specs (cohort mode spreads one-branch peers: one member each)."""
+        return self.specs
+
     def __len__(self) -> int:
         return len(self.specs)
 

@@ -27,6 +27,7 @@ from dmlkit.cohort import PeerSpec, build_cohort, peer_specs
 from dmlkit.config import Config
 from dmlkit.config.usage import resolve_threads, resolved_root, unused_data_keys
 from dmlkit.data import DataBundle, build_data
+from dmlkit.data.protocol import ShardedLoader
 from dmlkit.distributed import DistContext, DistributedError, init_distributed
 from dmlkit.engine.callbacks import CallbackList, Record, RunContext, build_callback
 from dmlkit.engine.checkpoint import (
@@ -108,7 +109,11 @@ class Trainer(RunPersistence):
                 if loader is not None:
                     loader.to(self.device)
         self.data: DataBundle = data
-        if cfg.distributed.mode == "data" and dist.world > 1 and hasattr(data.train, "shard"):
+        if (
+            cfg.distributed.mode == "data"
+            and dist.world > 1
+            and isinstance(data.train, ShardedLoader)
+        ):
             # each process reads only its share of every global batch (the stream path)
             data.train.shard(dist.rank, dist.world)
         self.steps_per_epoch = len(self.data.train)
@@ -311,7 +316,7 @@ class Trainer(RunPersistence):
             if self.iteration >= self.total_steps:
                 break
             maybe_kill("kill-at-step", self.iteration + 1)
-            if not getattr(loader, "sharded", False):  # a stream loader reads its share only
+            if not (isinstance(loader, ShardedLoader) and loader.sharded):  # reads its share
                 x, y = self.dist.shard(x, y)  # data mode: this process's share of the batch
             progress = self.iteration / self.steps_per_epoch
             cohort.set_lr(progress)
@@ -365,7 +370,7 @@ class Trainer(RunPersistence):
         self._write(
             "metrics.jsonl", self.events.fire, "on_eval_end", run, split_records(run, "test", test)
         )
-        members = getattr(self.cohort, "member_specs", self.cohort.specs)  # branches: members
+        members = self.cohort.member_specs  # a multi-branch peer's branches are members
         summary = make_summary(
             self.cfg,
             members,
