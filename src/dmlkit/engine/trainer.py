@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from dmlkit.cohort import PeerSpec, build_cohort, peer_specs
+from dmlkit.cohort import CohortLike, PeerSpec, build_cohort, peer_specs
 from dmlkit.config import Config
 from dmlkit.config.usage import resolve_threads, resolved_root, unused_data_keys
 from dmlkit.data import DataBundle, build_data
@@ -59,7 +59,7 @@ from dmlkit.models.registry import accepts
 log = logging.getLogger("dmlkit")
 
 
-class Trainer(RunPersistence):
+class Trainer:
     """Train a configured cohort into a run directory.
 
     Args:
@@ -83,25 +83,49 @@ class Trainer(RunPersistence):
         cohort_factory: Callable[[list[PeerSpec], float, int], Any] | None = None,
     ) -> None:
         check_names(cfg)  # a misspelt name fails before any work (and any writing)
-        # stored absolute: `dml eval RUN` then works from any folder
-        cfg = dataclasses.replace(cfg, data=resolved_root(cfg.data))
-        torch.set_num_threads(resolve_threads(cfg.train.threads))
-        self.cfg = cfg
+        self.cfg = cfg = self._settle(cfg)
         self.resume = resume
         self.desc = desc or cfg.method.name
+        self._join(dist, run_dir)
+        self._build_callbacks()
+        seed_everything(cfg.seed, cfg.train.deterministic)
+        self._build_data(data)
+        self._build_cohort(cohort_factory)
+        self._build_method()
+        self._reset_progress()
+
+    # -- set-up, in the order of __init__ -------------------------------------------------------
+    @staticmethod
+    def _settle(cfg: Config) -> Config:
+        """The config as the run records it (data roots absolute: ``dml eval RUN`` then works
+        from any folder); this process's thread count set from it."""
+        torch.set_num_threads(resolve_threads(cfg.train.threads))
+        return dataclasses.replace(cfg, data=resolved_root(cfg.data))
+
+    def _join(self, dist: DistContext | None, run_dir: str | Path) -> None:
+        """This process's place in the job, its device, the run folder (rank 0 writes, the
+        other ranks only read) and its persistence; ``--out`` / ``--resume`` checked."""
         if dist is None:
-            dist = init_distributed(cfg.distributed, resolve_device(cfg.train.device))
+            dist = init_distributed(self.cfg.distributed, resolve_device(self.cfg.train.device))
         self.dist = dist
         self.device = dist.device
-        self.run = run_dir_for(dist.is_main, run_dir)  # rank 0 writes, the other ranks only read
-        for message in unused_data_keys(cfg.data) if dist.is_main else []:
-            warnings.warn(message, stacklevel=2)
-        dist.on_main(self._check_run_dir)
-        # Before any slow work: a logger not installed or a callback not importable fails now.
-        # The loggers write from the main process only; a user's callbacks run in every one.
-        self.loggers = build_loggers(cfg.train.loggers, self.run.path) if dist.is_main else []
+        self.run = run_dir_for(dist.is_main, run_dir)
+        self.store = RunPersistence(self.cfg, self.run, dist, self.device, resume=self.resume)
+        for message in unused_data_keys(self.cfg.data) if dist.is_main else []:
+            warnings.warn(message, stacklevel=3)
+        dist.on_main(self.store.check_run_dir)
+
+    def _build_callbacks(self) -> None:
+        """Before any slow work: a logger not installed or a callback not importable fails now.
+        The loggers write from the main process only; a user's callbacks run in every one."""
+        cfg, is_main = self.cfg, self.dist.is_main
+        self.loggers = build_loggers(cfg.train.loggers, self.run.path) if is_main else []
         self.callbacks: list[Any] = [build_callback(c) for c in cfg.train.callbacks]
-        seed_everything(cfg.seed, cfg.train.deterministic)
+
+    def _build_data(self, data: DataBundle | None) -> None:
+        """The splits (built from the config, or a user's, dmlkit.fit), this process's share of
+        every batch in data mode, and the run's length in steps and epochs."""
+        cfg, dist = self.cfg, self.dist
         if data is None:
             data = build_data(cfg.data, seed=cfg.seed, device=self.device)
         else:  # a user's data (dmlkit.fit): batches move to the device as they come
@@ -109,11 +133,8 @@ class Trainer(RunPersistence):
                 if loader is not None:
                     loader.to(self.device)
         self.data: DataBundle = data
-        if (
-            cfg.distributed.mode == "data"
-            and dist.world > 1
-            and isinstance(data.train, ShardedLoader)
-        ):
+        sharded = isinstance(data.train, ShardedLoader)
+        if cfg.distributed.mode == "data" and dist.world > 1 and sharded:
             # each process reads only its share of every global batch (the stream path)
             data.train.shard(dist.rank, dist.world)
         self.steps_per_epoch = len(self.data.train)
@@ -124,7 +145,14 @@ class Trainer(RunPersistence):
         t = cfg.train
         self.total_steps = t.iterations if t.iterations else t.epochs * self.steps_per_epoch
         self.num_epochs = math.ceil(self.total_steps / self.steps_per_epoch)
-        specs = peer_specs(cfg, self.data.num_classes, self.data.in_channels, self.data.image_size)
+
+    def _build_cohort(
+        self, cohort_factory: Callable[[list[PeerSpec], float, int], Any] | None
+    ) -> None:
+        """The peers (built from the config, or a user's modules), as the whole cohort seen
+        from this process (its share of it in cohort mode)."""
+        cfg, dist, data = self.cfg, self.dist, self.data
+        specs = peer_specs(cfg, data.num_classes, data.in_channels, data.image_size)
         specs = [_with_method_kwargs(s, model_kwargs(cfg.method)) for s in specs]
         optims = [cfg.peer_optim(i) for i in range(len(specs))]
         total_epochs = self.total_steps / self.steps_per_epoch
@@ -148,16 +176,24 @@ class Trainer(RunPersistence):
                 compile=cfg.train.compile,
                 channels_last=cfg.train.channels_last,
             )
-        self.cohort = dist.wrap_cohort(cohort, specs, optims, total_epochs)  # the whole cohort
+        self.cohort: CohortLike = dist.wrap_cohort(cohort, specs, optims, total_epochs)
+
+    def _build_method(self) -> None:
+        """The method over the cohort (kd's teacher loaded first; in data mode it averages its
+        losses and gradients over the processes), and the loader asked for what it takes."""
+        cfg = self.cfg
         teacher = load_teacher(cfg.method, self.data.num_classes, self.device)  # kd's, or None
-        # data mode: the method averages its losses and gradients over the processes
-        sync = dist.step_sync(cfg.data.batch_size)
+        sync = self.dist.step_sync(cfg.data.batch_size)
         self.method: Method = build_method(
             cfg, self.cohort, device=self.device, teacher=teacher, sync=sync
         )
         self.method.prepare_loader(self.data.train)  # e.g. one augmented view per member
         if self.data.task == "reid":  # fail now, not after training, if a peer has no features
             check_reid_support(self.cohort)
+
+    def _reset_progress(self) -> None:
+        """Counters at the start of a run (a resume sets them from its checkpoint), the
+        callbacks' event list and the context they receive."""
         self.epoch = 0  # completed epochs
         self.iteration = 0  # completed steps
         self.skipped_steps = 0  # steps skipped for a non-finite loss (train.nonfinite=skip)
@@ -167,7 +203,7 @@ class Trainer(RunPersistence):
         self.context = RunContext(
             run_dir=self.run.path,
             peers=self.cohort.names,
-            config=cfg.to_dict(),
+            config=self.cfg.to_dict(),
             steps_per_epoch=self.steps_per_epoch,
             total_steps=self.total_steps,
             num_epochs=self.num_epochs,
@@ -210,7 +246,7 @@ class Trainer(RunPersistence):
                 f"choose a writable folder"
             ) from None
         try:
-            self.dist.on_main(self._check_run_dir)  # again, now that no one else can write
+            self.dist.on_main(self.store.check_run_dir)  # again, now that no one else can write
             self._start()
             return self._fit()
         finally:
@@ -219,9 +255,11 @@ class Trainer(RunPersistence):
     def _start(self) -> None:
         """Create the run folder, or load the newest checkpoint to resume from."""
         if self.resume:
-            self._load_checkpoint()
-            self._write("checkpoints", self.dist.on_main, repair_last, self.run.checkpoints)
-            self._write("config.yaml", self.dist.on_main, self.run.update_config, self.cfg)
+            point = self.store.load(self.cohort, self.method, self.events)
+            if point is not None:
+                self.epoch, self.iteration, self._resumed_epoch = point
+            self.store.write("checkpoints", self.dist.on_main, repair_last, self.run.checkpoints)
+            self.store.write("config.yaml", self.dist.on_main, self.run.update_config, self.cfg)
             return
         try:
             self.dist.on_main(self.run.create, self.cfg, self.device)
@@ -235,7 +273,7 @@ class Trainer(RunPersistence):
         run = self.context
         run.step, run.epoch, run.resumed = self.iteration, self.epoch, self.resume
         # loggers drop what followed the checkpoint
-        self._write("metrics.jsonl", self.events.fire, "on_fit_start", run)
+        self.store.write("metrics.jsonl", self.events.fire, "on_fit_start", run)
         cfg = self.cfg
         bar = tqdm(
             total=self.total_steps,
@@ -260,13 +298,14 @@ class Trainer(RunPersistence):
                 if self.data.val is not None and (self.epoch % cfg.train.eval_every == 0 or last):
                     metrics = evaluate(self.cohort, self.data.val, self.method.eval_heads)
                     val = split_records(run, "val", metrics)
-                    self._write("metrics.jsonl", self.events.fire, "on_eval_end", run, val)
+                    self.store.write("metrics.jsonl", self.events.fire, "on_eval_end", run, val)
                     records += val
                 self._end_epoch(run, records, self.epoch % cfg.train.checkpoint_every == 0 or last)
                 bar.set_postfix_str(postfix(records))
         except DistributedError as exc:  # another process died or hung: say how to go on
             raise DistributedError(
-                f"{exc}; {self._kept()}; resume with: {self.dist.resume_command(self.run.path)}"
+                f"{exc}; {self.store.kept()}; "
+                f"resume with: {self.dist.resume_command(self.run.path)}"
             ) from None
         finally:
             bar.close()
@@ -289,7 +328,9 @@ class Trainer(RunPersistence):
         resume and written again, never missing. The other callbacks see the epoch after its
         checkpoint; one that asks to stop then still gets the cohort checkpointed.
         """
-        self._write("metrics.jsonl", CallbackList(self.loggers).fire, "on_epoch_end", run, records)
+        self.store.write(
+            "metrics.jsonl", CallbackList(self.loggers).fire, "on_epoch_end", run, records
+        )
         others = CallbackList([c for c in self.events if all(c is not x for x in self.loggers)])
         due = checkpoint or run.should_stop
         if due:
@@ -297,6 +338,11 @@ class Trainer(RunPersistence):
         others.fire("on_epoch_end", run, records)
         if run.should_stop and not due:  # asked for in on_epoch_end
             self._checkpoint(run)
+
+    def _save(self, within: EpochProgress | None = None) -> Path:
+        """A checkpoint of where training stands (``within``: inside an epoch)."""
+        store, args = self.store, (self.cohort, self.method, self.events)
+        return store.save(*args, self.epoch, self.iteration, within)
 
     def _checkpoint(self, run: RunContext) -> None:
         self.events.fire("on_checkpoint", run, self._save())
@@ -327,8 +373,8 @@ class Trainer(RunPersistence):
                 if self.cfg.train.nonfinite == "stop":
                     raise TrainingError(
                         f"non-finite loss at step {self.iteration + 1} (epoch {self.epoch + 1}) "
-                        f"for peer {exc.peer!r}: {exc.values}; {self._kept()}; lower optim.lr, "
-                        f"or set train.nonfinite=skip"
+                        f"for peer {exc.peer!r}: {exc.values}; {self.store.kept()}; "
+                        f"lower optim.lr, or set train.nonfinite=skip"
                     ) from None
                 self.skipped_steps += 1
                 log.warning(
@@ -351,13 +397,13 @@ class Trainer(RunPersistence):
             run.step = self.iteration
             if every and self.iteration % every == 0:
                 records = step_records(run, self.epoch + 1, logs, cohort.lrs())
-                self._write("metrics.jsonl", self.events.fire, "on_step_end", run, records)
+                self.store.write("metrics.jsonl", self.events.fire, "on_step_end", run, records)
             if every_steps and self.iteration % every_steps == 0 and acc.batches < len(loader):
                 self.events.fire("on_checkpoint", run, self._save(acc))
         if acc.sums is None:
             raise TrainingError(
                 f"every step of epoch {self.epoch + 1} had a non-finite loss and was skipped; "
-                f"{self._kept()}; lower optim.lr"
+                f"{self.store.kept()}; lower optim.lr"
             )
         return acc.means()
 
@@ -367,7 +413,7 @@ class Trainer(RunPersistence):
         test = evaluate_split(self.cohort, self.data.test, self.method.eval_heads)
         run = self.context
         run.step, run.epoch = self.iteration, self.epoch
-        self._write(
+        self.store.write(
             "metrics.jsonl", self.events.fire, "on_eval_end", run, split_records(run, "test", test)
         )
         members = self.cohort.member_specs  # a multi-branch peer's branches are members
@@ -383,7 +429,7 @@ class Trainer(RunPersistence):
         deployed = self.method.deployed()
         if deployed is not None:
             summary["deployed"] = {"name": deployed, "metrics": test[deployed]}
-        self._write("summary.json", self.run.write_summary, summary)
+        self.store.write("summary.json", self.run.write_summary, summary)
         self.events.fire("on_fit_end", run, summary)
         return summary
 
