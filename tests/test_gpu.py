@@ -25,6 +25,8 @@ from dmlkit.engine.trainer import Trainer
 from dmlkit.methods import DML, Precision
 from dmlkit.models import list_models
 
+from helpers import QUIET
+
 HAS_CUDA = torch.cuda.is_available()
 ON_GPU = [pytest.mark.gpu, pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")]
 DEVICES = ["cpu", pytest.param("cuda", marks=ON_GPU)]
@@ -253,7 +255,7 @@ def test_fp16_loss_scaling_skips_overflowing_steps_then_trains(device: str):
 
 def _train_args(out: Path, device: str, *extra: str) -> list[str]:
     overrides = [
-        "train.progress=false",
+        *QUIET,
         "data.train_size=256",
         "data.batch_size=32",
         "train.epochs=2",

@@ -58,6 +58,7 @@ def test_second_train_into_a_locked_run_folder_is_refused(tmp_path, capsys):
     assert main(["train", "--out", str(out), *FAST_ARGS]) == 0  # released: trains
 
 
+@pytest.mark.slow  # spawns a process and kills it
 def test_lock_of_a_killed_process_is_stale(tmp_path, capsys):
     out = tmp_path / "run"
     code = (

@@ -16,7 +16,9 @@ from dmlkit.engine.records import EpochFunction
 from dmlkit.engine.trainer import Trainer
 from dmlkit.models import build_model
 
-QUIET = ["train.progress=false", "train.epochs=1", "data.val_fraction=0", "data.train_size=null"]
+from helpers import QUIET
+
+QUIET = [*QUIET, "train.epochs=1", "data.val_fraction=0", "data.train_size=null"]
 
 
 def _set(*overrides: str) -> list[str]:
@@ -95,7 +97,7 @@ def test_eval_of_a_run_that_started_from_pretrained_weights(pretrained_run):
 
 
 FP16 = [
-    "train.progress=false",
+    *QUIET,
     "data.train_size=128",
     "train.precision=fp16",
     "optim.lr=0.1",

@@ -11,6 +11,8 @@ from dmlkit.engine.trainer import Trainer
 from dmlkit.errors import ConfigError
 from dmlkit.methods import DML, Independent, Precision
 
+from helpers import QUIET
+
 K = 3
 
 
@@ -121,7 +123,7 @@ def test_auto_and_explicit_choice():
 
 def test_trainer_with_stacked_cohort_matches_loop(tmp_path):
     base = [
-        "train.progress=false",
+        *QUIET,
         "data.train_size=256",
         "train.epochs=2",
         "peers.0.kwargs.width=8",
