@@ -7,30 +7,17 @@ the folder on ``sys.path``); not part of the package.
 from __future__ import annotations
 
 import json
-import os
-import platform
-import sys
 from collections.abc import Callable
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import torch
-
 
 def environment() -> dict[str, Any]:
-    """The machine and the moment of a measurement (load average: the one at the end)."""
-    from dmlkit.machine import cpu_name
+    """The machine and the moment of a measurement (load average: the one at the end):
+    :func:`dmlkit.machine.measurement`."""
+    from dmlkit.machine import measurement
 
-    return {
-        "cpu": cpu_name(),
-        "cores": os.cpu_count(),
-        "load_average": os.getloadavg(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
-    }
+    return measurement()
 
 
 def load_text(env: dict[str, Any]) -> str:

@@ -28,11 +28,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -43,12 +40,12 @@ from typing import Any
 
 import torch
 
-import dmlkit
 from dmlkit.data.cifar100 import DataIntegrityWarning
+from dmlkit.engine.records import EpochFunction
 from dmlkit.engine.trainer import Trainer
 from dmlkit.experiments import arm_config
 from dmlkit.experiments.cifar100 import CIFAR100_TABLE
-from dmlkit.machine import cpu_name
+from dmlkit.machine import environment
 from dmlkit.testing import write_cifar100
 
 from _report import measure_table, save
@@ -102,42 +99,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def git_commit() -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=Path(__file__).resolve().parent,
-            capture_output=True,
-            text=True,
-            timeout=10,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None
-
-
 def machine(device: torch.device) -> dict[str, Any]:
-    import numpy
-    import torchvision
-
-    info: dict[str, Any] = {
-        "platform": platform.platform(),
-        "cpu": cpu_name(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
-        "numpy": numpy.__version__,
-        "dmlkit": getattr(dmlkit, "__version__", None),
-        "git_commit": git_commit(),
-        "device": str(device),
-    }
-    if device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(device)
-        info["cuda"] = torch.version.cuda
-        info["cudnn"] = torch.backends.cudnn.version()
-    return info
+    """The machine, versions and device of this measurement (:func:`dmlkit.machine.environment`)."""
+    return environment(device)
 
 
 def peak_rss_mib() -> float:
@@ -259,7 +223,9 @@ def run_full_epoch(args: argparse.Namespace) -> dict[str, Any]:
         device, stamps = trainer.device, []
         start = time.perf_counter()
         # on_epoch runs after the epoch's log line and checkpoint: what every epoch costs
-        summary = trainer.fit(on_epoch=lambda *_: stamps.append(time.perf_counter()))
+        summary = trainer.fit(
+            callbacks=[EpochFunction(lambda *_: stamps.append(time.perf_counter()))]
+        )
         end = time.perf_counter()
         records = [json.loads(line) for line in (Path(tmp) / "run" / "metrics.jsonl").open()]
         train_loop = max(r["seconds"] for r in records if r["split"] == "train")

@@ -13,12 +13,12 @@ import pytest
 from dmlkit.cli import main
 from dmlkit.experiments import EXPERIMENTS, Experiment, run_experiment
 
-from helpers import records
+from helpers import QUIET, records
 
 # Tiny and quick: 3 small MLPs, 300 training images, 3 epochs (BatchNorm networks under noise
 # are covered in test_analysis.py).
 TINY = [
-    "train.progress=false",
+    *QUIET,
     "data.train_size=300",
     "train.epochs=3",
     "train.eval_every=1",

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from dmlkit.bench import VARIANTS, Case, main, plan, run_case
-from dmlkit.bench.report import _table
+from dmlkit.bench.report import results_table
 
 
 @pytest.mark.parametrize(
@@ -52,7 +52,7 @@ def test_table_ratios():
             ("loop", 0.15),
         )
     ]
-    table = _table(rows, peak=2e9)
+    table = results_table(rows, peak=2e9)
     loop_line = next(line for line in table.splitlines() if "| loop |" in line)
     cells = [c.strip() for c in loop_line.strip("|").split("|")]
     # vs independent, vs independent+cl, vs pytorch-dml, peak MB, % of matmul peak
@@ -98,7 +98,7 @@ def test_flops_per_step_of_a_known_network_counted_by_hand(monkeypatch):
         torch.nn.Flatten(),
         torch.nn.Linear(4 * 32 * 32, 10),
     )
-    monkeypatch.setattr(runner, "_models", lambda case: [net])
+    monkeypatch.setattr(runner, "case_models", lambda case: [net])
     batch = 2
     conv = 2 * batch * (32 * 32) * 4 * (3 * 3 * 3)  # per output pixel and channel: 27 MACs
     depthwise = 2 * batch * (32 * 32) * 4 * (1 * 3 * 3)  # 9 MACs: one input channel per group

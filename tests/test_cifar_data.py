@@ -24,6 +24,8 @@ from dmlkit.engine.trainer import Trainer
 from dmlkit.errors import ConfigError, UserError
 from dmlkit.testing import dump_py2_pickle, write_cifar100
 
+from helpers import QUIET
+
 N_TRAIN, N_TEST, N_CLASSES = 120, 40, 10
 PAPER_CONFIG = (
     Path(__file__).parents[1] / "configs" / "paper" / "cifar100_dml_resnet32_resnet32.yaml"
@@ -109,7 +111,7 @@ def test_fixture_is_learnable(tmp_path):
             "data.name=cifar100", f"data.root={tmp_path}", "data.val_fraction=0",
             "data.batch_size=32", "data.crop_padding=4", "data.hflip=true",
             "peers=[small_cnn]", "peers.0.kwargs.width=8", "method.name=independent",
-            "optim.lr=0.05", "train.epochs=4", "train.progress=false",
+            "optim.lr=0.05", "train.epochs=4", *QUIET,
         ],
     )  # fmt: skip
     threads = torch.get_num_threads()

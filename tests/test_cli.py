@@ -15,9 +15,10 @@ import torch
 
 from dmlkit.cli import main
 from dmlkit.config import load_config
+from dmlkit.engine.records import EpochFunction
 from dmlkit.engine.trainer import Trainer
 
-from helpers import FAST, records, sets, train, weights
+from helpers import FAST, QUIET, records, sets, train, weights
 
 # Two short epochs on 600 training images, evaluated after each: enough to learn the digits.
 RUN = [*FAST, "data.train_size=600", "train.epochs=2", "train.eval_every=1", "optim.lr=0.1"]
@@ -95,7 +96,7 @@ def test_keep_checkpoints_prunes_old_epochs(tmp_path):
 
 def test_eval_reproduces_the_summary(tmp_path, capsys):
     run = tmp_path / "run"
-    assert _train(run) == 0
+    assert _train(run, "data.train_size=128", "train.epochs=1") == 0  # any finished run
     assert main(["eval", str(run)]) == 0
     again = json.loads((run / "eval_test.json").read_text())
     summary = json.loads((run / "summary.json").read_text())
@@ -105,6 +106,7 @@ def test_eval_reproduces_the_summary(tmp_path, capsys):
     assert (run / "eval_val.json").is_file()
 
 
+@pytest.mark.slow  # two 4-epoch runs
 def test_resume_after_interrupt_gives_identical_weights(tmp_path):
     full, cut = tmp_path / "full", tmp_path / "cut"
     assert _train(full, "train.epochs=4", "method.update=sequential") == 0
@@ -116,7 +118,7 @@ def test_resume_after_interrupt_gives_identical_weights(tmp_path):
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        Trainer(cfg, cut).fit(on_epoch=stop_at_2)
+        Trainer(cfg, cut).fit(callbacks=[EpochFunction(stop_at_2)])
     assert not (cut / "summary.json").exists()
     assert main(["train", "--resume", str(cut)]) == 0
     _assert_same_weights(full, cut)
@@ -246,7 +248,7 @@ BAD_INPUTS = [
 @pytest.mark.parametrize(("args", "needle"), BAD_INPUTS, ids=lambda v: str(v)[:40])
 def test_bad_input_is_one_line_exit_2(tmp_path, capsys, args, needle):
     out = tmp_path / "run"
-    code = main(["train", "--out", str(out), "--set", "train.progress=false", *args])
+    code = main(["train", "--out", str(out), *sets(*QUIET), *args])
     err = capsys.readouterr().err.strip()
     assert code == 2
     assert len(err.splitlines()) == 1 and err.startswith("dml: error: ")

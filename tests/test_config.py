@@ -19,6 +19,8 @@ from dmlkit.engine.names import check_names
 from dmlkit.errors import ConfigError, UserError
 from dmlkit.models import list_models
 
+from helpers import QUIET
+
 CONFIG_DIR = Path(__file__).parents[1] / "configs"
 
 
@@ -98,7 +100,7 @@ def test_set_parses_yaml_scalars_and_lists():
         [
             "train.epochs=5",
             "optim.lr=0.25",
-            "train.progress=false",
+            *QUIET,
             "optim.milestones=[10, 20]",
             "train.iterations=123",
             "data.train_size=null",

@@ -151,11 +151,14 @@ TINY = [
 
 
 def test_t_interval_matches_the_t_quantile():
-    from dmlkit.experiments.digits_pairs import t_interval
+    # digits-pairs' intervals are dmlkit.analysis.stats.mean_ci95's, as every report's
+    from dmlkit.analysis.stats import mean_ci95
+    from dmlkit.experiments.digits_pairs import Gain
 
-    mean, half = t_interval([1.0, 2.0, 3.0])  # sd 1, n 3: t(0.975, 2) = 4.3027
+    mean, half = mean_ci95([1.0, 2.0, 3.0])  # sd 1, n 3: t(0.975, 2) = 4.3027
     assert mean == 2.0 and half == pytest.approx(4.3027 / 3**0.5, rel=1e-4)
-    assert t_interval([5.0])[1] == float("inf")
+    assert mean_ci95([5.0])[1] == float("inf")
+    assert Gain("a", [0.0, 0.0, 0.0], [1.0, 2.0, 3.0]).interval == (mean, half)
 
 
 def test_selection_rule_prefers_resolved_demo_sized_regimes():

@@ -28,7 +28,7 @@ from dmlkit.distributed import DistContext, init_distributed
 from dmlkit.engine.trainer import Trainer
 from dmlkit.errors import ConfigError, UserError
 
-from helpers import FAST, records, sets
+from helpers import FAST, QUIET, records, sets
 
 pytestmark = pytest.mark.skipif(
     not (dist.is_available() and dist.is_gloo_available()), reason="needs torch.distributed gloo"
@@ -271,7 +271,7 @@ def test_killed_rank_stops_the_other_and_the_run_resumes(tmp_path):
     assert f"torchrun --nproc_per_node=2 -m dmlkit.cli train --resume {run}" in line
     assert "Traceback" not in err
 
-    _run_ranks(["train.progress=false"], run, tmp_path, resume=True)
+    _run_ranks(QUIET, run, tmp_path, resume=True)
     assert "resuming from" in (tmp_path / "rank0.err").read_text()
     _assert_same_cohort(_checkpoint(run), _one_process(overrides, tmp_path / "one"))
 

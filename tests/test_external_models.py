@@ -16,7 +16,9 @@ from dmlkit.errors import ConfigError, UserError
 from dmlkit.models import build_model
 from dmlkit.models.external import load_pretrained
 
-FAST = ["train.progress=false", "train.epochs=1", "data.train_size=200", "optim.lr=0.05"]
+from helpers import FAST
+
+TINY_RUN = [*FAST, "data.train_size=200", "optim.lr=0.05"]
 
 
 def _write_folder(root: Path, classes: int = 3, per_class: int = 8, size: int = 16) -> Path:
@@ -32,7 +34,7 @@ def _write_folder(root: Path, classes: int = 3, per_class: int = 8, size: int = 
 
 def _train(out: Path, *overrides: str) -> int:
     args = ["train", "--out", str(out)]
-    for o in (*FAST, *overrides):
+    for o in (*TINY_RUN, *overrides):
         args += ["--set", o]
     return main(args)
 

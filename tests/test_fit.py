@@ -132,6 +132,7 @@ def test_user_modules_train_evaluate_and_load_back(program, tmp_path: Path) -> N
     assert main(["eval", str(run)]) == 2
 
 
+@pytest.mark.slow  # spawns the user program, killed and resumed
 def test_resume_after_a_kill_is_bitwise(program, tmp_path: Path) -> None:
     whole = tmp_path / "whole"
     program.run(str(whole))

@@ -20,9 +20,12 @@ import torch.nn.functional as F
 from dmlkit.cli import main
 from dmlkit.cohort import Cohort, PeerSpec, StackedCohort
 from dmlkit.config import MethodConfig, OptimConfig, load_config
+from dmlkit.engine.records import EpochFunction
 from dmlkit.engine.trainer import Trainer
 from dmlkit.methods import DML, Precision
 from dmlkit.models import list_models
+
+from helpers import QUIET
 
 HAS_CUDA = torch.cuda.is_available()
 ON_GPU = [pytest.mark.gpu, pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")]
@@ -252,7 +255,7 @@ def test_fp16_loss_scaling_skips_overflowing_steps_then_trains(device: str):
 
 def _train_args(out: Path, device: str, *extra: str) -> list[str]:
     overrides = [
-        "train.progress=false",
+        *QUIET,
         "data.train_size=256",
         "data.batch_size=32",
         "train.epochs=2",
@@ -278,7 +281,7 @@ def test_two_epoch_train_resumes_bitwise(device: str, tmp_path: Path):
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        trainer.fit(on_epoch=stop_after_first)
+        trainer.fit(callbacks=[EpochFunction(stop_after_first)])
     assert not (cut / "summary.json").exists()
     assert main(["train", "--resume", str(cut)]) == 0
 

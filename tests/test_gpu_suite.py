@@ -109,6 +109,7 @@ def test_a_failing_step_fails_the_run_and_keeps_the_other_results(tmp_path: Path
     assert "| tests | failed |" in (out / "gpu_suite-cpu-dry-run.md").read_text()
 
 
+@pytest.mark.slow  # a 3 s kill of a spawned step, then a deadline
 def test_a_step_out_of_time_is_killed_with_its_children(tmp_path: Path):
     """run_limited kills the whole process group at the limit (a hung compile worker or CUDA
     call cannot hold the suite) and keeps what the step printed before."""

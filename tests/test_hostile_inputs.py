@@ -1,4 +1,4 @@
-"""Hostile and unlucky inputs (issue 18): image folders, config files and values, the other
+"""Hostile and unlucky inputs: image folders, config files and values, the other
 commands' inputs, interrupts and full disks. Each: one line naming the problem, no traceback."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Hostile and unlucky cases around run folders and checkpoints (issue 18).
+"""Hostile and unlucky cases around run folders and checkpoints.
 
 A shared run folder (locks), an ``--out`` that is not a run, the crash windows of ``last.pt``,
 readers that must verify what they load (missing checksum, non-finite weights, inflating
@@ -58,6 +58,7 @@ def test_second_train_into_a_locked_run_folder_is_refused(tmp_path, capsys):
     assert main(["train", "--out", str(out), *FAST_ARGS]) == 0  # released: trains
 
 
+@pytest.mark.slow  # spawns a process and kills it
 def test_lock_of_a_killed_process_is_stale(tmp_path, capsys):
     out = tmp_path / "run"
     code = (

@@ -108,3 +108,125 @@ def test_dml_module_rejects_unknown_settings() -> None:
         DMLModule(nets, update="random")
     with pytest.raises(ValueError, match="one distinct name per model"):
         DMLModule(nets, names=["a", "a"])
+
+
+# DMLModule under Lightning's DDP on 2 CPU processes (gloo): the script is run as a program,
+# as Lightning's "ddp" strategy re-launches it for rank 1.
+DDP_SCRIPT = """
+import json
+import sys
+import warnings
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+
+def build():
+    from dmlkit.integrations.lightning import DMLModule
+
+    torch.manual_seed(0)
+    nets = [nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 4)) for _ in range(2)]
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(64, 6, generator=g)
+    data = TensorDataset(x, x[:, :4].argmax(1))
+    return DMLModule(nets), DataLoader(data, batch_size=16)
+
+
+def trainer(devices):
+    import lightning as L
+
+    return L.Trainer(
+        max_epochs=1, accelerator="cpu", devices=devices,
+        strategy="ddp" if devices > 1 else "auto", logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False,
+    )
+
+
+if __name__ == "__main__":
+    warnings.simplefilter("ignore")
+    module, data = build()
+    t = trainer(2)
+    val = t.validate(module, data, verbose=False)[0]
+    t.fit(module, data)  # and it trains under DDP
+    if t.global_rank == 0:
+        with open(sys.argv[1], "w") as f:
+            json.dump({k: float(v) for k, v in val.items()}, f)
+"""
+
+
+@pytest.mark.slow  # two processes, Lightning's start-up in each: about a minute on 2 cores
+def test_ddp_reports_the_whole_validation_set_as_one_process_does(tmp_path) -> None:
+    import json
+    import os
+    import runpy
+    import socket
+    import subprocess
+    import sys
+
+    script = tmp_path / "ddp_val.py"
+    script.write_text(DDP_SCRIPT, encoding="utf-8")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(sys.path),
+        "GLOO_SOCKET_IFNAME": "lo",
+        "OMP_NUM_THREADS": "1",
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(port),
+    }
+    out = tmp_path / "ddp.json"
+    done = subprocess.run(
+        [sys.executable, str(script), str(out)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    ddp = json.loads(out.read_text())
+
+    program = runpy.run_path(str(script), run_name="ddp_val")
+    module, data = program["build"]()
+    logging.getLogger("lightning").setLevel(logging.ERROR)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        one = program["trainer"](1).validate(module, data, verbose=False)[0]
+    assert set(ddp) == set(one) and "val/top1/ensemble" in one
+    for key, value in one.items():
+        # each process validates half of the 64 samples; the reported value is their mean
+        assert ddp[key] == pytest.approx(float(value), rel=1e-5, abs=1e-6), key
+
+
+def test_training_step_logs_no_graph_attached_values(tmp_path) -> None:
+    """Lightning's "Converting a tensor with requires_grad=True to a scalar" warning came from
+    logging the losses with their graph; with warnings as errors, a step runs clean."""
+    nets = [torch.nn.Linear(4, 3), torch.nn.Linear(4, 3)]
+    module = DMLModule(nets, update="sequential")
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(16, 4, generator=g)
+    data = DataLoader(TensorDataset(x, x[:, :3].argmax(1)), batch_size=8)
+    logging.getLogger("lightning").setLevel(logging.ERROR)
+    trainer = L.Trainer(
+        max_epochs=1,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Lightning's own advice (workers, log cadence)
+        warnings.filterwarnings("error", message=".*requires_grad.*")
+        warnings.filterwarnings("error", category=UserWarning, module="torch")
+        trainer.fit(module, data)
+    assert all(not v.requires_grad for v in trainer.callback_metrics.values())
+    assert "train/loss/peer0_linear_epoch" in trainer.callback_metrics  # the CLI's names
+
+
+def test_default_peer_names_are_the_clis() -> None:
+    module = DMLModule([torch.nn.Linear(4, 3), torch.nn.Linear(4, 3)])
+    assert module.names == ["peer0_linear", "peer1_linear"]

@@ -250,6 +250,7 @@ def _read_wandb_file(run_file: Path) -> list:
     return out
 
 
+@pytest.mark.slow  # W&B's service process; polls up to 60 s for its file
 def test_wandb_offline_run_holds_history_config_and_summary(tmp_path: Path, monkeypatch) -> None:
     pytest.importorskip("wandb")
     monkeypatch.setenv("WANDB_MODE", "offline")

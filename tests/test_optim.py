@@ -16,6 +16,8 @@ from dmlkit.config import OptimConfig, load_config
 from dmlkit.errors import ConfigError
 from dmlkit.optim import LRSchedule, build_optimizer
 
+from helpers import QUIET
+
 
 def _grads(model: nn.Module, seed: int) -> None:
     g = torch.Generator().manual_seed(seed)
@@ -120,7 +122,7 @@ def test_stacking_needs_an_elementwise_optimizer() -> None:
 def test_train_with_adamw_and_onecycle(tmp_path: Path) -> None:
     run = tmp_path / "run"
     sets = ["optim.name=AdamW", "optim.lr=0.003", "optim.schedule=onecycle", "train.epochs=2"]
-    sets += ["data.train_size=256", "train.progress=false"]
+    sets += ["data.train_size=256", *QUIET]
     args = ["train", "--out", str(run)]
     for s in sets:
         args += ["--set", s]

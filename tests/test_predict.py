@@ -19,7 +19,7 @@ from dmlkit.engine.predict import load_predictor
 from dmlkit.errors import UserError
 from dmlkit.models import build_model
 
-from helpers import image_folder, sets
+from helpers import QUIET, image_folder, sets
 
 CLASSES = ("cat", "dog", "fox")
 
@@ -36,7 +36,7 @@ def trained(tmp_path_factory) -> tuple[Path, Path]:
         "train.epochs=3",
         "optim.name=adam",
         "optim.lr=0.01",
-        "train.progress=false",
+        *QUIET,
     ]
     assert main(["train", "--out", str(tmp / "run"), *sets(*overrides)]) == 0
     return tmp / "run", images

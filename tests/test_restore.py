@@ -12,10 +12,13 @@ from dmlkit.analysis.analyze import AnalysisOptions, analyze_run
 from dmlkit.cli import main
 from dmlkit.config import load_config
 from dmlkit.engine.checkpoint import load_checkpoint
+from dmlkit.engine.records import EpochFunction
 from dmlkit.engine.trainer import Trainer
 from dmlkit.models import build_model
 
-QUIET = ["train.progress=false", "train.epochs=1", "data.val_fraction=0", "data.train_size=null"]
+from helpers import QUIET
+
+QUIET = [*QUIET, "train.epochs=1", "data.val_fraction=0", "data.train_size=null"]
 
 
 def _set(*overrides: str) -> list[str]:
@@ -94,7 +97,7 @@ def test_eval_of_a_run_that_started_from_pretrained_weights(pretrained_run):
 
 
 FP16 = [
-    "train.progress=false",
+    *QUIET,
     "data.train_size=128",
     "train.precision=fp16",
     "optim.lr=0.1",
@@ -114,7 +117,7 @@ def test_fp16_resume_equals_an_uninterrupted_run(tmp_path):
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        Trainer(cfg, cut).fit(on_epoch=stop_at_1)
+        Trainer(cfg, cut).fit(callbacks=[EpochFunction(stop_at_1)])
     # The first steps overflowed at the initial scale 2^16 and were skipped: a resume that
     # started again from 2^16 would skip another step.
     assert load_checkpoint(cut)["precision"]["scale"] < 2.0**16

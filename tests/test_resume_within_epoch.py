@@ -15,9 +15,9 @@ from test_stream import write_folder
 from dmlkit.cli import main
 from dmlkit.engine.checkpoint import epoch_checkpoints, newest_valid_checkpoint, save_checkpoint
 
-from helpers import records, sets, weights
+from helpers import QUIET, records, sets, weights
 
-COMMON = ["train.progress=false", "train.epochs=2", "train.eval_every=1", "train.log_every=1"]
+COMMON = [*QUIET, "train.epochs=2", "train.eval_every=1", "train.log_every=1"]
 
 
 def _digits(_: Path) -> list[str]:

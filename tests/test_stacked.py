@@ -11,6 +11,8 @@ from dmlkit.engine.trainer import Trainer
 from dmlkit.errors import ConfigError
 from dmlkit.methods import DML, Independent, Precision
 
+from helpers import QUIET
+
 K = 3
 
 
@@ -121,7 +123,7 @@ def test_auto_and_explicit_choice():
 
 def test_trainer_with_stacked_cohort_matches_loop(tmp_path):
     base = [
-        "train.progress=false",
+        *QUIET,
         "data.train_size=256",
         "train.epochs=2",
         "peers.0.kwargs.width=8",
@@ -220,12 +222,12 @@ def test_channels_last_is_a_resumable_layout_choice(tmp_path):
 def test_emulated_low_precision_on_the_cpu_warns(monkeypatch):
     import warnings
 
-    import dmlkit.methods as methods
+    import dmlkit.update as update
 
-    monkeypatch.setattr(methods, "_cpu_has_native", lambda precision: False)
+    monkeypatch.setattr(update, "cpu_has_native", lambda precision: False)
     with pytest.warns(UserWarning, match=r"train.precision=bf16 .* use train.precision=fp32"):
         Precision("bf16", "cpu")
-    monkeypatch.setattr(methods, "_cpu_has_native", lambda precision: True)
+    monkeypatch.setattr(update, "cpu_has_native", lambda precision: True)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         Precision("bf16", "cpu"), Precision("fp32", "cpu"), Precision("fp32", "cuda")

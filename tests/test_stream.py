@@ -17,6 +17,8 @@ from dmlkit.data.core import TensorLoader, channel_stats
 from dmlkit.data.stream import StreamLoader, sample_stats
 from dmlkit.errors import UserError
 
+from helpers import QUIET
+
 MEAN_STD = {"mean": [0.4, 0.5, 0.6], "std": [0.2, 0.25, 0.3]}
 
 
@@ -146,7 +148,7 @@ def test_bad_image_from_the_cli_is_one_line(tmp_path: Path, capsys) -> None:
         "data.num_workers=0",
         "train.epochs=1",
         "data.batch_size=4",
-        "train.progress=false",
+        *QUIET,
         "data.mean=[0.5,0.5,0.5]",
         "data.std=[0.25,0.25,0.25]",
     ):

@@ -12,12 +12,15 @@ import torch
 from dmlkit.cohort import Cohort, PeerSpec, StackedCohort
 from dmlkit.config import OptimConfig, load_config
 from dmlkit.engine.callbacks import Callback
+from dmlkit.engine.records import EpochFunction
 from dmlkit.engine.trainer import Trainer
 from dmlkit.errors import ConfigError
 
+from helpers import QUIET
+
 # 256 images / 64 = 4 steps per epoch; a step record every 2 steps; evaluation every epoch.
-FAST = [
-    "train.progress=false",
+LOGGED = [
+    *QUIET,
     "data.train_size=256",
     "data.batch_size=64",
     "train.eval_every=1",
@@ -42,8 +45,8 @@ def test_on_epoch_sees_train_and_val_records_of_an_evaluated_epoch(tmp_path: Pat
     def on_epoch(epoch, records) -> None:  # noqa: ANN001
         seen[epoch] = list(records.values()) if isinstance(records, dict) else list(records)
 
-    cfg = load_config(None, [*FAST, "train.epochs=2"])
-    Trainer(cfg, tmp_path / "r").fit(on_epoch=on_epoch)
+    cfg = load_config(None, [*LOGGED, "train.epochs=2"])
+    Trainer(cfg, tmp_path / "r").fit(callbacks=[EpochFunction(on_epoch)])
     assert sorted(seen) == [1, 2]
     for records in seen.values():
         train = {r["peer"]: r for r in records if r["split"] == "train"}
@@ -53,6 +56,14 @@ def test_on_epoch_sees_train_and_val_records_of_an_evaluated_epoch(tmp_path: Pat
             assert {"loss", "ce", "mimicry", "lr", "grad_norm"} <= set(r)
             assert r["loss"] == pytest.approx(r["ce"] + r["mimicry"], rel=1e-5)  # weight 1
         assert {"top1", "top5", "ce", "all_agree", "pairwise_kl"} <= set(val["ensemble"])
+
+
+def test_fit_on_epoch_is_a_deprecated_alias_of_an_epoch_callback(tmp_path: Path) -> None:
+    seen = []
+    cfg = load_config(None, [*LOGGED, "train.epochs=1"])
+    with pytest.warns(DeprecationWarning, match=r"callbacks=\[EpochFunction\(f\)\]"):
+        Trainer(cfg, tmp_path / "r").fit(on_epoch=lambda epoch, records: seen.append(epoch))
+    assert seen == [1]
 
 
 class Spy(Callback):
@@ -82,7 +93,7 @@ class Spy(Callback):
 
 def test_events_arrive_in_order_with_complete_records(tmp_path: Path) -> None:
     spy = Spy()
-    cfg = load_config(None, [*FAST, "train.epochs=2"])
+    cfg = load_config(None, [*LOGGED, "train.epochs=2"])
     Trainer(cfg, tmp_path / "r").fit(callbacks=[spy])
     peers = ("step", "step")
     assert spy.events == [
@@ -115,7 +126,7 @@ def test_every_logger_writes_the_runs_records(tmp_path: Path, monkeypatch) -> No
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     run = tmp_path / "r"
     loggers = "train.loggers=[jsonl,csv,tensorboard,wandb,mlflow]"
-    cfg = load_config(None, [*FAST, "train.epochs=2", loggers])
+    cfg = load_config(None, [*LOGGED, "train.epochs=2", loggers])
     Trainer(cfg, run).fit()
     records = _jsonl(run)
     # what metrics.jsonl must hold: step records every 2 steps, train + val per epoch, test
@@ -170,7 +181,7 @@ def test_resumed_logs_equal_an_uninterrupted_runs(tmp_path: Path) -> None:
     pytest.importorskip("tensorboard")
     from test_loggers import read_tensorboard
 
-    overrides = [*FAST, "train.epochs=3", "train.loggers=[jsonl,csv,tensorboard]"]
+    overrides = [*LOGGED, "train.epochs=3", "train.loggers=[jsonl,csv,tensorboard]"]
     full, cut = tmp_path / "full", tmp_path / "cut"
     Trainer(load_config(None, overrides), full).fit()
 
@@ -201,7 +212,7 @@ def test_early_stopping_from_the_config_ends_the_run_early(tmp_path: Path) -> No
         "train.callbacks=[{target: 'dmlkit.engine.callbacks:EarlyStopping', "
         "monitor: ensemble/top1, patience: 1, min_delta: 2.0}]"
     )
-    cfg = load_config(None, [*FAST, "train.epochs=5", stop])
+    cfg = load_config(None, [*LOGGED, "train.epochs=5", stop])
     summary = Trainer(cfg, tmp_path / "r").fit()
     assert summary["epochs"] == 2
     assert (tmp_path / "r" / "checkpoints" / "epoch_0002.pt").is_file()
@@ -217,10 +228,10 @@ def test_early_stopping_from_the_config_ends_the_run_early(tmp_path: Path) -> No
 
 
 def test_bad_logger_or_callback_is_one_config_error_before_any_work(tmp_path: Path) -> None:
-    cfg = load_config(None, [*FAST, "train.loggers=[jsonl,tensorbord]"])
+    cfg = load_config(None, [*LOGGED, "train.loggers=[jsonl,tensorbord]"])
     with pytest.raises(ConfigError, match="unknown logger 'tensorbord'"):
         Trainer(cfg, tmp_path / "a")
-    cfg = load_config(None, [*FAST, "train.callbacks=[no_such_pkg:Thing]"])
+    cfg = load_config(None, [*LOGGED, "train.callbacks=[no_such_pkg:Thing]"])
     with pytest.raises(ConfigError, match="cannot import 'no_such_pkg'"):
         Trainer(cfg, tmp_path / "b")
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

@@ -11,7 +11,8 @@ Where things are (the lower layers first):
     dmlkit.losses       the mimicry KL and the DML / DML_e / KD losses (pure functions), DMLLoss
     dmlkit.optim        torch.optim optimizers by name, LR schedules (warm-up, cosine, one-cycle)
     dmlkit.cohort       the K peers with their optimizers and schedules (loop and stacked)
-    dmlkit.methods      independent, dml (sequential | simultaneous), dml_e, kd: the update order
+    dmlkit.update       one step of K peers in both update orders (simultaneous | sequential)
+    dmlkit.methods      every training method (independent, dml, dml_e, kd, kdcl, one, ...)
     dmlkit.loop         dmlkit.step: one DML step of your own models and optimizers
     dmlkit.distributed  torchrun: data-parallel and one-peer-per-process cohorts
     dmlkit.engine       the trainer, checkpoints, evaluation, run directory
@@ -24,7 +25,8 @@ Where things are (the lower layers first):
 
 from __future__ import annotations
 
-from typing import Any
+import importlib as _importlib
+from typing import Any as _Any
 
 __version__ = "0.1.0"
 
@@ -38,9 +40,15 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
+__all__ = ["__version__", "export_peer", "fit", "load_peers", "step"]
 
-        return getattr(importlib.import_module(_LAZY[name]), name)
+
+def __getattr__(name: str) -> _Any:
+    if name in _LAZY:
+        return getattr(_importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'dmlkit' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    """The public names: ``__all__`` (the subpackages are listed in the docstring above)."""
+    return sorted(__all__)

@@ -17,10 +17,11 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from dmlkit.config import Config, config_from_dict, merge_dicts
+from dmlkit.config import Config, config_from_dict, default_peer_name, merge_dicts
 from dmlkit.data.user import PYTHON_DATA, user_bundle
 from dmlkit.engine.checkpoint import load_checkpoint, resolve_checkpoint
 from dmlkit.errors import UserError
+from dmlkit.methods import METHODS
 from dmlkit.models.external import INSTANCE
 from dmlkit.optim import ConstantSchedule, TorchSchedule
 
@@ -38,30 +39,77 @@ def _arch_name(module: nn.Module) -> str:
     return f"{INSTANCE}:{type(module).__qualname__}"
 
 
+# fit()'s defaults, for the settings that are both arguments and config keys. An argument left
+# at None is not given: the config's value is taken, else this default.
+FIT_DEFAULTS: dict[str, Any] = {
+    "method": "dml",
+    "update": "simultaneous",
+    "epochs": 10,
+    "batch_size": 64,
+    "seed": 0,
+}
+# argument -> its key in the config
+FIT_KEYS = {
+    "method": ("method", "name"),
+    "update": ("method", "update"),
+    "epochs": ("train", "epochs"),
+    "batch_size": ("data", "batch_size"),
+    "seed": ("seed",),
+}
+
+
+def _config_value(config: dict[str, Any], key: tuple[str, ...]) -> Any:
+    """``config[key[0]][key[1]]...``, or None where the dict does not say."""
+    node: Any = config
+    for part in key:
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
 def fit_config(
     models: Sequence[nn.Module],
     *,
-    method: str,
-    update: str,
-    epochs: int,
-    batch_size: int,
-    seed: int,
-    names: Sequence[str] | None,
-    config: Config | dict[str, Any] | None,
+    method: str | None = None,
+    update: str | None = None,
+    epochs: int | None = None,
+    batch_size: int | None = None,
+    seed: int | None = None,
+    names: Sequence[str] | None = None,
+    config: Config | dict[str, Any] | None = None,
 ) -> Config:
-    """The run's Config: ``config`` (a Config or a dict like a YAML file) and the arguments."""
+    """The run's Config: ``config`` (a Config or a dict like a YAML file) and the arguments.
+
+    A setting given both as an argument and in ``config`` must agree: two different values
+    are a :class:`UserError` naming both, never a silent choice. A setting given once is
+    taken; one given nowhere is ``FIT_DEFAULTS``'. A ``Config`` object states every key, so
+    with one, an argument that differs from it is such a conflict.
+    """
     base = config.to_dict() if isinstance(config, Config) else dict(config or {})
-    given: dict[str, Any] = {
-        "seed": seed,
-        "method": {"name": method, "update": update},
-        "train": {"epochs": epochs},
-        "data": {"name": PYTHON_DATA, "batch_size": batch_size, "val_fraction": 0.0},
-        "peers": [
-            {"arch": _arch_name(m), "name": (names[i] if names else None), "seed": 0}
-            for i, m in enumerate(models)
-        ],
-    }
-    merged = merge_dicts(given, base)  # what `config` says wins over the defaults of fit()
+    args = {"method": method, "update": update, "epochs": epochs, "batch_size": batch_size}
+    args["seed"] = seed
+    given: dict[str, Any] = {}
+    for arg, key in FIT_KEYS.items():
+        value, in_config = args[arg], _config_value(base, key)
+        if value is not None and in_config is not None and value != in_config:
+            raise UserError(
+                f"fit: {arg}={value!r} and config {'.'.join(key)}={in_config!r} disagree; "
+                f"give it once (as the argument, or in config)"
+            )
+        if value is None and in_config is None:
+            value = FIT_DEFAULTS[arg]
+        if value is not None:
+            node = given
+            for part in key[:-1]:
+                node = node.setdefault(part, {})
+            node[key[-1]] = value
+    given = merge_dicts(given, {"data": {"name": PYTHON_DATA, "val_fraction": 0.0}})
+    given["peers"] = [
+        {"arch": _arch_name(m), "name": (names[i] if names else None), "seed": 0}
+        for i, m in enumerate(models)
+    ]
+    merged = merge_dicts(given, base)  # no conflict is left: config adds what fit() lacks
     merged["peers"] = given["peers"]  # the peers are the modules, whatever config says
     merged["data"]["name"] = PYTHON_DATA
     return config_from_dict(merged)
@@ -180,11 +228,11 @@ def fit(
     out: str | Path,
     val: Data | None = None,
     test: Data | None = None,
-    method: str = "dml",
-    update: str = "simultaneous",
-    epochs: int = 10,
-    batch_size: int = 64,
-    seed: int = 0,
+    method: str | None = None,
+    update: str | None = None,
+    epochs: int | None = None,
+    batch_size: int | None = None,
+    seed: int | None = None,
     optimizers: Sequence[OptimizerLike] | None = None,
     schedulers: Sequence[SchedulerLike] | None = None,
     schedule_every: str = "epoch",
@@ -203,9 +251,13 @@ def fit(
         out: the run directory to create (or to continue with ``resume=True``).
         val: evaluated every ``train.eval_every`` epochs and after the last one.
         test: evaluated once, after training (summary.json); without it, ``val`` is.
-        method: ``"dml"``, ``"dml_e"`` or ``"independent"``.
-        update: ``"simultaneous"`` or ``"sequential"`` (the paper's Algorithm 1).
-        epochs, batch_size, seed: as ``train.epochs``, ``data.batch_size``, ``seed``.
+        method: a registered method (``dml list``; default ``"dml"``): ``dml``, ``dml_e``,
+            ``independent`` and ``kdcl`` train any modules; ``kd`` needs ``method.teacher`` in
+            ``config``; ``one``, ``okddip`` and ``pcl`` need one multi-branch module.
+        update: ``"simultaneous"`` (default) or ``"sequential"`` (the paper's Algorithm 1).
+        epochs, batch_size, seed: as ``train.epochs`` (default 10), ``data.batch_size`` (64),
+            ``seed`` (0). These five may be given here or in ``config``; given in both, the
+            two values must agree (else a ``UserError``: no value is silently dropped).
         optimizers: one per model, ``torch.optim`` objects or factories ``params -> optimizer``;
             default: built from ``config``'s ``optim`` (SGD 0.05, cosine: see dmlkit.config).
         schedulers: one per optimizer, ``torch.optim.lr_scheduler`` objects or factories
@@ -238,8 +290,6 @@ def fit(
         raise UserError("models: the same module appears twice; give each peer its own instance")
     if test is None and val is None:
         raise UserError("give test= (or at least val=): the data the trained peers are scored on")
-    if method not in ("dml", "dml_e", "independent"):
-        raise UserError(f"method must be dml, dml_e or independent, got {method!r}")
     for k, m in enumerate(models):
         if next(m.parameters(), None) is None:
             raise UserError(
@@ -248,7 +298,7 @@ def fit(
             )
     _check_nonempty(train, "train")
     if names is None:
-        names = [f"peer{i}_{type(m).__name__.lower()}" for i, m in enumerate(models)]
+        names = [default_peer_name(i, type(m).__name__.lower()) for i, m in enumerate(models)]
     cfg = fit_config(
         models,
         method=method,
@@ -259,6 +309,7 @@ def fit(
         names=names,
         config=config,
     )
+    METHODS.get(cfg.method.name)  # any registered method, named here or in config
     # under torchrun (distributed.mode=data) each process joins the job and takes its device
     # (cuda -> cuda:LOCAL_RANK) before the modules move there
     dist = init_distributed(cfg.distributed, resolve_device(cfg.train.device))

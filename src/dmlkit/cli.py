@@ -275,7 +275,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.split == "train":
         loader.train = False  # evaluate on the plain, unaugmented, unshuffled images
     metrics = evaluate_split(cohort, loader)  # re-id test split: mAP and CMC
-    members = getattr(cohort, "member_specs", cohort.specs)  # a multi-branch peer's branches
+    members = cohort.member_specs  # a multi-branch peer's branches
     summary = make_summary(
         cfg, members, metrics, state["epoch"], state["iteration"], data=data, device=device
     )

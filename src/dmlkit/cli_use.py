@@ -25,7 +25,7 @@ BUILTIN_NAMES = {
 _REGISTRIES = {
     "models": ("dmlkit.models.registry", "MODELS"),
     "datasets": ("dmlkit.data.registry", "DATASETS"),
-    "methods": ("dmlkit.online_methods", "METHODS"),  # importing it registers every method
+    "methods": ("dmlkit.methods", "METHODS"),
     "experiments": ("dmlkit.experiments.core", "EXPERIMENTS"),
 }
 

@@ -1,8 +1,8 @@
 """One DML step for your own training loop: :func:`step` (exported as ``dmlkit.step``).
 
-No Cohort, no config: your models, your optimizers, one batch. It does what
-:class:`dmlkit.methods.DML` does inside the Trainer, and a test checks that the two give the
-same weights:
+No Cohort, no config: your models, your optimizers, one batch. It runs the step that
+:class:`dmlkit.methods.DML` runs inside the Trainer (:func:`dmlkit.update.step_peers` over
+:func:`dmlkit.losses.dml_loss`), and a test checks that the two give the same weights:
 
 * ``update="simultaneous"``: one forward of every peer, every peer steps against those
   predictions (one backward of the summed losses: each loss reaches only its own peer).
@@ -14,8 +14,8 @@ same weights:
 
 An ``extra_loss(k, output, y) -> scalar`` hook adds a per-peer term to CE + mimicry, e.g. a
 triplet loss on features for re-identification. ``output`` is what peer k's ``forward``
-returned: a logits tensor ``[B, C]``, or a tuple/list whose first item is the logits (the
-rest is yours: features for the hook).
+returned: a logits tensor ``[B, C]``, a tuple/list whose first item is the logits (the
+rest is yours: features for the hook), or an object with a ``.logits`` tensor.
 """
 
 from __future__ import annotations
@@ -26,55 +26,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from dmlkit.cohort import preserved_buffers
-from dmlkit.losses import DML_MODES, cross_entropy, mimicry_term
-from dmlkit.methods import NonFiniteLoss
+from dmlkit.losses import DML_MODES, dml_loss
+from dmlkit.update import UPDATES, logits_of, repredict_module, step_peers
+
+__all__ = ["ExtraLoss", "UPDATES", "logits_of", "step"]
 
 #: ``extra_loss(k, output_k, y) -> scalar``: added to peer k's CE + mimicry.
 ExtraLoss = Callable[[int, Any, Tensor], Tensor]
-
-UPDATES = ("simultaneous", "sequential")
-
-
-def logits_of(output: Any) -> Tensor:
-    """The logits ``[B, C]`` of a model output: the tensor itself or the first item of a tuple."""
-    if isinstance(output, Tensor):
-        return output
-    if isinstance(output, (tuple, list)) and output and isinstance(output[0], Tensor):
-        return output[0]
-    raise TypeError(
-        f"a peer returned {type(output).__name__}; return logits [B, C], or a tuple whose first "
-        f"item is the logits"
-    )
-
-
-def _peer_loss(
-    k: int,
-    output: Any,
-    others: list[Tensor],
-    y: Tensor,
-    *,
-    mode: str,
-    temperature: float,
-    mimicry_weight: float,
-    extra_loss: ExtraLoss | None,
-) -> tuple[Tensor, dict[str, Tensor]]:
-    z = logits_of(output)
-    ce = cross_entropy(z, y)
-    mim = mimicry_term(z, others, mode=mode, temperature=temperature)
-    loss = ce + mimicry_weight * mim
-    log = {"ce": ce.detach(), "mimicry": mim.detach()}
-    if extra_loss is not None:
-        extra = extra_loss(k, output, y)
-        loss = loss + extra
-        log["extra"] = extra.detach()
-    log["loss"] = loss.detach()
-    return loss, log
-
-
-def _check_finite(k: int, loss: Tensor) -> None:
-    if not bool(torch.isfinite(loss.detach())):
-        raise NonFiniteLoss(f"peer{k}", {"loss": float(loss.detach())})
 
 
 def step(
@@ -123,32 +81,27 @@ def step(
         raise ValueError(f"step: update must be one of {UPDATES}, got {update!r}")
     if mode not in DML_MODES:
         raise ValueError(f"step: mode must be one of {DML_MODES}, got {mode!r}")
-    opts = dict(mode=mode, temperature=temperature, mimicry_weight=mimicry_weight)
     outputs = [m(x) for m in models]  # every peer's graph, built before any peer moves
-    current = [logits_of(o).detach() for o in outputs]  # the predictions the others mimic
-    if update == "simultaneous":
-        pairs = [
-            _peer_loss(k, o, current[:k] + current[k + 1 :], y, extra_loss=extra_loss, **opts)
-            for k, o in enumerate(outputs)
-        ]
-        for k, (loss, _) in enumerate(pairs):
-            _check_finite(k, loss)
-        for opt in optimizers:
-            opt.zero_grad(set_to_none=True)
-        torch.stack([loss for loss, _ in pairs]).sum().backward()
-        for opt in optimizers:
-            opt.step()
-        return [log for _, log in pairs]
-    logs = []
-    for k, (model, opt) in enumerate(zip(models, optimizers)):
-        others = current[:k] + current[k + 1 :]
-        loss, log = _peer_loss(k, outputs[k], others, y, extra_loss=extra_loss, **opts)
-        _check_finite(k, loss)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if k < len(models) - 1:  # the last peer's new prediction is not used in this step
-            with torch.no_grad(), preserved_buffers(model):
-                current[k] = logits_of(model(x))
-        logs.append(log)
-    return logs
+
+    def peer_loss(k: int, others: list[Tensor]) -> dict[str, Tensor]:
+        terms = dml_loss(
+            logits_of(outputs[k]),
+            others,
+            y,
+            mode=mode,
+            temperature=temperature,
+            mimicry_weight=mimicry_weight,
+        )._asdict()
+        if extra_loss is not None:
+            terms["extra"] = extra_loss(k, outputs[k], y)
+            terms["loss"] = terms["loss"] + terms["extra"]
+        return terms
+
+    return step_peers(
+        [logits_of(o) for o in outputs],
+        peer_loss,
+        optimizers,
+        update=update,
+        repredict=lambda k: repredict_module(models[k], x),
+        names=[f"peer{k}" for k in range(len(models))],
+    )

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -46,8 +46,9 @@ def cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
     return (total * labelled).sum() / n.clamp_min(1)
 
 
-def _kl_from_log_probs(log_p_target: Tensor, log_p_self: Tensor) -> Tensor:
-    """``KL(p_target || p_self)``, summed over classes, averaged over the batch."""
+def kl_from_log_probs(log_p_target: Tensor, log_p_self: Tensor) -> Tensor:
+    """``KL(p_target || p_self)`` from two log-probability tensors ``[B, C]``: summed over
+    classes, averaged over the batch (a scalar)."""
     p_target = log_p_target.exp()
     return (p_target * (log_p_target - log_p_self)).sum(dim=1).mean()
 
@@ -103,7 +104,7 @@ def mimicry_kl(logits: Tensor, target_logits: Tensor, temperature: float = 1.0) 
     """
     log_p_self = F.log_softmax(logits / temperature, dim=1)
     log_p_target = F.log_softmax(target_logits.detach() / temperature, dim=1)
-    return _kl_from_log_probs(log_p_target, log_p_self) * temperature**2
+    return kl_from_log_probs(log_p_target, log_p_self) * temperature**2
 
 
 def mimicry_term(
@@ -132,7 +133,47 @@ def mimicry_term(
     if mode == "dml":
         return sum(mimicry_kl(logits, z, t) for z in others) / len(others)
     log_p_avg = mean_log_probs([F.log_softmax(z.detach() / t, dim=1) for z in others])
-    return _kl_from_log_probs(log_p_avg, F.log_softmax(logits / t, dim=1)) * t**2
+    return kl_from_log_probs(log_p_avg, F.log_softmax(logits / t, dim=1)) * t**2
+
+
+class PeerLoss(NamedTuple):
+    """One peer's DML loss and its two parts (scalars)."""
+
+    loss: Tensor  # ce + mimicry_weight * mimicry: what the peer minimises
+    ce: Tensor
+    mimicry: Tensor  # unweighted
+
+
+def dml_loss(
+    logits: Tensor,
+    others: Sequence[Tensor],
+    targets: Tensor,
+    *,
+    mode: str = "dml",
+    temperature: float = 1.0,
+    mimicry_weight: float = 1.0,
+) -> PeerLoss:
+    """The loss one peer minimises in Deep Mutual Learning (paper Eq. 10 / 11):
+    ``CE(y, p_k) + mimicry_weight * mimicry_k``.
+
+    This is THE mutual-learning loss: the Trainer's ``dml`` / ``dml_e`` methods,
+    :func:`dmlkit.step` and Lightning's ``DMLModule`` all call it, once per peer (the update
+    order that decides which ``others`` a peer sees is :mod:`dmlkit.update`).
+
+    Args:
+        logits: ``[B, C]`` logits of the peer being trained (peer k).
+        others: K-1 tensors ``[B, C]``, the other peers' logits (constants: detached).
+        targets: ``[B]`` class indices (``-1`` = unlabelled: no CE, still mimicry).
+        mode: ``"dml"`` or ``"dml_e"`` (see :func:`mimicry_term`).
+        temperature: mimicry softmax temperature (paper: 1; the CE always uses T = 1).
+        mimicry_weight: weight of the mimicry term (paper: 1).
+
+    Returns:
+        ``PeerLoss(loss, ce, mimicry)``; with no ``others`` (K = 1) the mimicry term is 0.
+    """
+    ce = cross_entropy(logits, targets)
+    mimicry = mimicry_term(logits, others, mode=mode, temperature=temperature)
+    return PeerLoss(ce + mimicry_weight * mimicry, ce, mimicry)
 
 
 class DMLTerms(NamedTuple):
@@ -162,14 +203,14 @@ def dml_terms(
     """
     if len(logits) == 0:
         raise ValueError("dml_terms needs at least one peer's logits")
-    ce = [cross_entropy(z, targets) for z in logits]
-    mimicry = [
-        mimicry_term(
-            z, [o for j, o in enumerate(logits) if j != k], mode=mode, temperature=temperature
-        )
-        for k, z in enumerate(logits)
-    ]
-    return DMLTerms(ce, mimicry)
+    peers = _every_peer(logits, targets, mode=mode, temperature=temperature)
+    return DMLTerms([p.ce for p in peers], [p.mimicry for p in peers])
+
+
+def _every_peer(logits: Sequence[Tensor], targets: Tensor, **kwargs: Any) -> list[PeerLoss]:
+    """:func:`dml_loss` of every peer against all the others (the simultaneous update)."""
+    others = [[o for j, o in enumerate(logits) if j != k] for k in range(len(logits))]
+    return [dml_loss(z, rest, targets, **kwargs) for z, rest in zip(logits, others)]
 
 
 def dml_losses(
@@ -180,7 +221,7 @@ def dml_losses(
     temperature: float = 1.0,
     mimicry_weight: float = 1.0,
 ) -> list[Tensor]:
-    """Total DML loss of every peer: ``CE_k + mimicry_weight * mimicry_k``.
+    """Total DML loss of every peer: ``CE_k + mimicry_weight * mimicry_k`` (:func:`dml_loss`).
 
     See :func:`dml_terms` for the two modes. Because each peer's targets are detached,
     ``sum(dml_losses(...)).backward()`` gives every peer exactly the gradient of its own loss.
@@ -195,8 +236,10 @@ def dml_losses(
     Returns:
         K scalars. K = 1 gives plain cross-entropy.
     """
-    terms = dml_terms(logits, targets, mode=mode, temperature=temperature)
-    return [ce + mimicry_weight * m for ce, m in zip(terms.ce, terms.mimicry)]
+    if len(logits) == 0:
+        raise ValueError("dml_losses needs at least one peer's logits")
+    kwargs = dict(mode=mode, temperature=temperature, mimicry_weight=mimicry_weight)
+    return [p.loss for p in _every_peer(logits, targets, **kwargs)]
 
 
 RAMPUP_SHAPES = ("linear", "sigmoid")

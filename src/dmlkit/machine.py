@@ -1,4 +1,9 @@
-"""What machine a run or a figure comes from: env.json of every run, benchmark headers."""
+"""What machine a run or a figure comes from: env.json of every run, benchmark headers.
+
+The one home of that record: :func:`environment` (a run's env.json, ``dml bench``, the
+benchmark scripts' ``machine``) and :func:`measurement` (the same, plus the moment, the load
+average and the command of a measurement: the benchmark scripts' headers).
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,7 @@ import os
 import platform
 import subprocess
 import sys
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +64,23 @@ def environment(device: torch.device | str) -> dict[str, Any]:
         info["torchvision"] = torchvision.__version__
     except ImportError:
         pass
+    import numpy
+
+    info["numpy"] = numpy.__version__
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
         info["cuda"] = torch.version.cuda
+        info["cudnn"] = torch.backends.cudnn.version()
     return info
+
+
+def measurement(device: torch.device | str = "cpu") -> dict[str, Any]:
+    """:func:`environment` and the moment of a measurement: ``cores``, ``load_average`` (now:
+    call it at the end of the measurement), ``when`` (UTC) and ``command``."""
+    return {
+        **environment(device),
+        "cores": os.cpu_count(),
+        "load_average": os.getloadavg(),
+        "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+    }

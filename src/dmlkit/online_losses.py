@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from dmlkit.losses import UNLABELLED, _kl_from_log_probs, cross_entropy, mimicry_kl, rampup
+from dmlkit.losses import UNLABELLED, cross_entropy, kl_from_log_probs, mimicry_kl, rampup
 
 
 def soft_kl(logits: Tensor, teacher_logits: Tensor, temperature: float) -> Tensor:
@@ -40,7 +40,7 @@ def soft_kl(logits: Tensor, teacher_logits: Tensor, temperature: float) -> Tenso
     t = temperature
     log_p = F.log_softmax(logits / t, dim=1)
     log_q = F.log_softmax(teacher_logits / t, dim=1)
-    return _kl_from_log_probs(log_q, log_p) * t**2
+    return kl_from_log_probs(log_q, log_p) * t**2
 
 
 class OnlineTerms(NamedTuple):

@@ -1,9 +1,8 @@
 """DML's online-distillation successors as methods: ``one``, ``kdcl``, ``okddip``, ``pcl``; and
 ``dml_mean_logits``, DML as the OKDDip code's baseline runs it.
 
-Each is a small :class:`dmlkit.methods.Method` over the pure losses of
-:mod:`dmlkit.online_losses`, registered in ``METHODS`` (imported by :mod:`dmlkit.engine.names`,
-so every config the trainer sees can name them).
+Each is a small :class:`dmlkit.method_base.Method` over the pure losses of
+:mod:`dmlkit.online_losses`, named in the registry table of :mod:`dmlkit.methods` (``METHODS``).
 
 * ``kdcl`` trains a cohort of separate (possibly heterogeneous) peers, like DML.
 * ``one``, ``okddip`` and ``pcl`` train ONE multi-branch network (``peers: [resnet32_mb]`` or
@@ -31,7 +30,7 @@ from torch import Tensor
 
 from dmlkit.errors import ConfigError
 from dmlkit.losses import cross_entropy, mimicry_kl
-from dmlkit.methods import METHODS, Method, PeerLog, _log
+from dmlkit.method_base import Method, PeerLog, peer_log
 from dmlkit.models.layers import global_avg_pool
 from dmlkit.online_losses import (
     dml_mean_logits_losses,
@@ -46,7 +45,6 @@ from dmlkit.online_losses import (
 )
 
 
-@METHODS.register("dml_mean_logits")
 class DMLMeanLogits(Method):
     """DML as the OKDDip authors' code runs its "DML" baseline: every peer mimics the mean of
     the other peers' *logits* (:func:`dml_mean_logits_losses`), at ``method.temperature`` (that
@@ -75,11 +73,10 @@ class DMLMeanLogits(Method):
             terms = dml_mean_logits_losses(
                 self.cohort(x), y, temperature=self.cfg.temperature, weight=self.mimicry_weight
             )
-        self._step_all([t.total for t in terms])
-        return [_log(t.total, t.ce, t.distill) for t in terms]
+        self.step_all([t.total for t in terms])
+        return [peer_log(t.total, t.ce, t.distill) for t in terms]
 
 
-@METHODS.register("kdcl")
 class KDCL(Method):
     """KDCL (Guo et al. CVPR 2020): every peer distils from a teacher built from all peers'
     logits (``method.ensemble``: ``minlogit`` or ``naive``, :func:`kdcl_teacher`), detached, at
@@ -113,8 +110,8 @@ class KDCL(Method):
                 weight=self.mimicry_weight,
                 variant=self.cfg.ensemble,
             )
-        self._step_all([t.total for t in terms])
-        return [_log(t.total, t.ce, t.distill) for t in terms]
+        self.step_all([t.total for t in terms])
+        return [peer_log(t.total, t.ce, t.distill) for t in terms]
 
 
 class BranchMethod(Method):
@@ -141,10 +138,9 @@ class BranchMethod(Method):
         with torch.no_grad():
             ce = [cross_entropy(z, y) for z in logits]
             kl = [mimicry_kl(z, q, t) for z, q in zip(logits, teachers)]
-        return [_log(c + w * k, c, k) for c, k in zip(ce, kl)]
+        return [peer_log(c + w * k, c, k) for c, k in zip(ce, kl)]
 
 
-@METHODS.register("one")
 class ONE(BranchMethod):
     """ONE (Lan et al. NeurIPS 2018): a gate weights the branches' logits into an ensemble
     teacher, trained with CE; each branch distils from it (detached) at ``method.temperature``
@@ -161,7 +157,7 @@ class ONE(BranchMethod):
             terms = one_loss(out.logits, gate, y, self.cfg.temperature)
             # one_loss weighs its soft term 1; the configured weight scales it here
             total = terms.ce + self.mimicry_weight * terms.distill
-        self._step_all([total])
+        self.step_all([total])
         ens = gate_ensemble(out.logits, gate).detach()
         return self._logs(out.logits, y, [ens] * len(out.logits))
 
@@ -170,7 +166,6 @@ class ONE(BranchMethod):
         return {f"{self.peer}.gate": gate_ensemble(out.logits, self.net.gate(out.trunk))}
 
 
-@METHODS.register("okddip")
 class OKDDip(BranchMethod):
     """OKDDip (Chen et al. AAAI 2020): the first K - 1 branches are auxiliary peers, each
     distilling from its own attention-weighted ensemble of the peers; the last branch is the
@@ -195,7 +190,7 @@ class OKDDip(BranchMethod):
                 temperature=self.cfg.temperature,
                 weight=self.mimicry_weight,
             )
-        self._step_all([terms.total])
+        self.step_all([terms.total])
         z = torch.stack(peers, dim=1).detach()
         teachers = list(torch.bmm(att.detach(), z).unbind(1)) + [z.mean(dim=1)]
         return self._logs(out.logits, y, teachers)
@@ -204,7 +199,6 @@ class OKDDip(BranchMethod):
         return self.cohort.names[-1]  # the group leader
 
 
-@METHODS.register("pcl")
 class PCL(BranchMethod):
     """PCL (Wu & Gong AAAI 2021): a fusion head over the branches' features is the peer
     ensemble teacher (trained with CE); the temporal mean (EMA, ``method.ema_decay``) of the
@@ -268,7 +262,7 @@ class PCL(BranchMethod):
                 temperature=self.cfg.temperature,
                 weight=self.mimicry_weight,
             )
-        self._step_all([terms.total])
+        self.step_all([terms.total])
         self._update_mean()
         return self._logs(logits, y, [ens.detach()] * len(logits))
 

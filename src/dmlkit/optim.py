@@ -27,7 +27,7 @@ from collections.abc import Iterable
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from dmlkit.config import OptimConfig
 from dmlkit.errors import ConfigError
@@ -194,3 +194,12 @@ class TorchSchedule:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.scheduler.load_state_dict(state)
+
+
+def grad_norm(params: Iterable[nn.Parameter]) -> Tensor:
+    """The L2 norm (float32 scalar) of all the gradients of ``params``; 0 when none has one."""
+    params = list(params)
+    grads = [p.grad.detach() for p in params if p.grad is not None]
+    if not grads:
+        return torch.zeros((), device=params[0].device if params else "cpu")
+    return torch.nn.utils.get_total_norm(grads).float()

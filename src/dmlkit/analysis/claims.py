@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from dmlkit.analysis.runs import SeedGroup, baseline_of
-from dmlkit.analysis.stats import MISSING, ci95
+from dmlkit.analysis.stats import MISSING, mean_ci95, paired_gains
 
 # One run's analysis -> one number, averaged over its peers.
 Measure = Callable[[dict[str, Any]], float]
@@ -47,20 +47,23 @@ class _Paired:
         return sorted(self.by_group[a].keys() & self.by_group[b].keys())
 
     def diffs(self, a: str, b: str, fn: Measure) -> list[float]:
-        return [fn(self.by_group[a][s]) - fn(self.by_group[b][s]) for s in self.seeds(a, b)]
+        seeds = self.seeds(a, b)
+        return paired_gains(
+            {s: fn(self.by_group[a][s]) for s in seeds}, {s: fn(self.by_group[b][s]) for s in seeds}
+        )
 
     def cell(self, a: str, b: str, fn: Measure, sign: int, digits: int) -> str:
         d = self.diffs(a, b, fn)
         if not d:
             return MISSING
-        mean, half = ci95(d)
+        mean, half = mean_ci95(d)
         return f"{mean:+.{digits}f} ± {half:.{digits}f} {_mark(mean, half, sign)}"
 
     def ce_cell(self, a: str, b: str) -> str:
         d = self.diffs(a, b, _final_ce)
         if not d:
             return MISSING
-        mean, half = ci95(d)
+        mean, half = mean_ci95(d)
         ref = statistics.fmean(_final_ce(r) for r in self.by_group[b].values())
         rel = 100 * mean / ref if ref else math.inf
         # "Similar" has no threshold in the paper: within 10 % counts as similar here.

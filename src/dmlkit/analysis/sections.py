@@ -11,7 +11,7 @@ from typing import Any
 
 from dmlkit import paper
 from dmlkit.analysis.runs import RunInfo, SeedGroup, baseline_of
-from dmlkit.analysis.stats import mean_std
+from dmlkit.analysis.stats import mean_std, paired_gains
 from dmlkit.errors import UserError
 
 # Shown in the metrics tables when present, as percentages.
@@ -119,13 +119,10 @@ def _num_classes(r: RunInfo) -> int:
 
 
 def _paired(g: SeedGroup, b: SeedGroup, member: str, key: str) -> list[float]:
-    gs, bs = g.by_seed(), b.by_seed()
-    out = []
-    for seed in sorted(gs.keys() & bs.keys()):
-        x, y = gs[seed].metric(member, key), bs[seed].metric(member, key)
-        if x is not None and y is not None:
-            out.append(x - y)
-    return out
+    return paired_gains(
+        {seed: r.metric(member, key) for seed, r in g.by_seed().items()},
+        {seed: r.metric(member, key) for seed, r in b.by_seed().items()},
+    )
 
 
 def _cifar_rows(g: SeedGroup, archs: tuple[str, ...]) -> list[str]:

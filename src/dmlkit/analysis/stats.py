@@ -1,7 +1,11 @@
-"""Numbers as the reports print them: mean ± std over seeds, paired-difference intervals, CSV.
+"""Numbers as the reports print them: mean ± std over seeds, gains paired by seed, their 95 %
+interval, CSV.
 
-Every Markdown table of ``dml analyze``, ``dml report`` and ``dml reproduce`` formats its cells
-here, so that they agree on the digits, the sign of a gain and the marker of a missing value.
+The one home of result statistics: every Markdown table of ``dml analyze``, ``dml report`` and
+``dml reproduce`` (the experiments, the analysis sections, the claims) takes its paired gains
+(:func:`paired_gains`), its intervals (:func:`mean_ci95`: Student's t, right for a few seeds)
+and its cells (:func:`mean_std`, :func:`ci_text`) from here, so that they agree on the
+quantile, the digits, the sign of a gain and the marker of a missing value.
 """
 
 from __future__ import annotations
@@ -10,18 +14,11 @@ import csv
 import io
 import math
 import statistics
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 # The cell of a table with no value (no run, no seed pair, no metric).
 MISSING = "-"
-
-# Two-sided 95 % quantiles of Student's t for 1..30 degrees of freedom (then ~1.96).
-_T975 = (
-    12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
-    2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086,
-    2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042,
-)  # fmt: skip
 
 
 def mean_std(
@@ -51,14 +48,53 @@ def percent(values: Iterable[float | None]) -> str:
     return text if text == MISSING else f"{text} %"
 
 
-def ci95(diffs: Sequence[float]) -> tuple[float, float]:
-    """Mean and the half-width of its 95 % confidence interval (Student's t over seeds)."""
-    mean = statistics.fmean(diffs)
-    n = len(diffs)
+def t975(df: int) -> float:
+    """The two-sided 95 % quantile of Student's t with ``df >= 1`` degrees of freedom (exact,
+    scipy's; e.g. 4.303 for 3 seeds, 2.776 for 5)."""
+    from scipy.stats import t  # scipy comes with scikit-learn; imported only when needed
+
+    return float(t.ppf(0.975, df))
+
+
+def mean_ci95(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and the half-width of its 95 % confidence interval: Student's t over the values
+    (e.g. paired gains over seeds); the half-width is ``inf`` for fewer than two values."""
+    mean = statistics.fmean(values)
+    n = len(values)
     if n < 2:
         return mean, math.inf
-    t = _T975[n - 2] if n - 2 < len(_T975) else 1.96
-    return mean, t * statistics.stdev(diffs) / math.sqrt(n)
+    return mean, t975(n - 1) * statistics.stdev(values) / math.sqrt(n)
+
+
+#: The earlier name of :func:`mean_ci95`.
+ci95 = mean_ci95
+
+
+def paired_gains(
+    arm: Mapping[Any, float | None], baseline: Mapping[Any, float | None]
+) -> list[float]:
+    """``arm[s] - baseline[s]`` for every seed ``s`` both have a value for, in seed order.
+
+    Runs of one seed share initial weights and data order, so the difference of two arms on a
+    seed is a paired measurement: its spread over seeds is far smaller than either arm's.
+    """
+    seeds = sorted(s for s in arm.keys() & baseline.keys())
+    return [
+        arm[s] - baseline[s]  # type: ignore[operator]
+        for s in seeds
+        if arm[s] is not None and baseline[s] is not None
+    ]
+
+
+def ci_text(values: Sequence[float], digits: int = 2, *, missing: str = MISSING) -> str:
+    """``"+m ± h"``: a signed mean and the half-width of its 95 % t-interval (:func:`mean_ci95`);
+    ``"+m"`` for one value, ``missing`` for none."""
+    if not values:
+        return missing
+    if len(values) == 1:
+        return f"{values[0]:+.{digits}f}"
+    m, h = mean_ci95(values)
+    return f"{m:+.{digits}f} ± {h:.{digits}f}"
 
 
 def csv_text(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:

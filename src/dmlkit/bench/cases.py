@@ -61,18 +61,18 @@ def plan(profile: str, device: str) -> list[Case]:
     return cases
 
 
-def _models(case: Case) -> list[torch.nn.Module]:
+def case_models(case: Case) -> list[torch.nn.Module]:
     from dmlkit.cohort import PeerSpec
 
     specs = [PeerSpec(f"p{i}", case.model, 100, 3, seed=i + 1) for i in range(case.k)]
     return [s.build().to(case.device) for s in specs]
 
 
-def _sgd(params: Any) -> torch.optim.Optimizer:
+def case_sgd(params: Any) -> torch.optim.Optimizer:
     return torch.optim.SGD(params, lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-4)
 
 
-def _data(case: Case, n_batches: int) -> tuple[torch.Tensor, torch.Tensor]:
+def case_data(case: Case, n_batches: int) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(0)
     n = case.batch * n_batches
     x = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g)
@@ -80,18 +80,18 @@ def _data(case: Case, n_batches: int) -> tuple[torch.Tensor, torch.Tensor]:
     return x, y
 
 
-def _sync(device: str) -> None:
+def sync_device(device: str) -> None:
     if device.startswith("cuda"):
         torch.cuda.synchronize()
 
 
-def _time_steps(step: Any, case: Case) -> list[float]:
+def time_steps(step: Any, case: Case) -> list[float]:
     times = []
     for i in range(case.warmup + case.steps):
-        _sync(case.device)
+        sync_device(case.device)
         t0 = time.perf_counter()
         step(i)
-        _sync(case.device)
+        sync_device(case.device)
         if i >= case.warmup:
             times.append(time.perf_counter() - t0)
     return times
@@ -103,9 +103,9 @@ def matmul_peak(device: str, n: int = 2048, repeats: int = 10) -> float:
     b = torch.randn(n, n, device=device)
     for _ in range(2):
         a @ b
-    _sync(device)
+    sync_device(device)
     t0 = time.perf_counter()
     for _ in range(repeats):
         a @ b
-    _sync(device)
+    sync_device(device)
     return 2 * n**3 * repeats / (time.perf_counter() - t0)

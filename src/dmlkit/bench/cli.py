@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from dmlkit.bench.cases import Case, matmul_peak, plan
-from dmlkit.bench.report import _table, markdown, median_round
+from dmlkit.bench.report import markdown, median_round, results_table
 from dmlkit.bench.runner import run_case
 from dmlkit.machine import environment
 
@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     (out / f"{stem}.json").write_text(json.dumps(payload, indent=2))
     (out / f"{stem}.md").write_text(markdown(payload))
-    table = _table(results, peak)
+    table = results_table(results, peak)
     print()
     print(table)
     print(f"\nsaved {out / (stem + '.json')} and {out / (stem + '.md')}")

@@ -11,15 +11,15 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from dmlkit.bench.cases import Case, _data, _models, _sgd, _sync, _time_steps
+from dmlkit.bench.cases import Case, case_data, case_models, case_sgd, sync_device, time_steps
 
 
-def _textbook(case: Case) -> list[float]:
+def textbook_steps(case: Case) -> list[float]:
     from torch.utils.data import DataLoader, TensorDataset
 
-    models = _models(case)
-    opts = [_sgd(m.parameters()) for m in models]
-    x, y = _data(case, case.warmup + case.steps)
+    models = case_models(case)
+    opts = [case_sgd(m.parameters()) for m in models]
+    x, y = case_data(case, case.warmup + case.steps)
     mean = torch.tensor([0.507, 0.487, 0.441]).view(1, 3, 1, 1)
     std = torch.tensor([0.267, 0.256, 0.276]).view(1, 3, 1, 1)
     loader = iter(DataLoader(TensorDataset(x, y), batch_size=case.batch, shuffle=True))
@@ -40,22 +40,22 @@ def _textbook(case: Case) -> list[float]:
             loss.backward()
             opt.step()
 
-    return _time_steps(step, case)
+    return time_steps(step, case)
 
 
-def _pytorch_dml(case: Case) -> list[float]:
+def pytorch_dml_steps(case: Case) -> list[float]:
     from pydml import DMLTrainer  # the external package: pip install pytorch-dml
     from pydml.trainers.dml import DMLConfig
     from torch.utils.data import DataLoader, TensorDataset
 
-    models = _models(case)
+    models = case_models(case)
     trainer = DMLTrainer(
         models,
         config=DMLConfig(temperature=1.0),
         device=case.device,
-        optimizers=[_sgd(m.parameters()) for m in models],
+        optimizers=[case_sgd(m.parameters()) for m in models],
     )
-    x, y = _data(case, case.warmup + case.steps)
+    x, y = case_data(case, case.warmup + case.steps)
     loader = DataLoader(TensorDataset(x.float() / 255, y), batch_size=case.batch)
     stamps: list[float] = []
 
@@ -68,10 +68,10 @@ def _pytorch_dml(case: Case) -> list[float]:
 
         def __iter__(self) -> Any:
             for batch in loader:
-                _sync(case.device)
+                sync_device(case.device)
                 stamps.append(time.perf_counter())
                 yield batch
-            _sync(case.device)
+            sync_device(case.device)
             stamps.append(time.perf_counter())
 
     # one epoch over all the batches, as the trainer is meant to be used (its per-epoch

@@ -20,7 +20,7 @@ def median_round(runs: list[dict[str, Any]], key: str) -> dict[str, Any]:
     return merged
 
 
-def _table(results: list[dict[str, Any]], peak: float) -> str:
+def results_table(results: list[dict[str, Any]], peak: float) -> str:
     head = (
         "| model | K | batch | variant | step ms | img/s/peer | vs independent | "
         "vs independent+cl | vs pytorch-dml | peak MB | % of matmul peak |"
@@ -63,5 +63,5 @@ def markdown(payload: dict[str, Any]) -> str:
         f"Median of {first['steps']} steps after {first['warmup']} warm-up steps; each case in "
         f"its own process; {payload.get('rounds', 1)} round(s) of all cases one after another, "
         f"the median round reported (every round's figure is in the JSON). FLOPs: 3 x the "
-        f"forward's, counted by torch.utils.flop_counter.\n\n{_table(results, peak)}\n"
+        f"forward's, counted by torch.utils.flop_counter.\n\n{results_table(results, peak)}\n"
     )

@@ -11,8 +11,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from dmlkit.bench.cases import Case, _data, _models, _sgd, _time_steps
-from dmlkit.bench.references import _pytorch_dml, _textbook
+from dmlkit.bench.cases import Case, case_data, case_models, case_sgd, time_steps
+from dmlkit.bench.references import pytorch_dml_steps, textbook_steps
 
 
 def _dmlkit(case: Case) -> list[float]:
@@ -31,20 +31,20 @@ def _dmlkit(case: Case) -> list[float]:
         cohort = Cohort(specs, optim, 1, case.device, compile=compile_, channels_last="cl" in flags)
     precision = Precision("bf16" if "bf16" in flags else "fp32", torch.device(case.device).type)
     method = DML(cohort, MethodConfig(), precision)
-    x, y = _data(case, case.warmup + case.steps)
+    x, y = case_data(case, case.warmup + case.steps)
     tf = BatchTransform(torch.full((3,), 0.5), torch.full((3,), 0.25), 4, True)
     loader = iter(TensorLoader(x, y, case.batch, tf, train=True).to(torch.device(case.device)))
 
     def step(_: int) -> None:
         method.train_step(*next(loader))  # the cohort converts the layout (channels_last)
 
-    return _time_steps(step, case)
+    return time_steps(step, case)
 
 
 def _independent(case: Case) -> list[float]:
-    models = _models(case)
-    opts = [_sgd(m.parameters()) for m in models]
-    x, y = _data(case, 1)
+    models = case_models(case)
+    opts = [case_sgd(m.parameters()) for m in models]
+    x, y = case_data(case, 1)
     xb = (x.float() / 255).to(case.device)
     yb = y.to(case.device)
     if case.variant.endswith("+cl"):
@@ -58,7 +58,7 @@ def _independent(case: Case) -> list[float]:
             loss.backward()
             opt.step()
 
-    return _time_steps(step, case)
+    return time_steps(step, case)
 
 
 def _flops_per_peer_step(case: Case) -> float:
@@ -72,7 +72,7 @@ def _flops_per_peer_step(case: Case) -> float:
     """
     from torch.utils.flop_counter import FlopCounterMode
 
-    model = _models(Case(case.model, 1, case.batch, "x", case.device))[0]
+    model = case_models(Case(case.model, 1, case.batch, "x", case.device))[0]
     x = torch.randn(case.batch, 3, 32, 32, device=case.device)
     counter = FlopCounterMode(display=False)
     with counter, torch.no_grad():
@@ -84,8 +84,8 @@ def run_case(case: Case) -> dict[str, Any]:
     """Measure one case in this process."""
     torch.manual_seed(0)
     fn = {
-        "textbook": _textbook,
-        "pytorch-dml": _pytorch_dml,
+        "textbook": textbook_steps,
+        "pytorch-dml": pytorch_dml_steps,
         "independent": _independent,
         "independent+cl": _independent,
     }.get(case.variant, _dmlkit)

@@ -4,7 +4,8 @@ Two implementations with one interface and one checkpoint format: :class:`Cohort
 (:mod:`dmlkit.cohort.loop`), the loop (one module per peer, launched one after another), the
 reference every faster path must match; and :class:`StackedCohort`
 (:mod:`dmlkit.cohort.stacked`), the K peers of one architecture batched through ``vmap``.
-:func:`build_cohort` picks one for ``train.cohort_impl``; :class:`PeerSpec` rebuilds a peer.
+:func:`build_cohort` picks one for ``train.cohort_impl``; :class:`PeerSpec` rebuilds a peer;
+:class:`CohortLike` is the interface both (and the distributed stand-in) implement.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import torch
 
 from dmlkit.cohort.loop import Cohort, PeerSpec, num_branches, peer_specs, preserved_buffers
+from dmlkit.cohort.protocol import CohortLike
 from dmlkit.cohort.stacked import StackedCohort, stacking_problem
 from dmlkit.config import OptimConfig
 from dmlkit.errors import ConfigError
@@ -19,6 +21,7 @@ from dmlkit.optim import LRSchedule
 
 __all__ = [
     "Cohort",
+    "CohortLike",
     "LRSchedule",
     "PeerSpec",
     "StackedCohort",

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from dmlkit.config import Config, OptimConfig
 from dmlkit.models import build_model
-from dmlkit.optim import LRSchedule, build_optimizer
+from dmlkit.optim import LRSchedule, build_optimizer, grad_norm
 
 
 @dataclass
@@ -120,7 +120,7 @@ class Cohort(nn.Module):
         # Compiled callables share the peers' parameters; the peers themselves stay plain
         # modules so that state_dict keys do not change.
         self._forwards = [torch.compile(p) if compile else p for p in self.peers]
-        _warn_identical(self.specs, [p.state_dict() for p in self.peers])
+        warn_identical(self.specs, [p.state_dict() for p in self.peers])
         # A multi-branch peer (dmlkit.models.multibranch) gives one member per branch: the
         # members are what the methods, the logs and the evaluation see as the cohort's peers.
         self.branches = [num_branches(p) for p in self.peers]
@@ -188,7 +188,7 @@ class Cohort(nn.Module):
     def grad_norms(self) -> Tensor:
         """``[members]``: the L2 norm of each member's network's gradient as left by the last
         step (0 if none); a multi-branch network's branches report their whole network's norm."""
-        norms = [_grad_norm(list(p.parameters())) for p in self.peers]
+        norms = [grad_norm(p.parameters()) for p in self.peers]
         return torch.stack([n for n, k in zip(norms, self.branches) for _ in range(k or 1)])
 
     # -- checkpoint state ---------------------------------------------------------------------
@@ -221,14 +221,7 @@ def num_branches(model: nn.Module) -> int | None:
     return k if isinstance(k, int) and callable(getattr(model, "branch_logits", None)) else None
 
 
-def _grad_norm(params: list[nn.Parameter]) -> Tensor:
-    grads = [p.grad.detach() for p in params if p.grad is not None]
-    if not grads:
-        return torch.zeros((), device=params[0].device)
-    return torch.nn.utils.get_total_norm(grads).float()
-
-
-def _warn_identical(specs: list[PeerSpec], states: list[dict[str, Tensor]]) -> None:
+def warn_identical(specs: list[PeerSpec], states: list[dict[str, Tensor]]) -> None:
     for (i, sa), (j, sb) in itertools.combinations(enumerate(states), 2):
         if sa.keys() == sb.keys() and all(
             sa[key].shape == sb[key].shape and torch.equal(sa[key], sb[key]) for key in sa

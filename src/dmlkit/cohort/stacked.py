@@ -15,8 +15,8 @@ from torch.func import functional_call, stack_module_state, vmap
 
 from dmlkit.cohort.loop import (
     PeerSpec,
-    _warn_identical,
     num_branches,
+    warn_identical,
 )
 from dmlkit.config import OptimConfig
 from dmlkit.optim import ELEMENTWISE, LRSchedule, build_optimizer
@@ -60,7 +60,7 @@ class StackedCohort(nn.Module):
             raise ValueError(f"cannot stack this cohort: {problem}")
         self.specs = specs
         models = [s.build().to(device) for s in specs]
-        _warn_identical(specs, [m.state_dict() for m in models])
+        warn_identical(specs, [m.state_dict() for m in models])
         # The architecture without storage; kept out of the module tree (a plain list) so it
         # has no parameters of its own. Its train/eval flag is set by train() below.
         self._template = [copy.deepcopy(models[0]).to("meta")]
@@ -90,6 +90,11 @@ class StackedCohort(nn.Module):
     @property
     def names(self) -> list[str]:
         return [s.name for s in self.specs]
+
+    @property
+    def member_specs(self) -> list[PeerSpec]:
+        """The peers' specs (stacked peers have no branches: one member each)."""
+        return self.specs
 
     def __len__(self) -> int:
         return len(self.specs)

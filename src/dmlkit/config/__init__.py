@@ -32,6 +32,7 @@ from dmlkit.config.schema import (
     OptimConfig,
     PeerConfig,
     TrainConfig,
+    default_peer_name,
 )
 from dmlkit.config.validate import validate
 
@@ -80,6 +81,7 @@ __all__ = [
     "build_dataclass",
     "config_differences",
     "config_from_dict",
+    "default_peer_name",
     "flatten",
     "load_config",
     "load_yaml",

@@ -223,9 +223,16 @@ class Config:
 
     def peer_name(self, index: int) -> str:
         peer = self.peers[index]
-        return peer.name or f"peer{index}_{peer.arch}"
+        return peer.name or default_peer_name(index, peer.arch)
 
     def peer_seed(self, index: int) -> int:
         """Initialisation seed of a peer: its own, else one derived from the run seed."""
         peer = self.peers[index]
         return peer.seed if peer.seed is not None else self.seed * 1000 + 17 * index + 1
+
+
+def default_peer_name(index: int, kind: str) -> str:
+    """The name of an unnamed peer: ``peer<index>_<kind>`` (0-based; ``kind`` is its arch, or
+    its module's class name in lower case). ``dml train``, ``dmlkit.fit`` and ``DMLModule``
+    name peers alike."""
+    return f"peer{index}_{kind}"

@@ -62,7 +62,7 @@ class RefusedPickle(pickle.UnpicklingError):
     """The pickle asks for something a CIFAR file never needs (a global, an object array)."""
 
 
-_RECONSTRUCT = np.ndarray.__reduce__(np.zeros(0))[0]  # numpy's _reconstruct, wherever it lives
+NUMPY_RECONSTRUCT = np.ndarray.__reduce__(np.zeros(0))[0]  # numpy's _reconstruct, wherever it lives
 
 
 def _plain_dtype(spec: Any, align: Any = False, copy: Any = False) -> np.dtype:
@@ -77,7 +77,7 @@ def _plain_dtype(spec: Any, align: Any = False, copy: Any = False) -> np.dtype:
 def _plain_reconstruct(cls: Any, shape: Any, dtype_code: Any) -> np.ndarray:
     if cls is not np.ndarray:
         raise RefusedPickle("only numpy.ndarray may be reconstructed")
-    return _RECONSTRUCT(cls, shape, dtype_code)
+    return NUMPY_RECONSTRUCT(cls, shape, dtype_code)
 
 
 class RestrictedUnpickler(pickle.Unpickler):

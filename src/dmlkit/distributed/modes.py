@@ -183,6 +183,9 @@ class CohortParallel(nn.Module):
         self._epoch: float | None = None
         self._dtype = torch.float32  # dtype of the logits of the last forward (autocast)
 
+    # cohort mode spreads one-branch peers: one member each, a member's spec is its peer's
+    member_specs = property(lambda self: self.specs)
+
     @property
     def names(self) -> list[str]:
         return [s.name for s in self.specs]

@@ -31,7 +31,6 @@ from typing import Any, BinaryIO
 import torch
 from torch import nn
 
-import dmlkit.online_methods  # noqa: F401 - registers one, kdcl, okddip, pcl (their model kwargs)
 from dmlkit.cohort import Cohort, PeerSpec
 from dmlkit.config import MethodConfig, OptimConfig
 from dmlkit.engine.faults import fault, maybe_kill

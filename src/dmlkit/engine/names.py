@@ -7,7 +7,6 @@ in one line before a process group is formed, data is read or a run directory is
 
 from __future__ import annotations
 
-import dmlkit.online_methods  # noqa: F401 - registers one, kdcl, okddip, pcl
 from dmlkit.config import Config
 from dmlkit.data import DATASETS
 from dmlkit.engine.loggers import check_logger_names

@@ -1,9 +1,10 @@
 """The trainer's side that reads and writes the run folder: checkpoints, resume, full disks.
 
-:class:`RunPersistence` is a part of :class:`dmlkit.engine.trainer.Trainer` (its base class),
+:class:`RunPersistence` is a part of :class:`dmlkit.engine.trainer.Trainer` (it holds one),
 kept apart so that the loop reads as a loop: the checks of ``--out`` / ``--resume``, the
-checkpoint's content (``_state``), loading it back, writing it, and every other write into the
-run folder, each failing in one line that says what was kept and how to go on.
+checkpoint's content (``state``), loading it back, writing it, and every other write into the
+run folder, each failing in one line that says what was kept and how to go on. It changes no
+attribute of the trainer: loading a checkpoint returns the :class:`ResumePoint` to go on from.
 """
 
 from __future__ import annotations
@@ -11,11 +12,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
-from dmlkit.config import config_differences
+from dmlkit.cohort import CohortLike
+from dmlkit.config import Config, config_differences
 from dmlkit.engine.checkpoint import load_checkpoint, newest_valid_checkpoint, save_checkpoint
 from dmlkit.engine.lock import LOCK_NAME
 from dmlkit.engine.records import EpochProgress
@@ -51,27 +53,32 @@ class TrainingError(RuntimeError):
     """Training cannot go on (e.g. a non-finite loss); the last good checkpoint is kept."""
 
 
+class ResumePoint(NamedTuple):
+    """Where a loaded checkpoint says training stands."""
+
+    epoch: int  # completed epochs
+    iteration: int  # completed steps
+    within_epoch: EpochProgress | None  # the epoch under way (a mid-epoch checkpoint), or None
+
+
 class RunPersistence:
     """Checkpoints and run-folder writes of a :class:`~dmlkit.engine.trainer.Trainer`.
 
-    It uses the trainer's attributes (``cfg``, ``run``, ``dist``, ``device``, ``cohort``,
-    ``method``, ``events``, ``epoch``, ``iteration``) and sets ``epoch``, ``iteration`` and
-    ``_resumed_epoch`` when it loads a checkpoint.
+    Args:
+        cfg: the run's config.
+        run: its run folder (``RunDir``, or ``FollowerRunDir`` on ranks other than 0).
+        dist: this process's place in the job (``DistContext``).
+        device: where the cohort lives (checkpoints load there in one process).
+        resume: whether ``--resume`` continues the run in ``run``.
     """
 
-    cfg: Any
-    run: Any
-    dist: Any
-    device: torch.device
-    cohort: Any
-    method: Any
-    events: Any
-    epoch: int
-    iteration: int
-    _resumed_epoch: EpochProgress | None
-    resume: bool
+    def __init__(
+        self, cfg: Config, run: Any, dist: Any, device: torch.device, *, resume: bool
+    ) -> None:
+        self.cfg, self.run, self.dist, self.device, self.resume = cfg, run, dist, device, resume
 
-    def _check_run_dir(self) -> None:
+    def check_run_dir(self) -> None:
+        """``--out`` holds no run (or, with ``--resume``, a run this config may continue)."""
         run = self.run
         if self.resume:
             if not run.config_path.is_file():
@@ -106,10 +113,12 @@ class RunPersistence:
         where = self.device if self.dist.world == 1 else "cpu"
         return found, load_checkpoint(found, map_location=where)
 
-    def _load_checkpoint(self) -> None:
+    def load(self, cohort: CohortLike, method: Any, events: Any) -> ResumePoint | None:
+        """Load the newest valid checkpoint into the cohort, the method's precision, the
+        callbacks' state and the RNG; None when there is none (training starts afresh)."""
         found, state = self.dist.on_main(self._newest_checkpoint)  # rank 0 reads, all load
         if found is None:
-            return
+            return None
         self.dist.check_resume(state, self.run.path)  # same number of processes
         saved = [(p["name"], p["arch"]) for p in state["peers"]]
         ours = [(self.cfg.peer_name(i), p.arch) for i, p in enumerate(self.cfg.peers)]
@@ -119,8 +128,8 @@ class RunPersistence:
                 f"own config"
             )
         try:
-            self.cohort.load_training_state(state["cohort"])
-            self.method.precision.load_state_dict(state.get("precision", {}))
+            cohort.load_training_state(state["cohort"])
+            method.precision.load_state_dict(state.get("precision", {}))
         except (RuntimeError, KeyError, ValueError) as exc:
             raise UserError(
                 f"{found}: does not fit this cohort ({first_line(exc, 160)}); "
@@ -128,23 +137,29 @@ class RunPersistence:
             ) from None
         if self.dist.is_main:
             log.info("resuming from %s", found)
-        self.epoch, self.iteration = state["epoch"], state["iteration"]
-        if state.get("within_epoch") is not None:
-            self._resumed_epoch = EpochProgress.from_state(state["within_epoch"])
-        self.events.load_state_dict(state.get("callbacks", []))  # early stopping's best value
+        within = state.get("within_epoch")
+        events.load_state_dict(state.get("callbacks", []))  # early stopping's best value
         rng = self.dist.rng_state(state)  # this process's own
         torch.set_rng_state(rng["torch"])
         if self.device.type == "cuda" and rng.get("cuda") is not None:
             torch.cuda.set_rng_state(rng["cuda"], self.device)
+        return ResumePoint(
+            state["epoch"],
+            state["iteration"],
+            EpochProgress.from_state(within) if within is not None else None,
+        )
 
-    def _state(self) -> dict[str, Any]:
+    def state(
+        self, cohort: CohortLike, method: Any, events: Any, epoch: int, iteration: int
+    ) -> dict[str, Any]:
+        """The checkpoint's content after ``epoch`` epochs and ``iteration`` steps."""
         return {
-            "epoch": self.epoch,
-            "iteration": self.iteration,
-            "peers": [vars(s) for s in self.cohort.specs],
-            "cohort": self.cohort.training_state(),
-            "lr": self.cohort.lrs(),  # the schedules are functions of the iteration above
-            "precision": self.method.precision.state_dict(),  # fp16's loss scale
+            "epoch": epoch,
+            "iteration": iteration,
+            "peers": [vars(s) for s in cohort.specs],
+            "cohort": cohort.training_state(),
+            "lr": cohort.lrs(),  # the schedules are functions of the iteration above
+            "precision": method.precision.state_dict(),  # fp16's loss scale
             "method": {"name": self.cfg.method.name, "update": self.cfg.method.update},
             "rng": {
                 "torch": torch.get_rng_state(),
@@ -153,20 +168,28 @@ class RunPersistence:
                 else None,
             },
             "config": self.cfg.to_dict(),
-            "callbacks": self.events.state_dict(),
+            "callbacks": events.state_dict(),
             "distributed": self.dist.checkpoint_info(),  # world size, every rank's RNG state
         }
 
-    def _save(self, within: EpochProgress | None = None) -> Path:
+    def save(
+        self,
+        cohort: CohortLike,
+        method: Any,
+        events: Any,
+        epoch: int,
+        iteration: int,
+        within: EpochProgress | None = None,
+    ) -> Path:
         """Checkpoint the cohort; a failed write (full disk...) stops the run, losing nothing.
 
         ``within``: the progress of the epoch under way, for a checkpoint taken inside it
         (``train.checkpoint_every_steps``); ``None`` at the end of an epoch.
         """
-        state = self._state()
+        state = self.state(cohort, method, events, epoch, iteration)
         if within is not None:
             state["within_epoch"] = within.state_dict()
-        for spec, peer_state in zip(self.cohort.specs, state["cohort"]["models"]):
+        for spec, peer_state in zip(cohort.specs, state["cohort"]["models"]):
             bad = [
                 n
                 for n, p in peer_state.items()
@@ -175,29 +198,30 @@ class RunPersistence:
             if bad:
                 raise TrainingError(
                     f"non-finite weights in peer {spec.name!r} ({bad[0]}) after epoch "
-                    f"{self.epoch}, not checkpointed; {self._kept()}; lower optim.lr"
+                    f"{epoch}, not checkpointed; {self.kept()}; lower optim.lr"
                 )
         try:
             return self.dist.on_main(
                 save_checkpoint,
                 self.run.checkpoints,
                 state,
-                self.epoch,
+                epoch,
                 self.cfg.train.keep_checkpoints,
-                None if within is None else self.iteration,
+                None if within is None else iteration,
             )
         except OSError as exc:
-            what = f"epoch {self.epoch}" if within is None else f"step {self.iteration}"
+            what = f"epoch {epoch}" if within is None else f"step {iteration}"
             raise TrainingError(
                 f"cannot write the checkpoint of {what} in {self.run.checkpoints} "
-                f"({exc.strerror or exc}); {self._kept()}; {self._advice(exc)}"
+                f"({exc.strerror or exc}); {self.kept()}; {self._advice(exc)}"
             ) from None
 
     def _advice(self, exc: OSError) -> str:
         """What to do after a failed write: free space, fix permissions, or the folder is gone."""
         return write_advice(exc, self.run.path, f"resume with dml train --resume {self.run.path}")
 
-    def _kept(self) -> str:
+    def kept(self) -> str:
+        """What survives a failure now: the last good checkpoint, named."""
         if not self.run.path.is_dir():
             return "the run folder is gone with its checkpoints"
         previous = newest_valid_checkpoint(self.run.checkpoints)[0]
@@ -205,7 +229,7 @@ class RunPersistence:
             return "no checkpoint was written before this"
         return f"the last good checkpoint {previous} is intact"
 
-    def _write(self, name: str, write: Callable[..., Any], *args: Any) -> Any:
+    def write(self, name: str, write: Callable[..., Any], *args: Any) -> Any:
         """A write into the run folder; a full disk (any OSError) stops the run in one line.
 
         ``name``: the file or folder written, named in the message unless the error names its
@@ -216,5 +240,5 @@ class RunPersistence:
         except OSError as exc:
             where = exc.filename or self.run.path / name
             raise TrainingError(
-                f"cannot write {where} ({exc.strerror or exc}); {self._kept()}; {self._advice(exc)}"
+                f"cannot write {where} ({exc.strerror or exc}); {self.kept()}; {self._advice(exc)}"
             ) from None

@@ -25,6 +25,7 @@ from dmlkit.data.images import decode_rgb
 from dmlkit.engine.checkpoint import load_cohort
 from dmlkit.engine.rundir import RunDir
 from dmlkit.errors import UserError, first_line
+from dmlkit.losses import ensemble_log_probs
 
 
 def preprocess_of(data: DataBundle) -> dict[str, Any] | None:
@@ -53,8 +54,7 @@ class Ensemble(nn.Module):
         self.peers = nn.ModuleList(peers)
 
     def forward(self, x: Tensor) -> Tensor:
-        log_probs = torch.stack([torch.log_softmax(p(x).float(), dim=1) for p in self.peers])
-        return torch.logsumexp(log_probs, dim=0) - math.log(len(self.peers))
+        return ensemble_log_probs([p(x) for p in self.peers])
 
 
 @dataclass

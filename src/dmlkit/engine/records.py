@@ -62,8 +62,9 @@ def postfix(records: list[Record]) -> str:
 
 
 class EpochFunction(Callback):
-    """``Trainer.fit(on_epoch=f)``: ``f(epoch, records)`` after every epoch, with all of the
-    epoch's records (train, and val on an evaluated epoch) as a list."""
+    """A callback that calls ``f(epoch, records)`` after every epoch, with all of the epoch's
+    records (train, and val on an evaluated epoch) as a list:
+    ``Trainer.fit(callbacks=[EpochFunction(f)])``."""
 
     def __init__(self, fn: Callable[[int, list[Record]], Any]) -> None:
         self.fn = fn

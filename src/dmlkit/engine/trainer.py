@@ -1,7 +1,8 @@
 """The one trainer every method shares.
 
-It owns the loop (epochs or iterations), the learning-rate schedule, evaluation cadence,
-checkpoints, logging and resume; the method owns what happens inside a step. Model selection
+It owns the loop (epochs or iterations), when each step's learning rate is set (the cohort's
+schedules compute it), evaluation cadence, checkpoints, logging and resume; the method owns
+what happens inside a step (:mod:`dmlkit.update`). Model selection
 never looks at the test split: the test split is evaluated once, after the final epoch, and
 that is what ``summary.json`` reports.
 """
@@ -22,10 +23,11 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from dmlkit.cohort import PeerSpec, build_cohort, peer_specs
+from dmlkit.cohort import CohortLike, PeerSpec, build_cohort, peer_specs
 from dmlkit.config import Config
 from dmlkit.config.usage import resolve_threads, resolved_root, unused_data_keys
 from dmlkit.data import DataBundle, build_data
+from dmlkit.data.protocol import ShardedLoader
 from dmlkit.distributed import DistContext, DistributedError, init_distributed
 from dmlkit.engine.callbacks import CallbackList, Record, RunContext, build_callback
 from dmlkit.engine.checkpoint import (
@@ -66,7 +68,7 @@ def _nonfinite(x: Any) -> bool:
     )
 
 
-class Trainer(RunPersistence):
+class Trainer:
     """Train a configured cohort into a run directory.
 
     Args:
@@ -93,25 +95,50 @@ class Trainer(RunPersistence):
         trust_code: bool = False,
     ) -> None:
         check_names(cfg)  # a misspelt name fails before any work (and any writing)
-        # stored absolute: `dml eval RUN` then works from any folder
-        cfg = dataclasses.replace(cfg, data=resolved_root(cfg.data))
-        torch.set_num_threads(resolve_threads(cfg.train.threads))
-        self.cfg = cfg
+        self.cfg = cfg = self._settle(cfg)
         self.resume = resume
+        self.trust_code = trust_code
         self.desc = desc or cfg.method.name
+        self._join(dist, run_dir)
+        self._build_callbacks()
+        seed_everything(cfg.seed, cfg.train.deterministic)
+        self._build_data(data)
+        self._build_cohort(cohort_factory)
+        self._build_method()
+        self._reset_progress()
+
+    # -- set-up, in the order of __init__ -------------------------------------------------------
+    @staticmethod
+    def _settle(cfg: Config) -> Config:
+        """The config as the run records it (data roots absolute: ``dml eval RUN`` then works
+        from any folder); this process's thread count set from it."""
+        torch.set_num_threads(resolve_threads(cfg.train.threads))
+        return dataclasses.replace(cfg, data=resolved_root(cfg.data))
+
+    def _join(self, dist: DistContext | None, run_dir: str | Path) -> None:
+        """This process's place in the job, its device, the run folder (rank 0 writes, the
+        other ranks only read) and its persistence; ``--out`` / ``--resume`` checked."""
         if dist is None:
-            dist = init_distributed(cfg.distributed, resolve_device(cfg.train.device))
+            dist = init_distributed(self.cfg.distributed, resolve_device(self.cfg.train.device))
         self.dist = dist
         self.device = dist.device
-        self.run = run_dir_for(dist.is_main, run_dir)  # rank 0 writes, the other ranks only read
-        for message in unused_data_keys(cfg.data) if dist.is_main else []:
-            warnings.warn(message, stacklevel=2)
-        dist.on_main(self._check_run_dir)
-        # Before any slow work: a logger not installed or a callback not importable fails now.
-        # The loggers write from the main process only; a user's callbacks run in every one.
-        self.loggers = build_loggers(cfg.train.loggers, self.run.path) if dist.is_main else []
+        self.run = run_dir_for(dist.is_main, run_dir)
+        self.store = RunPersistence(self.cfg, self.run, dist, self.device, resume=self.resume)
+        for message in unused_data_keys(self.cfg.data) if dist.is_main else []:
+            warnings.warn(message, stacklevel=3)
+        dist.on_main(self.store.check_run_dir)
+
+    def _build_callbacks(self) -> None:
+        """Before any slow work: a logger not installed or a callback not importable fails now.
+        The loggers write from the main process only; a user's callbacks run in every one."""
+        cfg, is_main = self.cfg, self.dist.is_main
+        self.loggers = build_loggers(cfg.train.loggers, self.run.path) if is_main else []
         self.callbacks: list[Any] = [build_callback(c) for c in cfg.train.callbacks]
-        seed_everything(cfg.seed, cfg.train.deterministic)
+
+    def _build_data(self, data: DataBundle | None) -> None:
+        """The splits (built from the config, or a user's, dmlkit.fit), this process's share of
+        every batch in data mode, and the run's length in steps and epochs."""
+        cfg, dist = self.cfg, self.dist
         if data is None:
             data = build_data(cfg.data, seed=cfg.seed, device=self.device)
         else:  # a user's data (dmlkit.fit): batches move to the device as they come
@@ -119,7 +146,8 @@ class Trainer(RunPersistence):
                 if loader is not None:
                     loader.to(self.device)
         self.data: DataBundle = data
-        if cfg.distributed.mode == "data" and dist.world > 1 and hasattr(data.train, "shard"):
+        sharded = isinstance(data.train, ShardedLoader)
+        if cfg.distributed.mode == "data" and dist.world > 1 and sharded:
             # each process reads only its share of every global batch (the stream path)
             data.train.shard(dist.rank, dist.world)
         self.steps_per_epoch = len(self.data.train)
@@ -130,7 +158,14 @@ class Trainer(RunPersistence):
         t = cfg.train
         self.total_steps = t.iterations if t.iterations else t.epochs * self.steps_per_epoch
         self.num_epochs = math.ceil(self.total_steps / self.steps_per_epoch)
-        specs = peer_specs(cfg, self.data.num_classes, self.data.in_channels, self.data.image_size)
+
+    def _build_cohort(
+        self, cohort_factory: Callable[[list[PeerSpec], float, int], Any] | None
+    ) -> None:
+        """The peers (built from the config, or a user's modules), as the whole cohort seen
+        from this process (its share of it in cohort mode)."""
+        cfg, dist, data = self.cfg, self.dist, self.data
+        specs = peer_specs(cfg, data.num_classes, data.in_channels, data.image_size)
         specs = [_with_method_kwargs(s, model_kwargs(cfg.method)) for s in specs]
         optims = [cfg.peer_optim(i) for i in range(len(specs))]
         total_epochs = self.total_steps / self.steps_per_epoch
@@ -154,17 +189,25 @@ class Trainer(RunPersistence):
                 compile=cfg.train.compile,
                 channels_last=cfg.train.channels_last,
             )
-        self.cohort = dist.wrap_cohort(cohort, specs, optims, total_epochs)  # the whole cohort
-        # kd's, or None; a teacher's arch is read from its checkpoint: data unless trusted
-        teacher = load_teacher(cfg.method, self.data.num_classes, self.device, trust_code)
-        # data mode: the method averages its losses and gradients over the processes
-        sync = dist.step_sync(cfg.data.batch_size)
+        self.cohort: CohortLike = dist.wrap_cohort(cohort, specs, optims, total_epochs)
+
+    def _build_method(self) -> None:
+        """The method over the cohort (kd's teacher loaded first; in data mode it averages its
+        losses and gradients over the processes), and the loader asked for what it takes."""
+        cfg = self.cfg
+        # kd's, or None; its arch is read from a checkpoint: data, unless the user trusts it
+        teacher = load_teacher(cfg.method, self.data.num_classes, self.device, self.trust_code)
+        sync = self.dist.step_sync(cfg.data.batch_size)
         self.method: Method = build_method(
             cfg, self.cohort, device=self.device, teacher=teacher, sync=sync
         )
         self.method.prepare_loader(self.data.train)  # e.g. one augmented view per member
         if self.data.task == "reid":  # fail now, not after training, if a peer has no features
             check_reid_support(self.cohort)
+
+    def _reset_progress(self) -> None:
+        """Counters at the start of a run (a resume sets them from its checkpoint), the
+        callbacks' event list and the context they receive."""
         self.epoch = 0  # completed epochs
         self.iteration = 0  # completed steps
         self.skipped_steps = 0  # steps skipped for a non-finite loss (train.nonfinite=skip)
@@ -174,31 +217,39 @@ class Trainer(RunPersistence):
         self.context = RunContext(
             run_dir=self.run.path,
             peers=self.cohort.names,
-            config=cfg.to_dict(),
+            config=self.cfg.to_dict(),
             steps_per_epoch=self.steps_per_epoch,
             total_steps=self.total_steps,
             num_epochs=self.num_epochs,
         )
 
-    # -- set-up ---------------------------------------------------------------------------------
     # -- the loop -------------------------------------------------------------------------------
     def fit(
         self,
-        on_epoch: Callable[[int, list[Record]], Any] | None = None,
         callbacks: Sequence[Any] = (),
+        *,
+        on_epoch: Callable[[int, list[Record]], Any] | None = None,
     ) -> dict[str, Any]:
         """Train to the end, evaluate the test split, write summary.json and return it.
 
         The run folder is locked (rank 0) from here to the end, whatever the exit.
 
         Args:
-            on_epoch: ``on_epoch(epoch, records)`` after every epoch, with the epoch's records
-                (train, and val on an evaluated epoch); a callback's ``on_epoch_end`` is the
-                same thing.
             callbacks: objects with some of the events of :mod:`dmlkit.engine.callbacks`,
-                called after the configured loggers and ``train.callbacks``.
+                called after the configured loggers and ``train.callbacks``; a function of
+                ``(epoch, records)`` after every epoch is ``EpochFunction(f)``
+                (:mod:`dmlkit.engine.records`).
+            on_epoch: deprecated alias of ``callbacks=[EpochFunction(on_epoch)]`` (warns).
         """
-        extra = [*callbacks, *([EpochFunction(on_epoch)] if on_epoch is not None else [])]
+        extra = list(callbacks)
+        if on_epoch is not None:
+            warnings.warn(
+                "Trainer.fit(on_epoch=f) is deprecated: pass callbacks=[EpochFunction(f)] "
+                "(from dmlkit.engine.records)",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            extra.append(EpochFunction(on_epoch))
         self.events = CallbackList([*self.loggers, *self.callbacks, *extra])
         lock = FolderLock(self.run.path, f"--out {self.run.path}")
         try:
@@ -209,7 +260,7 @@ class Trainer(RunPersistence):
                 f"choose a writable folder"
             ) from None
         try:
-            self.dist.on_main(self._check_run_dir)  # again, now that no one else can write
+            self.dist.on_main(self.store.check_run_dir)  # again, now that no one else can write
             self._start()
             return self._fit()
         finally:
@@ -218,9 +269,11 @@ class Trainer(RunPersistence):
     def _start(self) -> None:
         """Create the run folder, or load the newest checkpoint to resume from."""
         if self.resume:
-            self._load_checkpoint()
-            self._write("checkpoints", self.dist.on_main, repair_last, self.run.checkpoints)
-            self._write("config.yaml", self.dist.on_main, self.run.update_config, self.cfg)
+            point = self.store.load(self.cohort, self.method, self.events)
+            if point is not None:
+                self.epoch, self.iteration, self._resumed_epoch = point
+            self.store.write("checkpoints", self.dist.on_main, repair_last, self.run.checkpoints)
+            self.store.write("config.yaml", self.dist.on_main, self.run.update_config, self.cfg)
             return
         try:
             self.dist.on_main(self.run.create, self.cfg, self.device)
@@ -234,7 +287,7 @@ class Trainer(RunPersistence):
         run = self.context
         run.step, run.epoch, run.resumed = self.iteration, self.epoch, self.resume
         # loggers drop what followed the checkpoint
-        self._write("metrics.jsonl", self.events.fire, "on_fit_start", run)
+        self.store.write("metrics.jsonl", self.events.fire, "on_fit_start", run)
         cfg = self.cfg
         bar = tqdm(
             total=self.total_steps,
@@ -259,7 +312,7 @@ class Trainer(RunPersistence):
                 if self.data.val is not None and (self.epoch % cfg.train.eval_every == 0 or last):
                     metrics = evaluate(self.cohort, self.data.val, self.method.eval_heads)
                     val = split_records(run, "val", metrics)
-                    self._write("metrics.jsonl", self.events.fire, "on_eval_end", run, val)
+                    self.store.write("metrics.jsonl", self.events.fire, "on_eval_end", run, val)
                     records += val
                 every = cfg.train.test_every
                 if every and self.epoch % every == 0 and not last:  # reporting only, see schema
@@ -269,7 +322,8 @@ class Trainer(RunPersistence):
                 bar.set_postfix_str(postfix(records))
         except DistributedError as exc:  # another process died or hung: say how to go on
             raise DistributedError(
-                f"{exc}; {self._kept()}; resume with: {self.dist.resume_command(self.run.path)}"
+                f"{exc}; {self.store.kept()}; "
+                f"resume with: {self.dist.resume_command(self.run.path)}"
             ) from None
         finally:
             bar.close()
@@ -292,7 +346,9 @@ class Trainer(RunPersistence):
         resume and written again, never missing. The other callbacks see the epoch after its
         checkpoint; one that asks to stop then still gets the cohort checkpointed.
         """
-        self._write("metrics.jsonl", CallbackList(self.loggers).fire, "on_epoch_end", run, records)
+        self.store.write(
+            "metrics.jsonl", CallbackList(self.loggers).fire, "on_epoch_end", run, records
+        )
         others = CallbackList([c for c in self.events if all(c is not x for x in self.loggers)])
         due = checkpoint or run.should_stop
         if due:
@@ -300,6 +356,11 @@ class Trainer(RunPersistence):
         others.fire("on_epoch_end", run, records)
         if run.should_stop and not due:  # asked for in on_epoch_end
             self._checkpoint(run)
+
+    def _save(self, within: EpochProgress | None = None) -> Path:
+        """A checkpoint of where training stands (``within``: inside an epoch)."""
+        store, args = self.store, (self.cohort, self.method, self.events)
+        return store.save(*args, self.epoch, self.iteration, within)
 
     def _checkpoint(self, run: RunContext) -> None:
         self.events.fire("on_checkpoint", run, self._save())
@@ -319,7 +380,7 @@ class Trainer(RunPersistence):
             if self.iteration >= self.total_steps:
                 break
             maybe_kill("kill-at-step", self.iteration + 1)
-            if not getattr(loader, "sharded", False):  # a stream loader reads its share only
+            if not (isinstance(loader, ShardedLoader) and loader.sharded):  # reads its share
                 x, y = self.dist.shard(x, y)  # data mode: this process's share of the batch
             progress = self.iteration / self.steps_per_epoch
             cohort.set_lr(progress)
@@ -331,14 +392,14 @@ class Trainer(RunPersistence):
                     # the data, not the optimisation: no learning rate would help
                     raise TrainingError(
                         f"non-finite input at step {self.iteration + 1} (epoch {self.epoch + 1}):"
-                        f" the batch itself holds NaN or inf values; {self._kept()}; check the "
-                        f"data (a file, a transform, data.std of 0), not optim.lr"
+                        f" the batch itself holds NaN or inf values; {self.store.kept()}; "
+                        f"check the data (a file, a transform, data.std of 0), not optim.lr"
                     ) from None
                 if self.cfg.train.nonfinite == "stop":
                     raise TrainingError(
                         f"non-finite loss at step {self.iteration + 1} (epoch {self.epoch + 1}) "
-                        f"for peer {exc.peer!r}: {exc.values}; {self._kept()}; lower optim.lr, "
-                        f"or set train.nonfinite=skip"
+                        f"for peer {exc.peer!r}: {exc.values}; {self.store.kept()}; "
+                        f"lower optim.lr, or set train.nonfinite=skip"
                     ) from None
                 self.skipped_steps += 1
                 log.warning(
@@ -361,13 +422,13 @@ class Trainer(RunPersistence):
             run.step = self.iteration
             if every and self.iteration % every == 0:
                 records = step_records(run, self.epoch + 1, logs, cohort.lrs())
-                self._write("metrics.jsonl", self.events.fire, "on_step_end", run, records)
+                self.store.write("metrics.jsonl", self.events.fire, "on_step_end", run, records)
             if every_steps and self.iteration % every_steps == 0 and acc.batches < len(loader):
                 self.events.fire("on_checkpoint", run, self._save(acc))
         if acc.sums is None:
             raise TrainingError(
                 f"every step of epoch {self.epoch + 1} had a non-finite loss and was skipped; "
-                f"{self._kept()}; lower optim.lr"
+                f"{self.store.kept()}; lower optim.lr"
             )
         return acc.means()
 
@@ -377,10 +438,10 @@ class Trainer(RunPersistence):
         test = evaluate_split(self.cohort, self.data.test, self.method.eval_heads)
         run = self.context
         run.step, run.epoch = self.iteration, self.epoch
-        self._write(
+        self.store.write(
             "metrics.jsonl", self.events.fire, "on_eval_end", run, split_records(run, "test", test)
         )
-        members = getattr(self.cohort, "member_specs", self.cohort.specs)  # branches: members
+        members = self.cohort.member_specs  # a multi-branch peer's branches are members
         summary = make_summary(
             self.cfg,
             members,
@@ -402,7 +463,7 @@ class Trainer(RunPersistence):
             skipped["test"] = len(self.data.test.skipped)
         if skipped:  # data.on_bad_image=skip: what the metrics leave out, in the record
             summary["skipped_images"] = skipped
-        self._write("summary.json", self.run.write_summary, summary)
+        self.store.write("summary.json", self.run.write_summary, summary)
         self.events.fire("on_fit_end", run, summary)
         return summary
 

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from dmlkit import paper
-from dmlkit.analysis.stats import mean_std
+from dmlkit.analysis.stats import mean_std, paired_gains
 from dmlkit.experiments.core import Experiment, RunResult, register_experiment, write_results_files
 from dmlkit.experiments.recipes import PaperConfig, recipe_dict
 
@@ -196,14 +196,14 @@ def _per_peer(results: Iterable[RunResult]) -> dict[tuple[str, int], list[float]
 
 
 def _paired_gain(results: list[RunResult], arm: str, base: str, peer: int) -> list[float]:
-    by = {(r.arm, r.seed): r.summary for r in results}
-    gains = []
-    for (a, seed), summary in sorted(by.items(), key=lambda kv: kv[0][1]):
-        if a == arm and (base, seed) in by:
-            new = summary["peers"][peer]["metrics"]["top1"]
-            old = by[(base, seed)]["peers"][peer]["metrics"]["top1"]
-            gains.append(100 * (new - old))
-    return gains
+    def top1(name: str) -> dict[int, float]:
+        return {
+            r.seed: 100 * r.summary["peers"][peer]["metrics"]["top1"]
+            for r in results
+            if r.arm == name
+        }
+
+    return paired_gains(top1(arm), top1(base))
 
 
 def format_report(exp: Experiment, results: list[RunResult], scale: float) -> str:

@@ -10,13 +10,12 @@
 
 from __future__ import annotations
 
-import math
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dmlkit.analysis.stats import mean_std
+from dmlkit.analysis.stats import mean_ci95, mean_std
 from dmlkit.engine.evaluation import ENSEMBLE
 from dmlkit.engine.rundir import RunDir
 from dmlkit.experiments.core import (
@@ -93,21 +92,7 @@ SELECTION_RULE = (
 
 
 # ------------------------------------------------------------------------------------------------
-# paired gains with 95 % t-intervals
-
-
-def t_interval(diffs: list[float]) -> tuple[float, float]:
-    """Mean of paired differences and the half-width of its 95 % t-interval (inf if n < 2).
-
-    The exact t quantile (scipy), not :func:`dmlkit.analysis.stats.ci95`'s three-decimal table:
-    on the search's runs it moves two half-widths of its regime table by 0.01.
-    """
-    from scipy.stats import t
-
-    mean = statistics.fmean(diffs)
-    if len(diffs) < 2:
-        return mean, math.inf
-    return mean, float(t.ppf(0.975, len(diffs) - 1)) * statistics.stdev(diffs) / len(diffs) ** 0.5
+# paired gains with 95 % t-intervals (dmlkit.analysis.stats.mean_ci95)
 
 
 def final_top1(run: Path, split: str) -> dict[str, float]:
@@ -136,7 +121,7 @@ class Gain:
 
     @property
     def interval(self) -> tuple[float, float]:
-        return t_interval(self.diffs)
+        return mean_ci95(self.diffs)
 
     @property
     def low(self) -> float:

@@ -56,7 +56,7 @@ from pathlib import Path
 from typing import Any
 
 from dmlkit import paper
-from dmlkit.analysis.stats import ci95, csv_text, mean_std
+from dmlkit.analysis.stats import ci_text, csv_text, mean_ci95, mean_std, paired_gains
 from dmlkit.engine.checkpoint import atomic_write_text
 from dmlkit.engine.evaluation import ENSEMBLE
 from dmlkit.engine.rundir import RunDir
@@ -171,13 +171,9 @@ def reported_best(run: Path, summary: dict[str, Any], member: str) -> tuple[floa
 
 def paired(results: list[RunResult], arm: str, base: str, measure: str) -> list[float]:
     """Per seed: ``measure(arm) - students(base)`` (the baseline has one network)."""
-    by = {(r.arm, r.seed): r.summary for r in results}
-    out = []
-    for (a, seed), summary in sorted(by.items()):
-        value = MEASURES[measure](summary)
-        if a == arm and (base, seed) in by and value is not None:
-            out.append(value - _members(by[(base, seed)]))
-    return out
+    mine = {r.seed: MEASURES[measure](r.summary) for r in results if r.arm == arm}
+    theirs = {r.seed: _members(r.summary) for r in results if r.arm == base}
+    return paired_gains(mine, theirs)
 
 
 def report_rows(exp: Experiment, results: list[RunResult]) -> list[dict[str, Any]]:
@@ -204,12 +200,7 @@ def report_rows(exp: Experiment, results: list[RunResult]) -> list[dict[str, Any
 
 def gain_text(diffs: list[float]) -> str:
     """``+m ± h`` with h the half-width of the 95 % t-interval over seeds (``+m`` for one)."""
-    if not diffs:
-        return "–"
-    if len(diffs) == 1:
-        return f"{diffs[0]:+.2f}"
-    m, h = ci95(diffs)
-    return f"{m:+.2f} ± {h:.2f}"
+    return ci_text(diffs, 2, missing="–")
 
 
 def format_report(
@@ -334,7 +325,7 @@ def plot_gains(exp: Experiment, results: list[RunResult], path: Path) -> Path:
         for i, row in enumerate(rows):
             diffs = row[f"gain_{measure}"]
             if diffs:
-                m, h = ci95(diffs) if len(diffs) > 1 else (diffs[0], 0.0)
+                m, h = mean_ci95(diffs) if len(diffs) > 1 else (diffs[0], 0.0)
                 xs.append(i + (j - 1) * width)
                 ms.append(m)
                 hs.append(h)

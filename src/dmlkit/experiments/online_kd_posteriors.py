@@ -26,7 +26,7 @@ from torch import Tensor
 
 from dmlkit.analysis.agreement import agreement
 from dmlkit.analysis.entropy import entropy
-from dmlkit.analysis.stats import ci95, mean_std
+from dmlkit.analysis.stats import ci_text, mean_ci95, mean_std
 from dmlkit.data import build_data
 from dmlkit.engine.checkpoint import load_cohort
 from dmlkit.engine.rundir import RunDir
@@ -92,12 +92,7 @@ def posterior_rows(exp: Experiment, results: list[RunResult]) -> list[dict[str, 
 
 
 def _interval(values: list[float], digits: int = 2) -> str:
-    if not values:
-        return "–"
-    if len(values) == 1:
-        return f"{values[0]:+.{digits}f}"
-    m, h = ci95(values)
-    return f"{m:+.{digits}f} ± {h:.{digits}f}"
+    return ci_text(values, digits, missing="–")
 
 
 def format_posteriors(exp: Experiment, rows: list[dict[str, Any]]) -> str:
@@ -147,7 +142,7 @@ def plot_posteriors(exp: Experiment, rows: list[dict[str, Any]], path: Path) -> 
         ms, hs = [], []
         for row in rows:
             v = row[key]
-            m, h = (ci95(v) if len(v) > 1 else (v[0], 0.0)) if v else (float("nan"), 0.0)
+            m, h = (mean_ci95(v) if len(v) > 1 else (v[0], 0.0)) if v else (float("nan"), 0.0)
             ms.append(m)
             hs.append(h)
         ax.bar(range(len(rows)), ms, 0.6, yerr=hs, capsize=2, color="tab:blue")

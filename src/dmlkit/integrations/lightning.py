@@ -2,15 +2,17 @@
 
 For people whose training already runs on Lightning's ``Trainer`` (its loggers, callbacks,
 precision and devices). The peers are trained with manual optimization, one optimizer per peer,
-with the same losses as the rest of dmlkit (:mod:`dmlkit.losses`) and the same two update
-orders (:mod:`dmlkit.methods`): ``simultaneous`` (one forward, every peer steps against it)
-and ``sequential`` (the paper's Algorithm 1: peer k steps against the others' predictions as
-updated earlier in the same step).
+by the same step as the rest of dmlkit (:func:`dmlkit.update.step_peers` over
+:func:`dmlkit.losses.dml_loss`) in either update order: ``simultaneous`` (one forward, every
+peer steps against it) or ``sequential`` (the paper's Algorithm 1: peer k steps against the
+others' predictions as updated earlier in the same step).
 
 Everything is logged through ``self.log`` under the tags the dmlkit loggers use
 (``train/ce/PEER``, ``train/mimicry/PEER``, ``train/loss/PEER``, ``train/lr/PEER``,
 ``train/grad_norm/PEER``; ``val/top1/PEER``, ``val/top1/ensemble``, ``val/ce/...``,
-``val/all_agree``, ``val/pairwise_kl``), so any Lightning logger records them::
+``val/all_agree``, ``val/pairwise_kl``), so any Lightning logger records them. Epoch values
+are averaged over every process (``sync_dist``), so that under DDP the validation figures are
+those of the whole validation set, not of rank 0's shard::
 
     import lightning as L
     from dmlkit.integrations.lightning import DMLModule
@@ -38,9 +40,11 @@ except ModuleNotFoundError as exc:  # an optional extra
         name=exc.name,
     ) from None
 
-from dmlkit.cohort import preserved_buffers
-from dmlkit.losses import DML_MODES, cross_entropy, mimicry_term
+from dmlkit.config import default_peer_name
+from dmlkit.losses import dml_loss, ensemble_log_probs
 from dmlkit.metrics.agreement import agreement
+from dmlkit.optim import grad_norm
+from dmlkit.update import repredict_module, step_peers
 
 METHODS = ("dml", "dml_e", "independent")
 UPDATES = ("simultaneous", "sequential")
@@ -67,7 +71,8 @@ class DMLModule(L.LightningModule):
         optimizer: ``params -> torch.optim.Optimizer``, called once per peer; default SGD
             (LR 0.1, Nesterov momentum 0.9, weight decay 5e-4).
         scheduler: optional ``optimizer -> LR scheduler``, stepped once per epoch.
-        names: the peers' names in the logs (default ``peer1``, ``peer2``, ...).
+        names: the peers' names in the logs (default as ``dml train`` and ``dmlkit.fit`` name
+            them: ``peer0_<class>``, ``peer1_<class>``, ..., the class name in lower case).
     """
 
     def __init__(
@@ -89,7 +94,9 @@ class DMLModule(L.LightningModule):
             raise ValueError(f"update={update!r}; choose from {', '.join(UPDATES)}")
         if len(models) < 1:
             raise ValueError("DMLModule needs at least one model")
-        names = list(names) if names is not None else [f"peer{i + 1}" for i in range(len(models))]
+        if names is None:
+            names = [default_peer_name(i, type(m).__name__.lower()) for i, m in enumerate(models)]
+        names = list(names)
         if len(names) != len(models) or len(set(names)) != len(names):
             raise ValueError(f"names={names}: give one distinct name per model")
         # Lightning's manual optimization: we call backward and step ourselves (K optimizers).
@@ -120,51 +127,47 @@ class DMLModule(L.LightningModule):
             return optimizers
         return optimizers, [self._scheduler(opt) for opt in optimizers]
 
-    def _terms(self, k: int, logits: Tensor, others: list[Tensor], y: Tensor) -> tuple[Tensor, ...]:
-        """Peer k's (loss, ce, mimicry) against the others' (detached) logits."""
-        ce = cross_entropy(logits, y)
-        if self.method == "independent" or not others:
-            mim = torch.zeros_like(ce)
-        else:
-            mode = self.method if self.method in DML_MODES else "dml"
-            mim = mimicry_term(logits, others, mode=mode, temperature=self.temperature)
-        return ce + self.mimicry_weight * mim, ce, mim
-
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         x, y = batch
         optimizers = self.optimizers()
         optimizers = optimizers if isinstance(optimizers, list) else [optimizers]
         logits = self(x)
-        current = [z.detach() for z in logits]  # the predictions the peers mimic
-        logs: list[tuple[Tensor, ...]] = []
-        if self.update == "simultaneous":
-            for k, z in enumerate(logits):
-                logs.append(self._terms(k, z, current[:k] + current[k + 1 :], y))
-            for opt in optimizers:
-                opt.zero_grad()
-            # Each loss reaches only its own peer (the targets are detached): one backward.
-            self.manual_backward(torch.stack([t[0] for t in logs]).sum())
-            norms = [_grad_norm(p) for p in self.peers]
-            for opt in optimizers:
-                opt.step()
-        else:
-            norms = []
-            for k, z in enumerate(logits):
-                terms = self._terms(k, z, current[:k] + current[k + 1 :], y)
-                optimizers[k].zero_grad()
-                self.manual_backward(terms[0])
-                norms.append(_grad_norm(self.peers[k]))
-                optimizers[k].step()
-                if k < len(logits) - 1:  # peer k's new prediction, for the peers after it
-                    with torch.no_grad(), preserved_buffers(self.peers[k]):
-                        current[k] = self.peers[k](x)
-                logs.append(terms)
+        # independent: every peer alone on the labels (no others to mimic, mimicry 0)
+        mode = "dml" if self.method == "independent" else self.method
+
+        def peer_loss(k: int, others: list[Tensor]) -> dict[str, Tensor]:
+            return dml_loss(
+                logits[k],
+                others if self.mimics else [],
+                y,
+                mode=mode,
+                temperature=self.temperature,
+                mimicry_weight=self.mimicry_weight,
+            )._asdict()
+
+        logs = step_peers(
+            logits,
+            peer_loss,
+            optimizers,
+            update=self.update,
+            repredict=lambda k: repredict_module(self.peers[k], x),
+            names=self.names,
+            backward=self.manual_backward,  # Lightning's precision plugin scales the loss
+        )
         for k, name in enumerate(self.names):
-            loss, ce, mim = logs[k]
-            lr = optimizers[k].param_groups[0]["lr"]
-            values = {"loss": loss, "ce": ce, "mimicry": mim, "lr": lr, "grad_norm": norms[k]}
+            values = {
+                **logs[k],
+                "lr": torch.tensor(float(optimizers[k].param_groups[0]["lr"])),
+                # as left by peer k's step (zero_grad comes at the next one)
+                "grad_norm": grad_norm(self.peers[k].parameters()),
+            }
             for key, v in values.items():
-                self.log(f"train/{key}/{name}", float(v), on_step=True, on_epoch=True)
+                self.log(f"train/{key}/{name}", v, on_step=True, on_epoch=True, sync_dist=True)
+
+    @property
+    def mimics(self) -> bool:
+        """Whether the peers learn from each other (False for the independent baseline)."""
+        return self.method != "independent"
 
     def on_train_epoch_end(self) -> None:
         schedulers = self.lr_schedulers()
@@ -177,23 +180,14 @@ class DMLModule(L.LightningModule):
         x, y = batch
         logits = [z.float() for z in self(x)]
         log_probs = [F.log_softmax(z, dim=1) for z in logits]
-        ens = torch.logsumexp(torch.stack(log_probs), dim=0) - torch.log(
-            torch.tensor(float(len(log_probs)), device=x.device)
-        )  # log of the mean probability: the ensemble's prediction
+        ens = ensemble_log_probs(logits)  # log of the mean probability
         n = len(y)
+        # sync_dist: under DDP each process validates a shard; the logged value is their mean
+        opts: dict[str, Any] = dict(on_epoch=True, batch_size=n, sync_dist=True)
         for name, lp in zip([*self.names, "ensemble"], [*log_probs, ens]):
-            top1 = (lp.argmax(dim=1) == y).float().mean()
-            self.log(f"val/top1/{name}", top1, on_epoch=True, batch_size=n)
-            self.log(f"val/ce/{name}", F.nll_loss(lp, y), on_epoch=True, batch_size=n)
+            self.log(f"val/top1/{name}", (lp.argmax(dim=1) == y).float().mean(), **opts)
+            self.log(f"val/ce/{name}", F.nll_loss(lp, y), **opts)
         agree = agreement(logits)
         for key in ("all_agree", "pairwise_kl"):
             if agree[key] is not None:
-                self.log(f"val/{key}", float(agree[key]), on_epoch=True, batch_size=n)
-
-
-def _grad_norm(module: nn.Module) -> Tensor:
-    """The L2 norm of all of a module's gradients (0 when none)."""
-    grads = [p.grad.detach().flatten() for p in module.parameters() if p.grad is not None]
-    if not grads:
-        return torch.zeros(())
-    return torch.linalg.vector_norm(torch.cat(grads))
+                self.log(f"val/{key}", torch.as_tensor(agree[key]).float(), **opts)

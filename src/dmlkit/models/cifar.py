@@ -28,7 +28,7 @@ from dmlkit.models.layers import global_avg_pool
 from dmlkit.models.registry import MODELS
 
 
-def _init_weights(model: nn.Module) -> None:
+def init_weights(model: nn.Module) -> None:
     """He-normal convolutions (fan-out, as in the ResNet/WRN reference code), unit BatchNorm.
 
     Linear layers keep PyTorch's default (uniform) initialisation.
@@ -43,7 +43,7 @@ def _init_weights(model: nn.Module) -> None:
             nn.init.zeros_(m.bias)
 
 
-def _conv_bn_relu(
+def conv_bn_relu(
     cin: int, cout: int, kernel: int, stride: int = 1, groups: int = 1
 ) -> nn.Sequential:
     return nn.Sequential(
@@ -146,7 +146,7 @@ class CifarResNet(nn.Module):
                 f"got {depth}"
             )
         n = (depth - 2) // 6
-        self.stem = _conv_bn_relu(in_channels, 16, 3)
+        self.stem = conv_bn_relu(in_channels, 16, 3)
         blocks: list[nn.Module] = []
         cin = 16
         for width, stride in ((16, 1), (32, 2), (64, 2)):
@@ -155,7 +155,7 @@ class CifarResNet(nn.Module):
                 cin = width
         self.blocks = nn.Sequential(*blocks)
         self.fc = nn.Linear(64, num_classes)
-        _init_weights(self)
+        init_weights(self)
 
     def forward(self, x: Tensor) -> Tensor:
         """x: ``[B, C_in, H, W]`` -> logits ``[B, num_classes]``."""
@@ -233,7 +233,7 @@ class WideResNet(nn.Module):
         self.blocks = nn.Sequential(*blocks)
         self.bn = nn.BatchNorm2d(cin)
         self.fc = nn.Linear(cin, num_classes)
-        _init_weights(self)
+        init_weights(self)
         nn.init.zeros_(self.fc.bias)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -281,16 +281,16 @@ class CifarMobileNetV1(nn.Module):
 
     def __init__(self, num_classes: int, in_channels: int = 3, dropout: float = 0.0) -> None:
         super().__init__()
-        layers: list[nn.Module] = [_conv_bn_relu(in_channels, 32, 3, stride=1)]
+        layers: list[nn.Module] = [conv_bn_relu(in_channels, 32, 3, stride=1)]
         cin = 32
         for cout, stride in _MOBILENET_LAYERS:
-            layers.append(_conv_bn_relu(cin, cin, 3, stride, groups=cin))  # depthwise
-            layers.append(_conv_bn_relu(cin, cout, 1))  # pointwise
+            layers.append(conv_bn_relu(cin, cin, 3, stride, groups=cin))  # depthwise
+            layers.append(conv_bn_relu(cin, cout, 1))  # pointwise
             cin = cout
         self.features = nn.Sequential(*layers)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.fc = nn.Linear(cin, num_classes)
-        _init_weights(self)
+        init_weights(self)
 
     def forward(self, x: Tensor) -> Tensor:
         """x: ``[B, C_in, H, W]`` -> logits ``[B, num_classes]``."""
@@ -310,10 +310,10 @@ class InceptionModule(nn.Module):
         self, cin: int, c1: int, c3r: int, c3: int, c5r: int, c5: int, pool_proj: int
     ) -> None:
         super().__init__()
-        self.b1 = _conv_bn_relu(cin, c1, 1)
-        self.b3 = nn.Sequential(_conv_bn_relu(cin, c3r, 1), _conv_bn_relu(c3r, c3, 3))
-        self.b5 = nn.Sequential(_conv_bn_relu(cin, c5r, 1), _conv_bn_relu(c5r, c5, 5))
-        self.bp = nn.Sequential(nn.MaxPool2d(3, 1, 1), _conv_bn_relu(cin, pool_proj, 1))
+        self.b1 = conv_bn_relu(cin, c1, 1)
+        self.b3 = nn.Sequential(conv_bn_relu(cin, c3r, 1), conv_bn_relu(c3r, c3, 3))
+        self.b5 = nn.Sequential(conv_bn_relu(cin, c5r, 1), conv_bn_relu(c5r, c5, 5))
+        self.bp = nn.Sequential(nn.MaxPool2d(3, 1, 1), conv_bn_relu(cin, pool_proj, 1))
         self.out_channels = c1 + c3 + c5 + pool_proj
 
     def forward(self, x: Tensor) -> Tensor:
@@ -360,9 +360,9 @@ class InceptionV1(nn.Module):
     def __init__(self, num_classes: int, in_channels: int = 3, dropout: float = 0.4) -> None:
         super().__init__()
         self.stem = nn.Sequential(
-            _conv_bn_relu(in_channels, 64, 3),
-            _conv_bn_relu(64, 64, 1),
-            _conv_bn_relu(64, 192, 3),
+            conv_bn_relu(in_channels, 64, 3),
+            conv_bn_relu(64, 64, 1),
+            conv_bn_relu(64, 192, 3),
         )
         layers: list[nn.Module] = []
         cin = 192
@@ -376,7 +376,7 @@ class InceptionV1(nn.Module):
         self.inception = nn.Sequential(*layers)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.fc = nn.Linear(cin, num_classes)
-        _init_weights(self)
+        init_weights(self)
 
     def forward(self, x: Tensor) -> Tensor:
         """x: ``[B, C_in, H, W]`` -> logits ``[B, num_classes]``."""

@@ -30,7 +30,6 @@ so these networks also work wherever a one-output model is expected.
 from __future__ import annotations
 
 import copy
-import math
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -39,13 +38,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dmlkit.errors import ConfigError
-from dmlkit.models.cifar import (
-    BasicBlock,
-    WideBlock,
-    _conv_bn_relu,
-    _init_weights,
-    check_shortcut,
-)
+from dmlkit.losses import mean_log_probs
+from dmlkit.models.cifar import BasicBlock, WideBlock, check_shortcut, conv_bn_relu, init_weights
 from dmlkit.models.layers import global_avg_pool
 from dmlkit.models.registry import MODELS
 
@@ -113,7 +107,7 @@ class MultiBranchNet(nn.Module):
             self.key = nn.Linear(width, proj, bias=False)
         if heads.get("fusion"):
             self.fusion_fc = nn.Linear(width * branches, num_classes)
-        _init_weights(self)
+        init_weights(self)
         self.mean_net: MultiBranchNet | None = None
         if temporal_mean:
             # Built after every other layer so the copy starts equal to the network; it is a
@@ -147,8 +141,7 @@ class MultiBranchNet(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """x -> ``[B, C]``: log of the branches' mean probability (a valid logits tensor)."""
-        log_probs = torch.stack([F.log_softmax(z, dim=1) for z in self.branch_logits(x)])
-        return torch.logsumexp(log_probs, dim=0) - math.log(self.num_branches)
+        return mean_log_probs([F.log_softmax(z, dim=1) for z in self.branch_logits(x)])
 
 
 def _stage(
@@ -191,7 +184,7 @@ def resnet32_mb(
     check_shortcut(shortcut)
     n = (depth - 2) // 6
     return MultiBranchNet(
-        _conv_bn_relu(in_channels, 16, 3),
+        conv_bn_relu(in_channels, 16, 3),
         lambda i: _stage(i, n, (16, 32, 64), 16, lambda c, o, st: BasicBlock(c, o, st, shortcut)),
         nn.Identity,
         (16, 32, 64),

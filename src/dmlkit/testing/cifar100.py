@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from dmlkit.data.cifar100 import _RECONSTRUCT, FOLDER
+from dmlkit.data.cifar100 import FOLDER, NUMPY_RECONSTRUCT
 
 # Images of the same class share a colour and a stripe pattern (orientation and frequency), so
 # a network can learn the classes through random crops and flips; noise keeps it from trivial.
@@ -53,7 +53,7 @@ class _Py2Pickler(pickle._Pickler):
     dispatch[str] = save_py2_str
 
     def save_global(self, obj: Any, name: str | None = None) -> None:
-        if obj is _RECONSTRUCT:
+        if obj is NUMPY_RECONSTRUCT:
             self.write(pickle.GLOBAL + b"numpy.core.multiarray\n_reconstruct\n")
             self.memoize(obj)
             return
