@@ -28,6 +28,7 @@ LAYERS: list[tuple[str, ...]] = [
     (
         ROOT,
         "dmlkit.errors",
+        "dmlkit.trust",
         "dmlkit.registry",
         "dmlkit.machine",
         "dmlkit.config",
