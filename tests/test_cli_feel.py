@@ -12,8 +12,8 @@ import pytest
 
 from dmlkit import __version__
 from dmlkit.cli import main
-from dmlkit.cli_summary import print_summary, run_line
-from dmlkit.cli_use import BUILTIN_NAMES, registered_names
+from dmlkit.cli.summary import print_summary, run_line
+from dmlkit.cli.use import BUILTIN_NAMES, registered_names
 
 from helpers import FAST, sets
 
@@ -79,7 +79,7 @@ def test_builtin_names_are_the_registries():
     for kind in BUILTIN_NAMES:
         table = sorted(BUILTIN_NAMES[kind].split())
         assert registered_names(kind) == table, (
-            f"dmlkit.cli_use.BUILTIN_NAMES[{kind!r}] differs from the registry: "
+            f"dmlkit.cli.use.BUILTIN_NAMES[{kind!r}] differs from the registry: "
             f"add or remove names there"
         )
 

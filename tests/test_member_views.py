@@ -19,7 +19,7 @@ from dmlkit.config import MethodConfig, OptimConfig
 from dmlkit.data.core import BatchTransform, TensorLoader
 from dmlkit.losses import rampup
 from dmlkit.methods import Method
-from dmlkit.online_methods import PCL
+from dmlkit.methods.online import PCL
 
 from helpers import FAST, image_folder, records, sets, train, weights
 

@@ -131,7 +131,7 @@ def test_no_option_hint_keeps_argparse_for_real_mistakes(capsys: pytest.CaptureF
 
 
 def test_dml_list_says_which_datasets_need_a_download(capsys: pytest.CaptureFixture) -> None:
-    from dmlkit.cli_use import BUILTIN_NAMES
+    from dmlkit.cli.use import BUILTIN_NAMES
 
     assert main(["list"]) == 0
     out = capsys.readouterr().out

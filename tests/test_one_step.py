@@ -1,5 +1,5 @@
 """One step of K peers, three entry points: the Trainer's DML method, ``dmlkit.step`` and
-Lightning's ``DMLModule`` run :func:`dmlkit.update.step_peers` over
+Lightning's ``DMLModule`` run :func:`dmlkit.methods.update.step_peers` over
 :func:`dmlkit.losses.dml_loss`, so the same peers, batches and optimizers give the same weights
 (BatchNorm running statistics included) in both update orders."""
 
@@ -18,7 +18,7 @@ from dmlkit.cohort import Cohort, PeerSpec
 from dmlkit.config import MethodConfig, OptimConfig
 from dmlkit.losses import dml_loss, dml_losses
 from dmlkit.methods import DML
-from dmlkit.update import NonFiniteLoss, step_peers
+from dmlkit.methods.update import NonFiniteLoss, step_peers
 
 STEPS, BATCH = 3, 8
 SGD = dict(lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4)

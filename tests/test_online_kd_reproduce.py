@@ -77,8 +77,8 @@ def test_one_recipe_ramps_its_distillation_term_up(epoch, weight) -> None:
 
     from dmlkit.cohort import Cohort, PeerSpec
     from dmlkit.config import OptimConfig
-    from dmlkit.online_losses import one_loss
-    from dmlkit.online_methods import ONE
+    from dmlkit.losses.online import one_loss
+    from dmlkit.methods.online import ONE
 
     mcfg = arm_config(EXPERIMENTS.get("online-kd-table"), "one", 0, []).method
     kwargs = {"depth": 8, "branches": 3, "shortcut": "conv", **ONE.model_kwargs}

@@ -11,7 +11,7 @@ import math
 import pytest
 import torch
 
-from dmlkit.online_losses import (
+from dmlkit.losses.online import (
     dml_mean_logits_losses,
     ema_decay,
     ema_update,

@@ -11,7 +11,7 @@ import torch
 from dmlkit.cli import main
 from dmlkit.cohort import Cohort, PeerSpec
 from dmlkit.config import MethodConfig, OptimConfig
-from dmlkit.online_methods import PCL
+from dmlkit.methods.online import PCL
 
 from helpers import FAST, records, train, weights
 

@@ -222,7 +222,7 @@ def test_channels_last_is_a_resumable_layout_choice(tmp_path):
 def test_emulated_low_precision_on_the_cpu_warns(monkeypatch):
     import warnings
 
-    import dmlkit.update as update
+    import dmlkit.methods.update as update
 
     monkeypatch.setattr(update, "cpu_has_native", lambda precision: False)
     with pytest.warns(UserWarning, match=r"train.precision=bf16 .* use train.precision=fp32"):

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from dmlkit.cli import main
+from dmlkit.cli.watch import Watcher, watch
 from dmlkit.engine.lock import FolderLock
-from dmlkit.watch import Watcher, watch
 
 
 def _run_dir(tmp_path: Path) -> Path:

@@ -8,19 +8,21 @@ Where things are (the lower layers first):
     dmlkit.data         datasets by name (digits, CIFAR-100, image folders in memory or
                         streamed, Market-1501); users' own Datasets (dmlkit.data.user)
     dmlkit.metrics      top-k accuracy; re-id distances, CMC and mAP
-    dmlkit.losses       the mimicry KL and the DML / DML_e / KD losses (pure functions), DMLLoss
+    dmlkit.losses       pure losses: DML / DML_e / KD and the mimicry KL (losses.dml, DMLLoss),
+                        ONE / KDCL / OKDDip / PCL (losses.online)
     dmlkit.optim        torch.optim optimizers by name, LR schedules (warm-up, cosine, one-cycle)
     dmlkit.cohort       the K peers with their optimizers and schedules (loop and stacked)
-    dmlkit.update       one step of K peers in both update orders (simultaneous | sequential)
-    dmlkit.methods      every training method (independent, dml, dml_e, kd, kdcl, one, ...)
-    dmlkit.loop         dmlkit.step: one DML step of your own models and optimizers
+    dmlkit.methods      every training method (independent, dml, dml_e, kd, kdcl, one, ...);
+                        methods.update: THE step of K peers (simultaneous | sequential);
+                        methods.step: dmlkit.step, one DML step of your own models
     dmlkit.distributed  torchrun: data-parallel and one-peer-per-process cohorts
     dmlkit.engine       the trainer, checkpoints, evaluation, run directory
     dmlkit.api          dmlkit.fit: the trainer for your own nn.Modules and Datasets;
                         dmlkit.load_peers / dmlkit.export_peer take the trained peers out
     dmlkit.experiments  the paper's grids for ``dml reproduce``
     dmlkit.analysis     the paper's Sec. 4.5 measurements and the reports of a grid
-    dmlkit.cli          the ``dml`` command; ``dmlkit.bench`` its ``bench`` subcommand
+    dmlkit.cli          the ``dml`` command, a module per command family (watch included);
+                        ``dmlkit.bench`` its ``bench`` subcommand
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ __version__ = "0.1.0"
 # The public functions are imported on first use: ``import dmlkit`` stays cheap and the
 # subpackages may import ``dmlkit`` without a cycle.
 _LAZY = {
-    "step": "dmlkit.loop",
+    "step": "dmlkit.methods.step",
     "fit": "dmlkit.api",
     "load_peers": "dmlkit.api",
     "export_peer": "dmlkit.api",

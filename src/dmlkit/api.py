@@ -21,7 +21,7 @@ from dmlkit.config import Config, config_from_dict, default_peer_name, merge_dic
 from dmlkit.data.user import PYTHON_DATA, user_bundle
 from dmlkit.engine.checkpoint import load_checkpoint, resolve_checkpoint
 from dmlkit.errors import UserError
-from dmlkit.methods import METHODS
+from dmlkit.methods.dml import METHODS
 from dmlkit.models.external import INSTANCE
 from dmlkit.optim import ConstantSchedule, TorchSchedule
 

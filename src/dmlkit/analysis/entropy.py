@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor
 
-from dmlkit.losses import entropy_of_probs
+from dmlkit.losses.dml import entropy_of_probs
 
 __all__ = ["entropy", "entropy_of_probs"]
 

@@ -24,7 +24,7 @@ from dmlkit.analysis.units import dead_units
 from dmlkit.engine.evaluation import ENSEMBLE
 from dmlkit.engine.rundir import RunDir
 from dmlkit.errors import UserError
-from dmlkit.losses import ensemble_log_probs, entropy_of_probs
+from dmlkit.losses.dml import ensemble_log_probs, entropy_of_probs
 
 # Absolute sigmas suit networks whose weights are O(0.1) (the small digits nets); relative
 # sigmas are fractions of each tensor's own std and suit any network.

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dmlkit.losses import UNLABELLED
+from dmlkit.losses.dml import UNLABELLED
 
 
 @dataclass

@@ -19,7 +19,7 @@ def _dmlkit(case: Case) -> list[float]:
     from dmlkit.cohort import Cohort, PeerSpec, StackedCohort
     from dmlkit.config import MethodConfig, OptimConfig
     from dmlkit.data.core import BatchTransform, TensorLoader
-    from dmlkit.methods import DML, Precision
+    from dmlkit.methods.dml import DML, Precision
 
     base, *flags = case.variant.split("+")
     specs = [PeerSpec(f"p{i}", case.model, 100, 3, seed=i + 1) for i in range(case.k)]

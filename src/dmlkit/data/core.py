@@ -19,7 +19,7 @@ from torch import Tensor
 
 from dmlkit.config import DataConfig
 from dmlkit.errors import ConfigError
-from dmlkit.losses import UNLABELLED
+from dmlkit.losses.dml import UNLABELLED
 
 if TYPE_CHECKING:
     from dmlkit.data.reid import RetrievalSplit

@@ -51,7 +51,7 @@ from dmlkit.data.reid import (
     select_training,
 )
 from dmlkit.errors import UserError
-from dmlkit.losses import UNLABELLED
+from dmlkit.losses.dml import UNLABELLED
 
 FOLDER = "Market-1501-v15.09.15"
 TRAIN, GALLERY, QUERY, GT_BBOX = "bounding_box_train", "bounding_box_test", "query", "gt_bbox"

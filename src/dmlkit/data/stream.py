@@ -44,7 +44,7 @@ from dmlkit.data.core import (
 )
 from dmlkit.data.images import decode_rgb
 from dmlkit.errors import ConfigError, UserError
-from dmlkit.losses import UNLABELLED
+from dmlkit.losses.dml import UNLABELLED
 
 log = logging.getLogger("dmlkit")
 

@@ -23,7 +23,7 @@ from dmlkit.config import DistributedConfig, OptimConfig
 from dmlkit.distributed.collectives import DistributedError, Group
 from dmlkit.distributed.modes import CohortParallel, OneProcess, parallel_mode
 from dmlkit.errors import UserError
-from dmlkit.methods import StepSync
+from dmlkit.methods.dml import StepSync
 
 
 @dataclass

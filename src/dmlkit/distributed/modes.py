@@ -19,7 +19,7 @@ from dmlkit.cohort import Cohort, LRSchedule, PeerSpec, StackedCohort
 from dmlkit.config import OptimConfig
 from dmlkit.distributed.collectives import Group
 from dmlkit.errors import UserError
-from dmlkit.methods import StepSync
+from dmlkit.methods.dml import StepSync
 
 
 class OneProcess:

@@ -35,7 +35,7 @@ from dmlkit.cohort import Cohort, PeerSpec
 from dmlkit.config import MethodConfig, OptimConfig
 from dmlkit.engine.faults import fault, maybe_kill
 from dmlkit.errors import UserError, first_line
-from dmlkit.methods import METHODS
+from dmlkit.methods.dml import METHODS
 from dmlkit.models import build_model
 from dmlkit.trust import check_peer
 

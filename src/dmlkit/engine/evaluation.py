@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from dmlkit.cohort import Cohort
 from dmlkit.data.reid import RetrievalSplit
 from dmlkit.errors import UserError
-from dmlkit.losses import entropy_of_probs, mean_log_probs
+from dmlkit.losses.dml import entropy_of_probs, mean_log_probs
 from dmlkit.metrics.agreement import agreement_sums
 from dmlkit.metrics.classification import topk_correct
 from dmlkit.metrics.reid import average_by_identity_camera, retrieval_metrics

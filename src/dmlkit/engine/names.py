@@ -10,7 +10,7 @@ from __future__ import annotations
 from dmlkit.config import Config
 from dmlkit.data import DATASETS
 from dmlkit.engine.loggers import check_logger_names
-from dmlkit.methods import METHODS
+from dmlkit.methods.dml import METHODS
 from dmlkit.models import check_arch
 from dmlkit.optim import optimizer_class
 

@@ -25,7 +25,7 @@ from dmlkit.data.images import decode_rgb
 from dmlkit.engine.checkpoint import load_cohort
 from dmlkit.engine.rundir import RunDir
 from dmlkit.errors import UserError, first_line
-from dmlkit.losses import ensemble_log_probs
+from dmlkit.losses.dml import ensemble_log_probs
 
 
 def preprocess_of(data: DataBundle) -> dict[str, Any] | None:

@@ -11,7 +11,7 @@ from dmlkit.config import Config
 from dmlkit.data import DataBundle
 from dmlkit.engine.evaluation import ENSEMBLE
 from dmlkit.engine.predict import preprocess_of
-from dmlkit.methods import update_order
+from dmlkit.methods.dml import update_order
 
 
 def make_summary(

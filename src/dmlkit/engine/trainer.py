@@ -2,7 +2,7 @@
 
 It owns the loop (epochs or iterations), when each step's learning rate is set (the cohort's
 schedules compute it), evaluation cadence, checkpoints, logging and resume; the method owns
-what happens inside a step (:mod:`dmlkit.update`). Model selection
+what happens inside a step (:mod:`dmlkit.methods.update`). Model selection
 never looks at the test split: the test split is evaluated once, after the final epoch, and
 that is what ``summary.json`` reports.
 """
@@ -53,7 +53,7 @@ from dmlkit.engine.records import (
 from dmlkit.engine.rundir import run_dir_for
 from dmlkit.engine.summary import make_summary
 from dmlkit.errors import UserError
-from dmlkit.methods import Method, NonFiniteLoss, build_method, model_kwargs, update_order
+from dmlkit.methods.dml import Method, NonFiniteLoss, build_method, model_kwargs, update_order
 from dmlkit.models.registry import accepts
 
 log = logging.getLogger("dmlkit")

@@ -99,7 +99,7 @@ class LaunchOptions:
             run submitit's local stand-ins), ``additional`` (a dict of other sbatch options).
     """
 
-    jobs: int | str = 1  # the CLI's default: dmlkit.cli_grid.DEFAULT_JOBS
+    jobs: int | str = 1  # the CLI's default: dmlkit.cli.grid.DEFAULT_JOBS
     launcher: str = "local"
     cpus_per_cell: int | None = None
     gpus_per_cell: int | None = None

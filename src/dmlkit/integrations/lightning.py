@@ -2,7 +2,7 @@
 
 For people whose training already runs on Lightning's ``Trainer`` (its loggers, callbacks,
 precision and devices). The peers are trained with manual optimization, one optimizer per peer,
-by the same step as the rest of dmlkit (:func:`dmlkit.update.step_peers` over
+by the same step as the rest of dmlkit (:func:`dmlkit.methods.update.step_peers` over
 :func:`dmlkit.losses.dml_loss`) in either update order: ``simultaneous`` (one forward, every
 peer steps against it) or ``sequential`` (the paper's Algorithm 1: peer k steps against the
 others' predictions as updated earlier in the same step).
@@ -41,10 +41,10 @@ except ModuleNotFoundError as exc:  # an optional extra
     ) from None
 
 from dmlkit.config import default_peer_name
-from dmlkit.losses import dml_loss, ensemble_log_probs
+from dmlkit.losses.dml import dml_loss, ensemble_log_probs
+from dmlkit.methods.update import repredict_module, step_peers
 from dmlkit.metrics.agreement import agreement
 from dmlkit.optim import grad_norm
-from dmlkit.update import repredict_module, step_peers
 
 METHODS = ("dml", "dml_e", "independent")
 UPDATES = ("simultaneous", "sequential")

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dmlkit.errors import ConfigError
-from dmlkit.losses import mean_log_probs
+from dmlkit.losses.dml import mean_log_probs
 from dmlkit.models.cifar import BasicBlock, WideBlock, check_shortcut, conv_bn_relu, init_weights
 from dmlkit.models.layers import global_avg_pool
 from dmlkit.models.registry import MODELS

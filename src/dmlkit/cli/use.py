@@ -108,7 +108,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     import io
     import json
 
-    from dmlkit.cli_summary import plural
+    from dmlkit.cli.summary import plural
     from dmlkit.engine.devices import resolve_device
     from dmlkit.engine.export import check_output_file, write_files
     from dmlkit.engine.predict import load_predictor

@@ -1,7 +1,7 @@
 """One DML step for your own training loop: :func:`step` (exported as ``dmlkit.step``).
 
 No Cohort, no config: your models, your optimizers, one batch. It runs the step that
-:class:`dmlkit.methods.DML` runs inside the Trainer (:func:`dmlkit.update.step_peers` over
+:class:`dmlkit.methods.DML` runs inside the Trainer (:func:`dmlkit.methods.update.step_peers` over
 :func:`dmlkit.losses.dml_loss`), and a test checks that the two give the same weights:
 
 * ``update="simultaneous"``: one forward of every peer, every peer steps against those
@@ -26,8 +26,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from dmlkit.losses import DML_MODES, dml_loss
-from dmlkit.update import UPDATES, logits_of, repredict_module, step_peers
+from dmlkit.losses.dml import DML_MODES, dml_loss
+from dmlkit.methods.update import UPDATES, logits_of, repredict_module, step_peers
 
 __all__ = ["ExtraLoss", "UPDATES", "logits_of", "step"]
 

@@ -3,7 +3,7 @@
 One function per method (and DML against the mean of the others' logits, the "DML" of the
 OKDDip code), plus the small pieces each teacher is built from (ONE's gate
 ensemble, KDCL's min-logit / naive teachers, OKDDip's attention, PCL's temporal mean). *When*
-and on *what* each network steps lives in :mod:`dmlkit.online_methods`.
+and on *what* each network steps lives in :mod:`dmlkit.methods.online`.
 
 References (equations; where a paper leaves a choice open the docstring says what was picked):
 
@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from dmlkit.losses import UNLABELLED, cross_entropy, kl_from_log_probs, mimicry_kl, rampup
+from dmlkit.losses.dml import UNLABELLED, cross_entropy, kl_from_log_probs, mimicry_kl, rampup
 
 
 def soft_kl(logits: Tensor, teacher_logits: Tensor, temperature: float) -> Tensor:

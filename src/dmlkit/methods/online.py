@@ -1,8 +1,8 @@
 """DML's online-distillation successors as methods: ``one``, ``kdcl``, ``okddip``, ``pcl``; and
 ``dml_mean_logits``, DML as the OKDDip code's baseline runs it.
 
-Each is a small :class:`dmlkit.method_base.Method` over the pure losses of
-:mod:`dmlkit.online_losses`, named in the registry table of :mod:`dmlkit.methods` (``METHODS``).
+Each is a small :class:`dmlkit.methods.base.Method` over the pure losses of
+:mod:`dmlkit.losses.online`, named in the registry table of :mod:`dmlkit.methods` (``METHODS``).
 
 * ``kdcl`` trains a cohort of separate (possibly heterogeneous) peers, like DML.
 * ``one``, ``okddip`` and ``pcl`` train ONE multi-branch network (``peers: [resnet32_mb]`` or
@@ -29,10 +29,8 @@ import torch
 from torch import Tensor
 
 from dmlkit.errors import ConfigError
-from dmlkit.losses import cross_entropy, mimicry_kl
-from dmlkit.method_base import Method, PeerLog, peer_log
-from dmlkit.models.layers import global_avg_pool
-from dmlkit.online_losses import (
+from dmlkit.losses.dml import cross_entropy, mimicry_kl
+from dmlkit.losses.online import (
     dml_mean_logits_losses,
     ema_decay,
     ema_update,
@@ -43,6 +41,8 @@ from dmlkit.online_losses import (
     pcl_loss,
     peer_attention,
 )
+from dmlkit.methods.base import Method, PeerLog, peer_log
+from dmlkit.models.layers import global_avg_pool
 
 
 class DMLMeanLogits(Method):

@@ -20,7 +20,7 @@ import warnings
 from pathlib import Path
 
 from dmlkit import __version__
-from dmlkit.cli_summary import plural, print_summary
+from dmlkit.cli.summary import plural, print_summary
 from dmlkit.errors import UserError, write_advice
 from dmlkit.trust import printable
 
@@ -55,14 +55,14 @@ def _parser() -> argparse.ArgumentParser:
     _add_train_parser(sub)
     _add_eval_parser(sub)
     _add_reproduce_parser(sub)
-    from dmlkit.cli_grid import add_grid_parser
+    from dmlkit.cli.grid import add_grid_parser
 
     add_grid_parser(sub)  # dml grid: a user's own arms x sweep x seeds
-    from dmlkit.cli_analysis import add_parsers as add_analysis_parsers
+    from dmlkit.cli.analysis import add_parsers as add_analysis_parsers
 
     add_analysis_parsers(sub)  # analyze, report
     sub.add_parser("list", help="list the registered models, datasets, methods and experiments")
-    from dmlkit.cli_use import add_parsers
+    from dmlkit.cli.use import add_parsers
 
     add_parsers(sub)  # predict, export
     _add_bench_parser(sub)
@@ -145,7 +145,7 @@ def _add_reproduce_parser(sub: argparse._SubParsersAction) -> None:
         help="also write the experiment's report page to DIR/<name>.md (figures in DIR/<name>/)",
     )
     _add_data_flags(r)
-    from dmlkit.cli_grid import add_launch_flags
+    from dmlkit.cli.grid import add_launch_flags
 
     add_launch_flags(r)  # --jobs, --launcher
 
@@ -312,7 +312,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         raise UserError(f"--seeds must be >= 1, got {args.seeds}")
     if not 0 < args.scale <= 1:
         raise UserError(f"--scale must be in (0, 1], got {args.scale}")
-    from dmlkit.cli_grid import launch_options
+    from dmlkit.cli.grid import launch_options
 
     launch = launch_options(args)
     overrides = [*_data_overrides(args), *args.overrides]
@@ -372,7 +372,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return bench_main(raw[1:])
     if raw[:1] == ["watch"]:  # its own parser too: a leaf that needs none of the trainer
-        from dmlkit.watch import main as watch_main
+        from dmlkit.cli.watch import main as watch_main
 
         return watch_main(raw[1:])
     parser = _parser()
@@ -384,12 +384,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return EXIT_USER_ERROR
-    from dmlkit.cli_analysis import cmd_analyze, cmd_report
-    from dmlkit.cli_use import cmd_export, cmd_list, cmd_predict
+    from dmlkit.cli.analysis import cmd_analyze, cmd_report
+    from dmlkit.cli.use import cmd_export, cmd_list, cmd_predict
 
     commands = {"train": cmd_train, "eval": cmd_eval, "reproduce": cmd_reproduce, "list": cmd_list}
     commands.update(analyze=cmd_analyze, report=cmd_report, predict=cmd_predict, export=cmd_export)
-    from dmlkit.cli_grid import cmd_grid
+    from dmlkit.cli.grid import cmd_grid
 
     commands["grid"] = cmd_grid
     try:

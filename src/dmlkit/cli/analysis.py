@@ -11,7 +11,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from dmlkit.cli_summary import plural
+from dmlkit.cli.summary import plural
 from dmlkit.errors import UserError
 from dmlkit.trust import printable
 

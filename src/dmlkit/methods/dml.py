@@ -3,10 +3,11 @@
 ``method.train_step(x, y) -> list[dict[str, Tensor]]``: one optimisation step of the whole
 cohort on a batch, returning one dict of detached scalars per peer (``loss``, ``ce``,
 ``mimicry``). What a peer minimises is in :mod:`dmlkit.losses` (DML's: :func:`dml_loss`); the
-two update orders (``simultaneous``, ``sequential``) are :func:`dmlkit.update.step_peers`, the
-one step that :func:`dmlkit.step` and Lightning's ``DMLModule`` run too.
+two update orders (``simultaneous``, ``sequential``) are
+:func:`dmlkit.methods.update.step_peers`, the one step that :func:`dmlkit.step` and
+Lightning's ``DMLModule`` run too.
 
-``METHODS`` names every method, this module's and :mod:`dmlkit.online_methods`', in one table
+``METHODS`` names every method, this module's and :mod:`dmlkit.methods.online`', in one table
 below: importing this module is all it takes to see them all.
 """
 
@@ -20,11 +21,11 @@ from torch import Tensor, nn
 from dmlkit.cohort import CohortLike
 from dmlkit.config import Config, MethodConfig
 from dmlkit.errors import ConfigError
-from dmlkit.losses import cross_entropy, dml_loss, kd_loss, mimicry_kl
-from dmlkit.method_base import Method, peer_log
-from dmlkit.online_methods import KDCL, ONE, PCL, DMLMeanLogits, OKDDip
+from dmlkit.losses.dml import cross_entropy, dml_loss, kd_loss, mimicry_kl
+from dmlkit.methods.base import Method, peer_log
+from dmlkit.methods.online import KDCL, ONE, PCL, DMLMeanLogits, OKDDip
+from dmlkit.methods.update import NonFiniteLoss, PeerLog, Precision, StepSync, step_peers
 from dmlkit.registry import Registry
-from dmlkit.update import NonFiniteLoss, PeerLog, Precision, StepSync, step_peers
 
 __all__ = [
     "METHODS",

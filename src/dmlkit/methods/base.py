@@ -1,5 +1,6 @@
 """The base of every training method: :class:`Method` (one small class per method over pure
-losses and :func:`dmlkit.update.step_peers`) and :func:`peer_log`, a step's record of a peer.
+losses and :func:`dmlkit.methods.update.step_peers`) and :func:`peer_log`, a step's record of
+a peer.
 
 The methods themselves and their registry are :mod:`dmlkit.methods`.
 """
@@ -14,8 +15,8 @@ from dmlkit.cohort import CohortLike
 from dmlkit.config import MethodConfig
 from dmlkit.data.protocol import TrainLoader, ViewsLoader
 from dmlkit.errors import ConfigError
-from dmlkit.losses import rampup
-from dmlkit.update import PeerLog, Precision, StepSync, check_finite, step_all
+from dmlkit.losses.dml import rampup
+from dmlkit.methods.update import PeerLog, Precision, StepSync, check_finite, step_all
 
 __all__ = ["Method", "PeerLog", "peer_log"]
 

@@ -158,7 +158,7 @@ def dml_loss(
 
     This is THE mutual-learning loss: the Trainer's ``dml`` / ``dml_e`` methods,
     :func:`dmlkit.step` and Lightning's ``DMLModule`` all call it, once per peer (the update
-    order that decides which ``others`` a peer sees is :mod:`dmlkit.update`).
+    order that decides which ``others`` a peer sees is :mod:`dmlkit.methods.update`).
 
     Args:
         logits: ``[B, C]`` logits of the peer being trained (peer k).

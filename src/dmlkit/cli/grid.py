@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from dmlkit.cli_summary import plural
+from dmlkit.cli.summary import plural
 from dmlkit.errors import UserError
 
 # What `dml reproduce` and `dml grid` use without --jobs: 1 (the cells one after another in the
