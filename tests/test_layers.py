@@ -23,7 +23,8 @@ SRC = Path(__file__).parents[1] / "src"
 LAYERS: list[tuple[str, ...]] = [
     # leaves: the package docstring, error types, the name table, the config schema
     ("dmlkit", "dmlkit.errors", "dmlkit.registry", "dmlkit.machine", "dmlkit.config"),
-    ("dmlkit.losses", "dmlkit.online_losses"),  # pure functions of logits
+    # pure functions of logits; batches: dict batches and model outputs, losses by logits rank
+    ("dmlkit.losses", "dmlkit.online_losses", "dmlkit.sequence_losses", "dmlkit.batches"),
     # networks, metrics, datasets, optimizers by name and LR schedules
     ("dmlkit.models", "dmlkit.metrics", "dmlkit.data", "dmlkit.optim"),
     ("dmlkit.cohort",),  # K peers with their optimizers
