@@ -17,8 +17,9 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from dmlkit.batches import model_logits, move_batch, slice_batch, split_batch
 from dmlkit.config import Config, config_from_dict, merge_dicts
-from dmlkit.data.user import PYTHON_DATA, user_bundle
+from dmlkit.data.user import PYTHON_DATA, is_dict_batch, user_bundle
 from dmlkit.engine.checkpoint import load_checkpoint, resolve_checkpoint
 from dmlkit.errors import UserError
 from dmlkit.models.external import INSTANCE
@@ -70,6 +71,9 @@ def fit_config(
 def _num_classes(models: Sequence[nn.Module], data: Any) -> int:
     """Class count from one forward of each peer on one training batch (no grad, eval mode)."""
     loader = data if isinstance(data, DataLoader) else None
+    first = next(iter(loader)) if loader is not None else data[0]
+    if is_dict_batch(first):  # Hugging Face models: dict batches, ModelOutput.logits
+        return _num_outputs_of_dicts(models, first if loader is not None else None, data)
     if loader is None:
         x = data[0][0]
         x = x.unsqueeze(0) if isinstance(x, torch.Tensor) else x
@@ -104,6 +108,31 @@ def _num_classes(models: Sequence[nn.Module], data: Any) -> int:
     if len(set(outputs)) != 1:
         raise UserError(f"the models predict different numbers of classes: {outputs}")
     return outputs[0]
+
+
+def _num_outputs_of_dicts(models: Sequence[nn.Module], batch: Any, data: Any) -> int:
+    """Classes (``[B, C]`` logits) or vocabulary (``[B, T, V]``) of peers fed dict batches."""
+    if batch is None:  # a Dataset of dicts: its first two items, collated
+        batch = torch.utils.data.default_collate([data[i] for i in range(min(2, len(data)))])
+    inputs, _ = split_batch(batch)
+    sizes = []
+    for k, m in enumerate(models):
+        device = next(m.parameters()).device
+        was = m.training
+        try:
+            with torch.no_grad():
+                z = model_logits(m.eval(), move_batch(slice_batch(inputs, 0, 2), device))
+        except Exception as exc:  # noqa: BLE001 - any failure: name the peer and the keys
+            raise UserError(
+                f"models[{k}] ({type(m).__name__}) fails on a training batch with keys "
+                f"{sorted(inputs)}: {str(exc).splitlines()[0][:160]}"
+            ) from None
+        finally:
+            m.train(was)
+        sizes.append(z.shape[-1])
+    if len(set(sizes)) != 1:
+        raise UserError(f"the models predict different numbers of classes or tokens: {sizes}")
+    return sizes[0]
 
 
 def _optimizers(

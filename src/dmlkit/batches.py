@@ -34,6 +34,7 @@ __all__ = [
     "call_model",
     "cross_entropy",
     "dml_terms",
+    "flatten_valid",
     "is_causal_lm",
     "kd_loss",
     "logits_of",
@@ -219,9 +220,34 @@ def kd_loss(
     return image.kd_loss(student_logits, teacher_logits, targets, temperature, alpha)
 
 
+def flatten_valid(logits: Sequence[Tensor], targets: Tensor) -> tuple[list[Tensor], Tensor]:
+    """Sequence logits as rows of their valid positions, for the per-sample metrics.
+
+    Args:
+        logits: K tensors ``[B, T, V]`` (``[B, C]`` are returned as they are).
+        targets: ``[B, T]`` aligned, ``-100`` = ignored.
+
+    Returns:
+        ``(K tensors [N, V], targets [N])``, N the number of valid positions.
+    """
+    if not logits or not is_sequence(logits[0]):
+        return list(logits), targets
+    valid = targets != IGNORE_INDEX
+    return [z[valid] for z in logits], targets[valid]
+
+
 def causal_models(models: Sequence[nn.Module] | Any) -> bool:
-    """Whether the peers are causal LMs (all of them; a mixed cohort is refused)."""
-    peers = list(getattr(models, "peers", models))
+    """Whether the peers are causal LMs (all of them; a mixed cohort is refused).
+
+    Args:
+        models: modules, or a cohort (its ``peers``, or its process-local cohort's).
+    """
+    peers = getattr(models, "peers", None)
+    if peers is None:
+        peers = getattr(getattr(models, "local", None), "peers", None)
+    if peers is None:
+        peers = models if isinstance(models, (list, tuple, nn.ModuleList)) else []
+    peers = list(peers)
     flags = {is_causal_lm(m) for m in peers}
     if len(flags) > 1:
         raise UserError(

@@ -26,26 +26,23 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+# logits_of: a tensor, a tuple's first item, or a ModelOutput's / dict's .logits
+from dmlkit.batches import (
+    call_model,
+    causal_models,
+    cross_entropy,
+    logits_of,
+    mimicry_term,
+    split_batch,
+)
 from dmlkit.cohort import preserved_buffers
-from dmlkit.losses import DML_MODES, cross_entropy, mimicry_term
+from dmlkit.losses import DML_MODES
 from dmlkit.methods import NonFiniteLoss
 
 #: ``extra_loss(k, output_k, y) -> scalar``: added to peer k's CE + mimicry.
 ExtraLoss = Callable[[int, Any, Tensor], Tensor]
 
 UPDATES = ("simultaneous", "sequential")
-
-
-def logits_of(output: Any) -> Tensor:
-    """The logits ``[B, C]`` of a model output: the tensor itself or the first item of a tuple."""
-    if isinstance(output, Tensor):
-        return output
-    if isinstance(output, (tuple, list)) and output and isinstance(output[0], Tensor):
-        return output[0]
-    raise TypeError(
-        f"a peer returned {type(output).__name__}; return logits [B, C], or a tuple whose first "
-        f"item is the logits"
-    )
 
 
 def _peer_loss(
@@ -61,7 +58,7 @@ def _peer_loss(
 ) -> tuple[Tensor, dict[str, Tensor]]:
     z = logits_of(output)
     ce = cross_entropy(z, y)
-    mim = mimicry_term(z, others, mode=mode, temperature=temperature)
+    mim = mimicry_term(z, others, y, mode=mode, temperature=temperature)
     loss = ce + mimicry_weight * mim
     log = {"ce": ce.detach(), "mimicry": mim.detach()}
     if extra_loss is not None:
@@ -80,8 +77,8 @@ def _check_finite(k: int, loss: Tensor) -> None:
 def step(
     models: Sequence[nn.Module],
     optimizers: Sequence[torch.optim.Optimizer],
-    x: Tensor,
-    y: Tensor,
+    x: Any,
+    y: Tensor | None = None,
     *,
     update: str = "simultaneous",
     mode: str = "dml",
@@ -100,8 +97,13 @@ def step(
         models: K peers; ``model(x)`` returns logits ``[B, C]`` or ``(logits, ...)``.
         optimizers: K optimizers, optimizer k over model k's parameters (stepped here; LR
             schedulers are yours to step).
-        x: ``[B, ...]`` the batch, on the models' device.
+        x: ``[B, ...]`` the batch, on the models' device; or a dict batch of Hugging Face
+            models (``input_ids``, ``attention_mask``, ``labels``, ...), passed to them as
+            keyword arguments (without the labels), with ``y`` left out.
         y: ``[B]`` class indices; ``-1`` marks an unlabelled sample (no CE, still mimicry).
+            Left out for a dict batch: its ``labels`` (``[B]``, or ``[B, T]`` with ``-100`` on
+            ignored tokens, shifted for causal LMs), and the losses of ``[B, T, V]`` logits are
+            taken per valid token (:mod:`dmlkit.sequence_losses`).
         update: ``"simultaneous"`` or ``"sequential"`` (see the module docstring).
         mode: ``"dml"`` or ``"dml_e"``.
         temperature: mimicry softmax temperature (paper: 1).
@@ -123,8 +125,10 @@ def step(
         raise ValueError(f"step: update must be one of {UPDATES}, got {update!r}")
     if mode not in DML_MODES:
         raise ValueError(f"step: mode must be one of {DML_MODES}, got {mode!r}")
+    if y is None:
+        x, y = split_batch(x, causal=causal_models(models))
     opts = dict(mode=mode, temperature=temperature, mimicry_weight=mimicry_weight)
-    outputs = [m(x) for m in models]  # every peer's graph, built before any peer moves
+    outputs = [call_model(m, x) for m in models]  # every graph, built before any peer moves
     current = [logits_of(o).detach() for o in outputs]  # the predictions the others mimic
     if update == "simultaneous":
         pairs = [
@@ -149,6 +153,6 @@ def step(
         opt.step()
         if k < len(models) - 1:  # the last peer's new prediction is not used in this step
             with torch.no_grad(), preserved_buffers(model):
-                current[k] = logits_of(model(x))
+                current[k] = logits_of(call_model(model, x))
         logs.append(log)
     return logs

@@ -19,10 +19,19 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+# the losses by the rank of the logits: per sample [B, C], per valid token [B, T, V]
+from dmlkit.batches import (
+    cross_entropy,
+    dml_terms,
+    kd_loss,
+    mimicry_kl,
+    mimicry_term,
+    model_logits,
+)
 from dmlkit.cohort import Cohort
 from dmlkit.config import Config, MethodConfig
 from dmlkit.errors import ConfigError
-from dmlkit.losses import cross_entropy, dml_terms, kd_loss, mimicry_kl, mimicry_term, rampup
+from dmlkit.losses import rampup
 from dmlkit.registry import Registry
 
 METHODS: Registry = Registry("method", "method.name")
@@ -275,7 +284,7 @@ class DML(Method):
             with amp.autocast():
                 ce = cross_entropy(logits[k], y)
                 mim = mimicry_term(
-                    logits[k], others, mode=self.mode, temperature=self.cfg.temperature
+                    logits[k], others, y, mode=self.mode, temperature=self.cfg.temperature
                 )
                 loss = ce + self.mimicry_weight * mim
             self._check_finite([loss], first=k)
@@ -328,7 +337,7 @@ class KnowledgeDistillation(Method):
     def train_step(self, x: Tensor, y: Tensor) -> list[PeerLog]:
         with torch.no_grad(), self.precision.autocast():
             self.teacher.eval()  # the trainer's cohort.train() must not reach the teacher
-            teacher_logits = self.teacher(x)
+            teacher_logits = model_logits(self.teacher, x)
         with self.precision.autocast():
             logits = self.cohort(x)
             losses = [

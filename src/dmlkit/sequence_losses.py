@@ -64,7 +64,9 @@ def shift_labels(labels: Tensor, attention_mask: Tensor | None = None) -> Tensor
         labels: ``[B, T]`` in Hugging Face's convention (``labels = input_ids``, ``-100`` on
             ignored tokens; the model does not shift them for us because we compute the loss).
         attention_mask: ``[B, T]`` optional; a position is kept only when both it and the next
-            one are attended (right or left padding alike).
+            one are attended (right or left padding alike). With left padding this leaves out
+            the last pad's "prediction" of the first token, which Hugging Face's own loss
+            counts (a query over masked keys only); with right padding the two agree.
 
     Returns:
         ``[B, T]``: ``labels[:, 1:]`` followed by one ``-100`` column (the last position has no

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from dmlkit.batches import slice_batch
 from dmlkit.cohort import Cohort, LRSchedule, PeerSpec, StackedCohort
 from dmlkit.config import OptimConfig
 from dmlkit.distributed.collectives import Group
@@ -118,7 +119,8 @@ class DataMode(OneProcess):
                 f"no larger than the training split"
             )
         b = n // g.world
-        return x[g.rank * b : (g.rank + 1) * b], y[g.rank * b : (g.rank + 1) * b]
+        # a dict batch (Hugging Face models): every tensor of it sliced alike
+        return slice_batch(x, g.rank * b, (g.rank + 1) * b), y[g.rank * b : (g.rank + 1) * b]
 
     def end_epoch(self, cohort: nn.Module, logs: list[dict[str, float]]) -> list[dict[str, float]]:
         """The epoch's train logs and the BatchNorm running statistics, averaged.

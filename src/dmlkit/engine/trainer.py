@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from dmlkit.batches import causal_models, split_batch
 from dmlkit.cohort import PeerSpec, build_cohort, peer_specs
 from dmlkit.config import Config
 from dmlkit.config.usage import resolve_threads, resolved_root, unused_data_keys
@@ -35,6 +36,7 @@ from dmlkit.engine.checkpoint import (
 from dmlkit.engine.devices import resolve_device, seed_everything
 from dmlkit.engine.evaluation import check_reid_support, evaluate, evaluate_split
 from dmlkit.engine.faults import maybe_kill
+from dmlkit.engine.hf_peers import is_pretrained_model, save_pretrained_peers
 from dmlkit.engine.hints import early_instability
 from dmlkit.engine.lock import FolderLock
 from dmlkit.engine.loggers import build_loggers
@@ -143,6 +145,7 @@ class Trainer(RunPersistence):
                 channels_last=cfg.train.channels_last,
             )
         self.cohort = dist.wrap_cohort(cohort, specs, optims, total_epochs)  # the whole cohort
+        self._causal = causal_models(self.cohort)  # causal LMs: their labels are shifted
         teacher = load_teacher(cfg.method, self.data.num_classes, self.device)  # kd's, or None
         # data mode: the method averages its losses and gradients over the processes
         sync = dist.step_sync(cfg.data.batch_size)
@@ -297,7 +300,8 @@ class Trainer(RunPersistence):
         acc, self._resumed_epoch = self._resumed_epoch or EpochProgress(), None
         loader.set_epoch(self.epoch, acc.batches)
         every_steps = self.cfg.train.checkpoint_every_steps
-        for x, y in loader:
+        for batch in loader:
+            x, y = split_batch(batch, causal=self._causal)  # a dict batch: inputs, labels
             acc.batches += 1
             if self.iteration >= self.total_steps:
                 break
@@ -370,8 +374,18 @@ class Trainer(RunPersistence):
         if deployed is not None:
             summary["deployed"] = {"name": deployed, "metrics": test[deployed]}
         self._write("summary.json", self.run.write_summary, summary)
+        self._write("peers", self.dist.on_main, self._save_pretrained_peers)  # HF peers only
         self.events.fire("on_fit_end", run, summary)
         return summary
+
+    def _save_pretrained_peers(self) -> None:
+        """``transformers`` peers as ``save_pretrained`` folders in ``RUN/peers/NAME``."""
+        peers = getattr(self.cohort, "peers", None)
+        if peers is not None and any(is_pretrained_model(p) for p in peers):
+            names = [s.name for s in self.cohort.specs]
+            save_pretrained_peers(
+                list(peers), names, self.run.path, class_names=self.data.class_names
+            )
 
 
 def _is_terminal() -> bool:
