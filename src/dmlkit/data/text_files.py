@@ -613,7 +613,10 @@ def build_text_lm(cfg: DataConfig, *, seed: int, run_dir: str | Path | None = No
             test = _files_under(root / "test", TEXT_EXTENSIONS)
             for split, files in (("train", train), ("test", test)):
                 if not files:
-                    raise UserError(f"data.root: no .txt files under {root / split}")
+                    raise UserError(
+                        f"data.root: no .txt files under {root / split}; save your text as "
+                        f"UTF-8 .txt files"
+                    )
             paths = train + test
             split_of = np.array([0] * len(train) + [2] * len(test))
             if len(train) >= 2 and cfg.val_fraction > 0:
@@ -623,7 +626,10 @@ def build_text_lm(cfg: DataConfig, *, seed: int, run_dir: str | Path | None = No
         else:
             paths = _files_under(root, TEXT_EXTENSIONS)
             if not paths:
-                raise UserError(f"data.root: no .txt files under {root}")
+                raise UserError(
+                    f"data.root: no .txt files under {root}; save your text as UTF-8 .txt "
+                    f"files, or give one file"
+                )
             split_of = None
             if len(paths) >= 3:
                 sizes = [p.stat().st_size for p in paths]
