@@ -15,7 +15,8 @@ import sys
 BUILTIN_NAMES = {
     "models": "inception_v1 mlp mobilenet mobilenet_v1 resnet32 resnet32_mb small_cnn wrn28_10 "
     "wrn_mb",
-    "datasets": "cifar100 digits digits-pairs imagefolder market1501 python",
+    "datasets": "cifar100 digits digits-pairs imagefolder market1501 python stdlib-lm "
+    "stdlib-modules text text-lm",
     "methods": "dml dml_e independent kd kdcl okddip one pcl",
     "experiments": "cifar100-table digits digits-analysis digits-online-kd digits-pairs "
     "digits-pairs-regimes digits-why market1501-cohort-size market1501-dml-e market1501-table "

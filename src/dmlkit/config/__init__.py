@@ -31,6 +31,7 @@ from dmlkit.config.schema import (
     MethodConfig,
     OptimConfig,
     PeerConfig,
+    TextDataConfig,
     TrainConfig,
 )
 from dmlkit.config.validate import validate
@@ -74,6 +75,7 @@ __all__ = [
     "MethodConfig",
     "OptimConfig",
     "PeerConfig",
+    "TextDataConfig",
     "TrainConfig",
     "apply_override",
     "build_config",
