@@ -58,11 +58,15 @@ def evaluate(
     agree: Tensor | float = 0.0
     causal = causal_models(cohort)
     sequence = False
+    token_bytes = getattr(batches, "token_bytes", None)  # [V]: bits per byte of an LM's text
+    n_bytes = 0
     for batch in batches:
         x, y = split_batch(batch, causal=causal)
         logits = cohort(x)
         sequence = sequence or is_sequence(logits[0])
         logits, y = flatten_valid(logits, y)  # [B, T, V]: one row per valid token
+        if sequence and token_bytes is not None:
+            n_bytes += int(token_bytes.to(y.device)[y].sum())
         log_probs = [F.log_softmax(z.float(), dim=1) for z in logits]
         agree = agree + agreement_sums(torch.stack(log_probs))
         ens = mean_log_probs(log_probs)
@@ -84,6 +88,8 @@ def evaluate(
         out[name] = {"top1": top1, "top5": top5, "ce": ce}
         if sequence:  # per valid token: ce in nats, its perplexity and bits
             out[name].update(perplexity=math.exp(min(ce, 700.0)), bits_per_token=ce / math.log(2))
+            if n_bytes:  # the split's total bits over its bytes of text
+                out[name]["bits_per_byte"] = ce * total / math.log(2) / n_bytes
     all_agree, _, pairwise_kl = (agree / total).tolist()
     out[ENSEMBLE]["all_agree"] = all_agree
     if len(names) > 2:  # two peers or more

@@ -8,6 +8,7 @@ trained or named (``RUN/tokenizer/``), copied into every peer's folder.
 
 from __future__ import annotations
 
+import re
 import shutil
 import tempfile
 from collections.abc import Sequence
@@ -63,7 +64,7 @@ def save_pretrained_peers(
         if class_names and labels == len(class_names) and not _is_causal(config):
             config.id2label = {i: str(c) for i, c in enumerate(class_names)}
             config.label2id = {str(c): i for i, c in enumerate(class_names)}
-        target = run_dir / PEERS_DIR / name
+        target = run_dir / PEERS_DIR / folder_name(name)
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=target.parent))
         try:
@@ -80,6 +81,12 @@ def save_pretrained_peers(
                 shutil.rmtree(tmp, ignore_errors=True)
         written.append(target)
     return written
+
+
+def folder_name(peer: str) -> str:
+    """The folder of a peer under ``RUN/peers/``: its name, with anything but letters, digits,
+    ``.``, ``_`` and ``-`` as ``_`` (``peer0_hf-config:gpt2`` -> ``peer0_hf-config_gpt2``)."""
+    return re.sub(r"[^\w.-]", "_", peer)
 
 
 def _is_causal(config: Any) -> bool:

@@ -27,6 +27,7 @@ from dmlkit.cohort import PeerSpec, build_cohort, peer_specs
 from dmlkit.config import Config
 from dmlkit.config.usage import resolve_threads, resolved_root, unused_data_keys
 from dmlkit.data import DataBundle, build_data
+from dmlkit.data.text import save_text_state
 from dmlkit.distributed import DistContext, DistributedError, init_distributed
 from dmlkit.engine.callbacks import CallbackList, Record, RunContext, build_callback
 from dmlkit.engine.checkpoint import (
@@ -54,6 +55,8 @@ from dmlkit.engine.rundir import run_dir_for
 from dmlkit.engine.summary import make_summary
 from dmlkit.errors import UserError
 from dmlkit.methods import Method, NonFiniteLoss, build_method, model_kwargs, update_order
+from dmlkit.metrics.text import attach_token_bytes
+from dmlkit.models.hf import data_kwargs
 from dmlkit.models.registry import accepts
 
 log = logging.getLogger("dmlkit")
@@ -102,13 +105,19 @@ class Trainer(RunPersistence):
         self.loggers = build_loggers(cfg.train.loggers, self.run.path) if dist.is_main else []
         self.callbacks: list[Any] = [build_callback(c) for c in cfg.train.callbacks]
         seed_everything(cfg.seed, cfg.train.deterministic)
-        if data is None:
-            data = build_data(cfg.data, seed=cfg.seed, device=self.device)
+        if data is None:  # a resumed text run re-loads its tokenizer and checks its data
+            data = build_data(
+                cfg.data,
+                seed=cfg.seed,
+                device=self.device,
+                run_dir=self.run.path if resume else None,
+            )
         else:  # a user's data (dmlkit.fit): batches move to the device as they come
             for loader in (data.train, data.val, data.test):
                 if loader is not None:
                     loader.to(self.device)
         self.data: DataBundle = data
+        attach_token_bytes(data)  # a language model's text: bits per byte in its evaluation
         if cfg.distributed.mode == "data" and dist.world > 1 and hasattr(data.train, "shard"):
             # each process reads only its share of every global batch (the stream path)
             data.train.shard(dist.rank, dist.world)
@@ -122,6 +131,7 @@ class Trainer(RunPersistence):
         self.num_epochs = math.ceil(self.total_steps / self.steps_per_epoch)
         specs = peer_specs(cfg, self.data.num_classes, self.data.in_channels, self.data.image_size)
         specs = [_with_method_kwargs(s, model_kwargs(cfg.method)) for s in specs]
+        specs = [_with_data_kwargs(s, self.data) for s in specs]  # hf peers: task, vocabulary
         optims = [cfg.peer_optim(i) for i in range(len(specs))]
         total_epochs = self.total_steps / self.steps_per_epoch
         mine = dist.peer_slice(len(specs))  # all peers, or this process's share (cohort mode)
@@ -219,6 +229,9 @@ class Trainer(RunPersistence):
                 f"--out {self.run.path}: cannot write the run directory ({exc.strerror}); "
                 f"choose a writable folder"
             ) from None
+        text = getattr(self.data, "text", None)
+        if text is not None:  # the tokenizer and data fingerprint, read back by eval / resume
+            self._write("tokenizer", self.dist.on_main, save_text_state, text, self.run.path)
 
     def _fit(self) -> dict[str, Any]:
         run = self.context
@@ -391,6 +404,12 @@ class Trainer(RunPersistence):
 def _is_terminal() -> bool:
     isatty = getattr(sys.stderr, "isatty", None)
     return bool(isatty and isatty())
+
+
+def _with_data_kwargs(spec: PeerSpec, data: DataBundle) -> PeerSpec:
+    """The spec plus what a text dataset tells a Hugging Face peer (dmlkit.models.hf)."""
+    extra = data_kwargs(spec.arch, spec.kwargs, data.task, getattr(data, "text", None))
+    return replace(spec, kwargs={**spec.kwargs, **extra}) if extra else spec
 
 
 def _with_method_kwargs(spec: PeerSpec, kwargs: dict[str, Any]) -> PeerSpec:

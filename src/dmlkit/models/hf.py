@@ -33,6 +33,8 @@ PREFIXES = ("hf:", "hf-config:")
 TASKS = ("sequence-classification", "causal-lm")
 #: peers[].kwargs that are ours, not the model config's
 OWN_KEYS = ("task", "trust_remote_code")
+#: what the trainer adds to an hf peer's kwargs from a text dataset (:func:`data_kwargs`)
+DATA_KEYS = ("task", "vocab_size", "pad_token_id", "eos_token_id", "bos_token_id")
 
 
 def is_hf(arch: str) -> bool:
@@ -179,3 +181,36 @@ def _prepare(config: Any, task: str) -> None:
     # id (0 unless the user's config sets one; the data's collate pads with the tokenizer's).
     if task == "sequence-classification" and getattr(config, "pad_token_id", 0) is None:
         config.pad_token_id = 0
+
+
+def data_kwargs(arch: str, kwargs: dict[str, Any], task: str, text: Any) -> dict[str, Any]:
+    """What a text dataset tells an ``hf:`` / ``hf-config:`` peer, unless its kwargs say it.
+
+    Args:
+        arch: the peer's arch (other archs get nothing).
+        kwargs: the peer's ``peers[].kwargs``.
+        task: the data's task (``classification`` or ``causal-lm``).
+        text: the data's text facts (``vocab_size``, ``pad_id``), or None.
+
+    Returns:
+        The kwargs to add: ``task``; for ``hf-config:`` the tokenizer's ``vocab_size`` and the
+        pad id (a decoder classifies a sequence by its last non-padding token).
+    """
+    if not is_hf(arch):
+        return {}
+    extra: dict[str, Any] = {}
+    if "task" not in kwargs:
+        extra["task"] = "causal-lm" if task == "causal-lm" else "sequence-classification"
+    if text is not None and arch.startswith("hf-config:"):
+        if extra.get("task", kwargs.get("task")) != "causal-lm":
+            extra.setdefault("vocab_size", int(text.vocab_size))
+        extra["pad_token_id"] = int(text.pad_id)
+        eos = getattr(text.tokenizer, "eos_token_id", None)
+        if eos is not None:  # not the model type's default (GPT-2's 50256), out of vocabulary
+            extra["eos_token_id"] = extra["bos_token_id"] = int(eos)
+    return {k: v for k, v in extra.items() if k not in kwargs}
+
+
+def data_keys(arch: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The :data:`DATA_KEYS` of an hf peer's kwargs (a checkpoint's spec against its config)."""
+    return {k: kwargs[k] for k in DATA_KEYS if k in kwargs} if is_hf(arch) else {}
