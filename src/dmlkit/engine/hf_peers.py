@@ -35,6 +35,7 @@ def save_pretrained_peers(
     *,
     class_names: Sequence[str] | None = None,
     tokenizer_dir: str | Path | None = None,
+    tokenizer: Any = None,
 ) -> list[Path]:
     """Write every ``transformers`` peer to ``run_dir/peers/NAME`` (others are skipped).
 
@@ -48,6 +49,7 @@ def save_pretrained_peers(
         class_names: the data's classes, written as ``id2label`` of a sequence classifier.
         tokenizer_dir: a tokenizer folder to copy into every peer's folder (default: the run's
             ``tokenizer/`` if it exists).
+        tokenizer: a tokenizer object to save into every peer's folder instead.
 
     Returns:
         The folders written.
@@ -69,7 +71,9 @@ def save_pretrained_peers(
         tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=target.parent))
         try:
             peer.save_pretrained(tmp, safe_serialization=True)
-            if tok.is_dir():
+            if tokenizer is not None:
+                tokenizer.save_pretrained(tmp)
+            elif tok.is_dir():
                 for f in tok.iterdir():
                     if f.is_file():
                         shutil.copy2(f, tmp / f.name)
