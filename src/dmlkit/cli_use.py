@@ -20,7 +20,7 @@ BUILTIN_NAMES = {
     "methods": "dml dml_e independent kd kdcl okddip one pcl",
     "experiments": "cifar100-table digits digits-analysis digits-online-kd digits-pairs "
     "digits-pairs-regimes digits-why market1501-cohort-size market1501-dml-e market1501-table "
-    "online-kd-table",
+    "online-kd-table text-stdlib text-stdlib-lm",
 }
 _REGISTRIES = {
     "models": ("dmlkit.models.registry", "MODELS"),
