@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
 
 # The built-in names, so that `dml list` answers without importing torch (the registries fill
 # themselves by importing the modules that define the networks). tests/test_cli_feel.py checks
@@ -48,7 +49,14 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     """The ``predict`` and ``export`` subcommands."""
     p = sub.add_parser("predict", help="classify image files with a trained run")
     p.add_argument("run_dir", help="run directory (or a checkpoint .pt file inside one)")
-    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files or folders")
+    p.add_argument("images", nargs="*", metavar="IMAGE", help="image files or folders")
+    p.add_argument(
+        "--text",
+        action="append",
+        default=[],
+        help="a text to classify or score (text runs; repeat)",
+    )
+    p.add_argument("--lines", help="a UTF-8 file of texts, one per line (text runs)")
     _add_which(p)
     p.add_argument("--top-k", type=int, default=1, help="classes per image (default 1)")
     p.add_argument("--format", choices=["json", "csv"], default="json", help="default json")
@@ -91,6 +99,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.top_k < 1:
         raise UserError(f"--top-k must be >= 1, got {args.top_k}")
     device = resolve_device(args.device, "--device")  # a typo blames the flag, not the run
+    from dmlkit.engine.text_predict import is_text_run
+
+    if args.text or args.lines or is_text_run(args.run_dir):
+        return _predict_text(args, device)
+    if not args.images:
+        raise UserError(
+            "give image files or folders to classify (or --text / --lines for a text run)"
+        )
     predictor = load_predictor(args.run_dir, peer=args.peer, device=device)
     rows = predictor.predict(args.images, top_k=args.top_k)
     if args.format == "json":
@@ -113,6 +129,41 @@ def cmd_predict(args: argparse.Namespace) -> int:
                 f"--out {args.out}: cannot write there ({exc.strerror or exc}); choose another path"
             ) from None
         print(f"{plural(len(rows), 'image')} -> {args.out}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def _predict_text(args: argparse.Namespace, device: Any) -> int:
+    """``dml predict`` on a text run: ``--text`` strings and ``--lines`` files."""
+    import json
+    from pathlib import Path
+
+    from dmlkit.cli_summary import plural
+    from dmlkit.engine.checkpoint import atomic_write_text
+    from dmlkit.engine.text_predict import load_text_predictor, read_lines
+    from dmlkit.errors import UserError
+
+    if args.images:
+        raise UserError(
+            f"{args.run_dir} is a text run: give --text STRING or --lines FILE, not image files"
+        )
+    texts = [*args.text, *(read_lines(args.lines) if args.lines else [])]
+    if not texts:
+        raise UserError("give --text STRING (repeatable) or --lines FILE (one text per line)")
+    if args.format != "json":
+        raise UserError("--format csv is for images; text predictions are written as json")
+    predictor = load_text_predictor(args.run_dir, peer=args.peer, device=device)
+    rows = predictor.predict(texts, top_k=args.top_k)
+    text = json.dumps({"model": predictor.which, "predictions": rows}, indent=2) + "\n"
+    if args.out:
+        try:
+            atomic_write_text(Path(args.out), text)
+        except OSError as exc:
+            raise UserError(
+                f"--out {args.out}: cannot write there ({exc.strerror or exc}); choose another path"
+            ) from None
+        print(f"{plural(len(rows), 'text')} -> {args.out}", file=sys.stderr)
     else:
         sys.stdout.write(text)
     return 0
