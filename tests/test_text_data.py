@@ -29,6 +29,7 @@ from dmlkit.data.text import (
     load_text_state,
     pack,
     save_text_state,
+    texts_batch,
 )
 from dmlkit.data.text_files import assign_by_size
 from dmlkit.errors import ConfigError, UserError
@@ -711,3 +712,17 @@ def test_data_sources_need_no_copy_of_the_repo(tmp_path):
     )
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
     shutil.rmtree(root)
+
+
+def test_texts_batch_encodes_new_text_as_the_data_was(tmp_path):
+    root = class_folders(tmp_path / "data")
+    bundle = build_data(data_cfg(name="text", root=str(root), text={"max_length": 8}), seed=0)
+    text = (root / "pos" / "1.txt").read_text()
+    batch = texts_batch(bundle.text.tokenizer, [text, "ok"], max_length=8)
+    assert set(batch) == {"input_ids", "attention_mask"}
+    assert batch["input_ids"][0].tolist() == list(text.encode())[:8]
+    assert batch["attention_mask"].tolist() == [[1] * 8, [1, 1] + [0] * 6]
+    origins = [*bundle.train.origins, *bundle.val.origins, *bundle.test.origins]
+    ids = torch.cat([bundle.train.ids, bundle.val.ids, bundle.test.ids])
+    row = origins.index(str(root / "pos" / "1.txt"))
+    assert ids[row, :8].tolist() == batch["input_ids"][0].tolist()

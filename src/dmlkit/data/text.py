@@ -265,6 +265,37 @@ def encode(tokenizer: Any, texts: Sequence[str], *, special_tokens: bool = True)
     return [list(ids) for ids in out["input_ids"]]
 
 
+def texts_batch(
+    tokenizer: Any,
+    texts: Sequence[str],
+    *,
+    max_length: int,
+    kind: str = "byte",
+    pad: int | None = None,
+) -> dict[str, Tensor]:
+    """New texts as one batch, encoded as a run's data was (``dml predict``, a pipeline).
+
+    Args:
+        tokenizer: the run's (``RUN/tokenizer/``, :func:`run_tokenizer`).
+        texts: N strings (an empty one gives a row of one pad token, masked out).
+        max_length: the run's ``data.text.max_length`` (longer texts are cut).
+        kind: the run's tokenizer kind (``text-data.json``): a ``folder`` tokenizer adds its
+            special tokens, as the training data had them.
+        pad: the pad id (default: the tokenizer's, :func:`dmlkit.data.tokenize.pad_id`).
+
+    Returns:
+        ``input_ids [N, T]`` and ``attention_mask [N, T]`` (no labels).
+    """
+    from dmlkit.data.tokenize import pad_id
+
+    pad = pad_id(tokenizer) if pad is None else pad
+    seqs = encode(tokenizer, texts, special_tokens=kind == "folder")
+    ids, lengths = pack(seqs, pad, max_length)
+    batch = collate(ids, lengths, torch.zeros(len(seqs), dtype=torch.int64), pad_id=pad)
+    del batch["labels"]
+    return batch
+
+
 def blocks(documents: Sequence[Sequence[int]], eos: int | None, length: int) -> list[list[int]]:
     """A causal LM's sequences: the documents joined (``eos`` after each), cut every ``length``.
 
