@@ -726,3 +726,20 @@ def test_texts_batch_encodes_new_text_as_the_data_was(tmp_path):
     ids = torch.cat([bundle.train.ids, bundle.val.ids, bundle.test.ids])
     row = origins.index(str(root / "pos" / "1.txt"))
     assert ids[row, :8].tolist() == batch["input_ids"][0].tolist()
+
+
+def test_hf_dataset_dict_gives_its_splits():
+    datasets = pytest.importorskip("datasets")
+
+    def part(n, start):
+        return datasets.Dataset.from_dict(
+            {"input_ids": [[start + i, 1] for i in range(n)], "label": [i % 2 for i in range(n)]}
+        )
+
+    splits = datasets.DatasetDict(
+        {"train": part(6, 10), "validation": part(2, 30), "test": part(3, 40)}
+    )
+    bundle = hf_text_bundle(splits, batch_size=2)
+    assert [len(ld.lengths) for ld in (bundle.train, bundle.val, bundle.test)] == [6, 2, 3]
+    assert bundle.test.ids[:, 0].tolist() == [40, 41, 42]
+    assert bundle.num_classes == 2
