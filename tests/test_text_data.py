@@ -134,6 +134,9 @@ def test_a_local_hf_tokenizer_folder_adds_its_special_tokens(tmp_path):
     assert (first == 2).all() and (last == 3).all()  # [CLS] ... [SEP]
     assert bundle.text.vocab_size == 6 and bundle.text.pad_id == 0
     assert bundle.text.tokenizer_kind == "folder"
+    short = data_cfg(name="text", root=str(root), text={"tokenizer": str(folder), "max_length": 3})
+    cut = next(iter(build_data(short, seed=0).test))["input_ids"]
+    assert cut[:, 0].eq(2).all() and cut[:, 2].eq(3).all()  # cut inside: [CLS] x [SEP]
 
 
 # -- batches ------------------------------------------------------------------------------------
@@ -260,6 +263,15 @@ def test_jsonl_and_csv_with_named_fields(tmp_path):
     # the same rows, the same stratified test split (by position in the file)
     lines = [int(w.rsplit(":", 1)[1]) for w in got["jsonl"].test.origins]
     assert [n + 1 for n in lines] == [int(w.rsplit(":", 1)[1]) for w in got["csv"].test.origins]
+
+
+def test_jsonl_text_may_hold_unicode_line_separators(tmp_path):
+    rows = [{"text": f"a\u2028b {i}", "label": i % 2} for i in range(8)]
+    path = write(tmp_path / "d.jsonl", "\n".join(json.dumps(r, ensure_ascii=False) for r in rows))
+    assert "\u2028" in path.read_text()
+    bundle = build_data(data_cfg(name="text", root=str(path)), seed=0)
+    splits = [bundle.train, bundle.val, bundle.test]
+    assert sum(len(ld.lengths) for ld in splits if ld is not None) == 8  # 8 lines, not 16
 
 
 def test_integer_labels_sort_numerically(tmp_path):

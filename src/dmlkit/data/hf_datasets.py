@@ -44,7 +44,9 @@ def _column(ds: Any, name: str) -> list[Any]:
     return list(ds[name])
 
 
-def _sequences(ds: Any, split: str, tokenizer: Any | None, text_field: str) -> list[list[int]]:
+def _sequences(
+    ds: Any, split: str, tokenizer: Any | None, text_field: str, max_length: int | None
+) -> list[list[int]]:
     columns = list(ds.column_names)
     if "input_ids" in columns:
         seqs = [list(map(int, s)) for s in _column(ds, "input_ids")]
@@ -69,7 +71,7 @@ def _sequences(ds: Any, split: str, tokenizer: Any | None, text_field: str) -> l
         for i, t in enumerate(texts):
             if not isinstance(t, str):
                 raise UserError(f"{split}: row {i}'s {text_field!r} is {shown(t)}, not text")
-        return encode(tokenizer, texts, special_tokens=True)
+        return encode(tokenizer, texts, special_tokens=True, max_length=max_length)
     raise UserError(
         f"{split}: the dataset has neither input_ids nor a {text_field!r} column (columns: "
         f"{', '.join(map(str, columns))[:120]}); tokenize it or name its text column"
@@ -114,7 +116,7 @@ def hf_loader(
         raise UserError(f"{split}: the dataset is empty")
     if padding == "max_length" and max_length is None:
         raise UserError(f"{split}: padding='max_length' needs max_length")
-    seqs = _sequences(ds, split, tokenizer, text_field)
+    seqs = _sequences(ds, split, tokenizer, text_field, max_length)
     for i, s in enumerate(seqs):
         if not s:
             raise UserError(f"{split}: row {i} has no tokens; drop empty rows")

@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -189,6 +190,9 @@ class TextLoader:
         self.seed = seed
         self.epoch, self.start = 0, 0
         self.rank, self.world = 0, 1
+        # where each row came from ("FILE" or "FILE:LINE"), set by the dataset builders: the
+        # construction indices that the split tests read
+        self.origins: list[str] | None = None
         self.drop_last = train and len(lengths) >= batch_size
         if padding == "max_length" and self.ids.shape[1] < self.max_length:
             # stored at the fixed width once, so that every batch is a plain slice
@@ -253,15 +257,22 @@ class TextLoader:
             )
 
 
-def encode(tokenizer: Any, texts: Sequence[str], *, special_tokens: bool = True) -> list[list[int]]:
-    """Token ids of each text (no truncation here: :func:`pack` cuts to ``max_length``).
+def encode(
+    tokenizer: Any,
+    texts: Sequence[str],
+    *,
+    special_tokens: bool = True,
+    max_length: int | None = None,
+) -> list[list[int]]:
+    """Token ids of each text, cut to ``max_length`` by the tokenizer (``None``: whole).
 
-    ``special_tokens``: the tokenizer's own (a BERT folder's [CLS] ... [SEP]); the byte and
-    BPE tokenizers add none.
+    ``special_tokens``: the tokenizer's own (a BERT folder's [CLS] ... [SEP], kept when a
+    text is cut, as Hugging Face's truncation does); the byte and BPE tokenizers add none.
     """
     if not texts:
         return []
-    out = tokenizer(list(texts), add_special_tokens=special_tokens, verbose=False)
+    cut = {"truncation": True, "max_length": max_length} if max_length is not None else {}
+    out = tokenizer(list(texts), add_special_tokens=special_tokens, verbose=False, **cut)
     return [list(ids) for ids in out["input_ids"]]
 
 
@@ -289,7 +300,7 @@ def texts_batch(
     from dmlkit.data.tokenize import pad_id
 
     pad = pad_id(tokenizer) if pad is None else pad
-    seqs = encode(tokenizer, texts, special_tokens=kind == "folder")
+    seqs = encode(tokenizer, texts, special_tokens=kind == "folder", max_length=max_length)
     ids, lengths = pack(seqs, pad, max_length)
     batch = collate(ids, lengths, torch.zeros(len(seqs), dtype=torch.int64), pad_id=pad)
     del batch["labels"]
@@ -437,9 +448,10 @@ def check_fingerprint(recorded: dict[str, Any], info: TextInfo, run_dir: str | P
         if was and now and was != now
         else "the data files changed since; restore them or start a new run"
     )
+    then = re.sub(r"[^0-9a-f]", "?", recorded["fingerprint"][:12])  # from a file: shown safe
     raise UserError(
         f"{run_dir}: the text data differs from the data this run was trained on (fingerprint "
-        f"{shown(recorded['fingerprint'])[:14]}... then, {info.fingerprint[:12]}... now; {why})"
+        f"{then}... then, {info.fingerprint[:12]}... now; {why})"
     )
 
 
