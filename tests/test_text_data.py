@@ -755,3 +755,46 @@ def test_hf_dataset_dict_gives_its_splits():
     assert [len(ld.lengths) for ld in (bundle.train, bundle.val, bundle.test)] == [6, 2, 3]
     assert bundle.test.ids[:, 0].tolist() == [40, 41, 42]
     assert bundle.num_classes == 2
+
+
+def test_hugging_face_models_take_the_batches_as_they_are(small_stdlib):
+    """A tiny GPT-2 LM and a tiny BERT classifier (random weights) on the batches unchanged:
+    HF's own loss equals the per-valid-token cross-entropy of the shifted labels."""
+    from transformers import BertConfig, BertForSequenceClassification, GPT2Config, GPT2LMHeadModel
+
+    lm_cfg = data_cfg(name="stdlib-lm", batch_size=4, text={"stdlib_classes": 3, "max_length": 32})
+    lm_data = build_data(lm_cfg, seed=0)
+    loader = lm_data.test  # its last batch has a short block: padding to ignore
+    batch = list(loader)[-1]
+    assert (batch["labels"] == IGNORE).any()
+    torch.manual_seed(0)
+    gpt = GPT2LMHeadModel(
+        GPT2Config(vocab_size=lm_data.num_classes, n_positions=32, n_embd=16, n_layer=1, n_head=2)
+    ).eval()
+    out = gpt(**batch)
+    logits, labels = out.logits[:, :-1], batch["labels"][:, 1:]
+    valid = labels != IGNORE
+    by_hand = torch.nn.functional.cross_entropy(logits[valid], labels[valid])
+    assert out.loss.item() == pytest.approx(by_hand.item(), rel=1e-5)
+
+    cls_cfg = data_cfg(
+        name="stdlib-modules", text={"stdlib_classes": 3, "snippets_per_class": 8, "max_length": 32}
+    )
+    cls_data = build_data(cls_cfg, seed=0)
+    bert = BertForSequenceClassification(
+        BertConfig(
+            vocab_size=cls_data.text.vocab_size,
+            hidden_size=16,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=32,
+            max_position_embeddings=32,
+            num_labels=cls_data.num_classes,
+            pad_token_id=cls_data.text.pad_id,
+        )
+    ).eval()
+    batch = next(iter(cls_data.test))
+    out = bert(**batch)
+    assert out.logits.shape == (len(batch["labels"]), 3)
+    by_hand = torch.nn.functional.cross_entropy(out.logits, batch["labels"])
+    assert out.loss.item() == pytest.approx(by_hand.item(), rel=1e-5)
