@@ -606,7 +606,8 @@ def test_stdlib_fingerprint_follows_files_and_python(small_stdlib, monkeypatch, 
     save_text_state(first.text, run)
     assert build_data(cfg, seed=0, run_dir=run).text.fingerprint == first.text.fingerprint
     monkeypatch.setattr(stdlib_text, "python_version", lambda: "3.99.0")
-    with pytest.raises(UserError, match=r"Python '3\.\d+\.\d+' then, 3\.99\.0 now"):
+    refusal = r"Python 3\.\d+\.\d+ then, 3\.99\.0 now: .*; use Python 3\.\d+\.\d+\)$"
+    with pytest.raises(UserError, match=refusal):
         build_data(cfg, seed=0, run_dir=run)
     monkeypatch.undo()
     monkeypatch.setattr(stdlib_text, "stdlib_root", lambda: small_stdlib)

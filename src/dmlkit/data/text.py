@@ -37,7 +37,7 @@ import torch
 from torch import Tensor
 
 from dmlkit.data.core import DataBundle, epoch_generator
-from dmlkit.errors import ConfigError, UserError, shown
+from dmlkit.errors import ConfigError, UserError
 
 #: label of a position that no loss looks at (Hugging Face's convention)
 IGNORE = -100
@@ -441,10 +441,10 @@ def check_fingerprint(recorded: dict[str, Any], info: TextInfo, run_dir: str | P
     if recorded["fingerprint"] == info.fingerprint:
         return
     was = recorded.get("source", {}).get("python")
+    was = re.sub(r"[^0-9A-Za-z.+]", "?", str(was))[:20] if was else None  # read from a file
     now = info.source.get("python")
     why = (
-        f"Python {shown(was)} then, {now} now: the standard library's files differ; use "
-        f"Python {shown(was)}"
+        f"Python {was} then, {now} now: the standard library's files differ; use Python {was}"
         if was and now and was != now
         else "the data files changed since; restore them or start a new run"
     )
