@@ -799,3 +799,38 @@ def test_hugging_face_models_take_the_batches_as_they_are(small_stdlib):
     assert out.logits.shape == (len(batch["labels"]), 3)
     by_hand = torch.nn.functional.cross_entropy(out.logits, batch["labels"])
     assert out.loss.item() == pytest.approx(by_hand.item(), rel=1e-5)
+
+
+def test_a_run_tokenizer_of_ours_is_read_as_data(tmp_path):
+    """byte / bpe: tokenizer.json only; the config's class name is never looked up."""
+    root = class_folders(tmp_path / "data")
+    cfg = data_cfg(name="text", root=str(root), text={"tokenizer": "bpe", "vocab_size": 300})
+    first = build_data(cfg, seed=0)
+    run = tmp_path / "run"
+    run.mkdir()
+    save_text_state(first.text, run)
+    config = run / "tokenizer" / "tokenizer_config.json"
+    config.write_text(json.dumps({"tokenizer_class": "EvilTokenizer", "auto_map": {"x": "y"}}))
+    again = build_data(cfg, seed=0, run_dir=run)
+    assert again.text.tokenizer.get_vocab() == first.text.tokenizer.get_vocab()
+    (run / "tokenizer" / "tokenizer.json").write_text("{not json")
+    with pytest.raises(UserError, match="not a readable tokenizer .*the run folder is damaged"):
+        build_data(cfg, seed=0, run_dir=run)
+
+
+def test_hidden_and_other_files_are_skipped(tmp_path):
+    root = class_folders(tmp_path / "data")
+    write(root / "pos" / ".hidden.txt", "not an example")
+    write(root / "pos" / "notes.md", "not an example")
+    write(root / ".ipynb_checkpoints" / "x.txt", "not a class")
+    write(root / "neg" / "deeper" / "more.txt", "an example in a sub-folder")
+    bundle = build_data(data_cfg(name="text", root=str(root), val_fraction=0), seed=0)
+    names = [*bundle.train.origins, *bundle.test.origins]
+    assert bundle.class_names == ["mid", "neg", "pos"] and len(names) == 16
+    assert str(root / "neg" / "deeper" / "more.txt") in names
+
+
+def test_csv_row_with_too_few_columns_names_its_line(tmp_path):
+    write(tmp_path / "d.csv", "text,label\nfine,1\nno label here\n")
+    with pytest.raises(UserError, match=r"d\.csv:3: the row has no 'label' value"):
+        build_data(data_cfg(name="text", root=str(tmp_path / "d.csv")), seed=0)

@@ -462,10 +462,12 @@ def run_tokenizer(run_dir: str | Path | None) -> tuple[Any, dict[str, Any]] | No
     state = load_text_state(run_dir)
     if state is None:
         return None
-    from dmlkit.data.tokenize import load_tokenizer
+    from dmlkit.data.tokenize import load_own_tokenizer, load_tokenizer
 
-    tok = load_tokenizer(Path(run_dir) / TOKENIZER_DIR, key=f"{run_dir}/{TOKENIZER_DIR}")
-    return tok, state
+    folder = Path(run_dir) / TOKENIZER_DIR
+    if state.get("tokenizer") in ("byte", "bpe"):  # ours: read as data, no class looked up
+        return load_own_tokenizer(folder), state
+    return load_tokenizer(folder, key=str(folder)), state
 
 
 def make_info(
