@@ -29,6 +29,7 @@ from dmlkit.data.text import (
     load_text_state,
     pack,
     save_text_state,
+    texts_batch,
 )
 from dmlkit.data.text_files import assign_by_size
 from dmlkit.errors import ConfigError, UserError
@@ -133,6 +134,9 @@ def test_a_local_hf_tokenizer_folder_adds_its_special_tokens(tmp_path):
     assert (first == 2).all() and (last == 3).all()  # [CLS] ... [SEP]
     assert bundle.text.vocab_size == 6 and bundle.text.pad_id == 0
     assert bundle.text.tokenizer_kind == "folder"
+    short = data_cfg(name="text", root=str(root), text={"tokenizer": str(folder), "max_length": 3})
+    cut = next(iter(build_data(short, seed=0).test))["input_ids"]
+    assert cut[:, 0].eq(2).all() and cut[:, 2].eq(3).all()  # cut inside: [CLS] x [SEP]
 
 
 # -- batches ------------------------------------------------------------------------------------
@@ -259,6 +263,15 @@ def test_jsonl_and_csv_with_named_fields(tmp_path):
     # the same rows, the same stratified test split (by position in the file)
     lines = [int(w.rsplit(":", 1)[1]) for w in got["jsonl"].test.origins]
     assert [n + 1 for n in lines] == [int(w.rsplit(":", 1)[1]) for w in got["csv"].test.origins]
+
+
+def test_jsonl_text_may_hold_unicode_line_separators(tmp_path):
+    rows = [{"text": f"a\u2028b {i}", "label": i % 2} for i in range(8)]
+    path = write(tmp_path / "d.jsonl", "\n".join(json.dumps(r, ensure_ascii=False) for r in rows))
+    assert "\u2028" in path.read_text()
+    bundle = build_data(data_cfg(name="text", root=str(path)), seed=0)
+    splits = [bundle.train, bundle.val, bundle.test]
+    assert sum(len(ld.lengths) for ld in splits if ld is not None) == 8  # 8 lines, not 16
 
 
 def test_integer_labels_sort_numerically(tmp_path):
@@ -593,7 +606,8 @@ def test_stdlib_fingerprint_follows_files_and_python(small_stdlib, monkeypatch, 
     save_text_state(first.text, run)
     assert build_data(cfg, seed=0, run_dir=run).text.fingerprint == first.text.fingerprint
     monkeypatch.setattr(stdlib_text, "python_version", lambda: "3.99.0")
-    with pytest.raises(UserError, match=r"Python '3\.\d+\.\d+' then, 3\.99\.0 now"):
+    refusal = r"Python 3\.\d+\.\d+ then, 3\.99\.0 now: .*; use Python 3\.\d+\.\d+\)$"
+    with pytest.raises(UserError, match=refusal):
         build_data(cfg, seed=0, run_dir=run)
     monkeypatch.undo()
     monkeypatch.setattr(stdlib_text, "stdlib_root", lambda: small_stdlib)
@@ -711,3 +725,112 @@ def test_data_sources_need_no_copy_of_the_repo(tmp_path):
     )
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
     shutil.rmtree(root)
+
+
+def test_texts_batch_encodes_new_text_as_the_data_was(tmp_path):
+    root = class_folders(tmp_path / "data")
+    bundle = build_data(data_cfg(name="text", root=str(root), text={"max_length": 8}), seed=0)
+    text = (root / "pos" / "1.txt").read_text()
+    batch = texts_batch(bundle.text.tokenizer, [text, "ok"], max_length=8)
+    assert set(batch) == {"input_ids", "attention_mask"}
+    assert batch["input_ids"][0].tolist() == list(text.encode())[:8]
+    assert batch["attention_mask"].tolist() == [[1] * 8, [1, 1] + [0] * 6]
+    origins = [*bundle.train.origins, *bundle.val.origins, *bundle.test.origins]
+    ids = torch.cat([bundle.train.ids, bundle.val.ids, bundle.test.ids])
+    row = origins.index(str(root / "pos" / "1.txt"))
+    assert ids[row, :8].tolist() == batch["input_ids"][0].tolist()
+
+
+def test_hf_dataset_dict_gives_its_splits():
+    datasets = pytest.importorskip("datasets")
+
+    def part(n, start):
+        return datasets.Dataset.from_dict(
+            {"input_ids": [[start + i, 1] for i in range(n)], "label": [i % 2 for i in range(n)]}
+        )
+
+    splits = datasets.DatasetDict(
+        {"train": part(6, 10), "validation": part(2, 30), "test": part(3, 40)}
+    )
+    bundle = hf_text_bundle(splits, batch_size=2)
+    assert [len(ld.lengths) for ld in (bundle.train, bundle.val, bundle.test)] == [6, 2, 3]
+    assert bundle.test.ids[:, 0].tolist() == [40, 41, 42]
+    assert bundle.num_classes == 2
+
+
+def test_hugging_face_models_take_the_batches_as_they_are(small_stdlib):
+    """A tiny GPT-2 LM and a tiny BERT classifier (random weights) on the batches unchanged:
+    HF's own loss equals the per-valid-token cross-entropy of the shifted labels."""
+    from transformers import BertConfig, BertForSequenceClassification, GPT2Config, GPT2LMHeadModel
+
+    lm_cfg = data_cfg(name="stdlib-lm", batch_size=4, text={"stdlib_classes": 3, "max_length": 32})
+    lm_data = build_data(lm_cfg, seed=0)
+    loader = lm_data.test  # its last batch has a short block: padding to ignore
+    batch = list(loader)[-1]
+    assert (batch["labels"] == IGNORE).any()
+    torch.manual_seed(0)
+    gpt = GPT2LMHeadModel(
+        GPT2Config(vocab_size=lm_data.num_classes, n_positions=32, n_embd=16, n_layer=1, n_head=2)
+    ).eval()
+    out = gpt(**batch)
+    logits, labels = out.logits[:, :-1], batch["labels"][:, 1:]
+    valid = labels != IGNORE
+    by_hand = torch.nn.functional.cross_entropy(logits[valid], labels[valid])
+    assert out.loss.item() == pytest.approx(by_hand.item(), rel=1e-5)
+
+    cls_cfg = data_cfg(
+        name="stdlib-modules", text={"stdlib_classes": 3, "snippets_per_class": 8, "max_length": 32}
+    )
+    cls_data = build_data(cls_cfg, seed=0)
+    bert = BertForSequenceClassification(
+        BertConfig(
+            vocab_size=cls_data.text.vocab_size,
+            hidden_size=16,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=32,
+            max_position_embeddings=32,
+            num_labels=cls_data.num_classes,
+            pad_token_id=cls_data.text.pad_id,
+        )
+    ).eval()
+    batch = next(iter(cls_data.test))
+    out = bert(**batch)
+    assert out.logits.shape == (len(batch["labels"]), 3)
+    by_hand = torch.nn.functional.cross_entropy(out.logits, batch["labels"])
+    assert out.loss.item() == pytest.approx(by_hand.item(), rel=1e-5)
+
+
+def test_a_run_tokenizer_of_ours_is_read_as_data(tmp_path):
+    """byte / bpe: tokenizer.json only; the config's class name is never looked up."""
+    root = class_folders(tmp_path / "data")
+    cfg = data_cfg(name="text", root=str(root), text={"tokenizer": "bpe", "vocab_size": 300})
+    first = build_data(cfg, seed=0)
+    run = tmp_path / "run"
+    run.mkdir()
+    save_text_state(first.text, run)
+    config = run / "tokenizer" / "tokenizer_config.json"
+    config.write_text(json.dumps({"tokenizer_class": "EvilTokenizer", "auto_map": {"x": "y"}}))
+    again = build_data(cfg, seed=0, run_dir=run)
+    assert again.text.tokenizer.get_vocab() == first.text.tokenizer.get_vocab()
+    (run / "tokenizer" / "tokenizer.json").write_text("{not json")
+    with pytest.raises(UserError, match="not a readable tokenizer .*the run folder is damaged"):
+        build_data(cfg, seed=0, run_dir=run)
+
+
+def test_hidden_and_other_files_are_skipped(tmp_path):
+    root = class_folders(tmp_path / "data")
+    write(root / "pos" / ".hidden.txt", "not an example")
+    write(root / "pos" / "notes.md", "not an example")
+    write(root / ".ipynb_checkpoints" / "x.txt", "not a class")
+    write(root / "neg" / "deeper" / "more.txt", "an example in a sub-folder")
+    bundle = build_data(data_cfg(name="text", root=str(root), val_fraction=0), seed=0)
+    names = [*bundle.train.origins, *bundle.test.origins]
+    assert bundle.class_names == ["mid", "neg", "pos"] and len(names) == 16
+    assert str(root / "neg" / "deeper" / "more.txt") in names
+
+
+def test_csv_row_with_too_few_columns_names_its_line(tmp_path):
+    write(tmp_path / "d.csv", "text,label\nfine,1\nno label here\n")
+    with pytest.raises(UserError, match=r"d\.csv:3: the row has no 'label' value"):
+        build_data(data_cfg(name="text", root=str(tmp_path / "d.csv")), seed=0)

@@ -15,7 +15,7 @@ Nothing here imports ``datasets``: any object with ``column_names`` and column a
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -44,7 +44,9 @@ def _column(ds: Any, name: str) -> list[Any]:
     return list(ds[name])
 
 
-def _sequences(ds: Any, split: str, tokenizer: Any | None, text_field: str) -> list[list[int]]:
+def _sequences(
+    ds: Any, split: str, tokenizer: Any | None, text_field: str, max_length: int | None
+) -> list[list[int]]:
     columns = list(ds.column_names)
     if "input_ids" in columns:
         seqs = [list(map(int, s)) for s in _column(ds, "input_ids")]
@@ -69,7 +71,7 @@ def _sequences(ds: Any, split: str, tokenizer: Any | None, text_field: str) -> l
         for i, t in enumerate(texts):
             if not isinstance(t, str):
                 raise UserError(f"{split}: row {i}'s {text_field!r} is {shown(t)}, not text")
-        return encode(tokenizer, texts, special_tokens=True)
+        return encode(tokenizer, texts, special_tokens=True, max_length=max_length)
     raise UserError(
         f"{split}: the dataset has neither input_ids nor a {text_field!r} column (columns: "
         f"{', '.join(map(str, columns))[:120]}); tokenize it or name its text column"
@@ -114,7 +116,7 @@ def hf_loader(
         raise UserError(f"{split}: the dataset is empty")
     if padding == "max_length" and max_length is None:
         raise UserError(f"{split}: padding='max_length' needs max_length")
-    seqs = _sequences(ds, split, tokenizer, text_field)
+    seqs = _sequences(ds, split, tokenizer, text_field, max_length)
     for i, s in enumerate(seqs):
         if not s:
             raise UserError(f"{split}: row {i} has no tokens; drop empty rows")
@@ -157,6 +159,17 @@ def hf_loader(
     return loader, task
 
 
+def _is_split_dict(obj: Any) -> bool:
+    return isinstance(obj, Mapping) and "train" in obj  # a DatasetDict is a dict
+
+
+def _splits_of(splits: Any) -> tuple[Any, Any, Any]:
+    """``(train, validation, test)`` of a ``DatasetDict`` (the last two may be None)."""
+    names = list(splits.keys())
+    val = next((splits[k] for k in ("validation", "val", "valid", "dev") if k in names), None)
+    return splits["train"], val, splits["test"] if "test" in names else None
+
+
 def _fingerprint(loaders: Sequence[TextLoader | None]) -> str:
     h = hashlib.sha256(b"hf-datasets")
     for loader in loaders:
@@ -188,8 +201,12 @@ def hf_text_bundle(
     Every split has the same task (classification or causal LM). ``num_classes``: given,
     else the label column's ``ClassLabel`` size, else the largest training label + 1; an LM's
     is the vocabulary (``len(tokenizer)``, else the largest id + 1). ``val`` and ``test``
-    may be None (``dmlkit.fit`` passes ``val`` as the test split when no test is given).
+    may be None (``dmlkit.fit`` passes ``val`` as the test split when no test is given). A
+    ``DatasetDict`` as ``train`` (and no ``val`` / ``test``) gives its ``train``,
+    ``validation`` (or ``val``) and ``test`` splits.
     """
+    if val is None and test is None and _is_split_dict(train):
+        train, val, test = _splits_of(train)
     common = {
         "tokenizer": tokenizer,
         "text_field": text_field,

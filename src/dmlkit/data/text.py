@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -36,7 +37,7 @@ import torch
 from torch import Tensor
 
 from dmlkit.data.core import DataBundle, epoch_generator
-from dmlkit.errors import ConfigError, UserError, shown
+from dmlkit.errors import ConfigError, UserError
 
 #: label of a position that no loss looks at (Hugging Face's convention)
 IGNORE = -100
@@ -189,6 +190,9 @@ class TextLoader:
         self.seed = seed
         self.epoch, self.start = 0, 0
         self.rank, self.world = 0, 1
+        # where each row came from ("FILE" or "FILE:LINE"), set by the dataset builders: the
+        # construction indices that the split tests read
+        self.origins: list[str] | None = None
         self.drop_last = train and len(lengths) >= batch_size
         if padding == "max_length" and self.ids.shape[1] < self.max_length:
             # stored at the fixed width once, so that every batch is a plain slice
@@ -253,16 +257,54 @@ class TextLoader:
             )
 
 
-def encode(tokenizer: Any, texts: Sequence[str], *, special_tokens: bool = True) -> list[list[int]]:
-    """Token ids of each text (no truncation here: :func:`pack` cuts to ``max_length``).
+def encode(
+    tokenizer: Any,
+    texts: Sequence[str],
+    *,
+    special_tokens: bool = True,
+    max_length: int | None = None,
+) -> list[list[int]]:
+    """Token ids of each text, cut to ``max_length`` by the tokenizer (``None``: whole).
 
-    ``special_tokens``: the tokenizer's own (a BERT folder's [CLS] ... [SEP]); the byte and
-    BPE tokenizers add none.
+    ``special_tokens``: the tokenizer's own (a BERT folder's [CLS] ... [SEP], kept when a
+    text is cut, as Hugging Face's truncation does); the byte and BPE tokenizers add none.
     """
     if not texts:
         return []
-    out = tokenizer(list(texts), add_special_tokens=special_tokens, verbose=False)
+    cut = {"truncation": True, "max_length": max_length} if max_length is not None else {}
+    out = tokenizer(list(texts), add_special_tokens=special_tokens, verbose=False, **cut)
     return [list(ids) for ids in out["input_ids"]]
+
+
+def texts_batch(
+    tokenizer: Any,
+    texts: Sequence[str],
+    *,
+    max_length: int,
+    kind: str = "byte",
+    pad: int | None = None,
+) -> dict[str, Tensor]:
+    """New texts as one batch, encoded as a run's data was (``dml predict``, a pipeline).
+
+    Args:
+        tokenizer: the run's (``RUN/tokenizer/``, :func:`run_tokenizer`).
+        texts: N strings (an empty one gives a row of one pad token, masked out).
+        max_length: the run's ``data.text.max_length`` (longer texts are cut).
+        kind: the run's tokenizer kind (``text-data.json``): a ``folder`` tokenizer adds its
+            special tokens, as the training data had them.
+        pad: the pad id (default: the tokenizer's, :func:`dmlkit.data.tokenize.pad_id`).
+
+    Returns:
+        ``input_ids [N, T]`` and ``attention_mask [N, T]`` (no labels).
+    """
+    from dmlkit.data.tokenize import pad_id
+
+    pad = pad_id(tokenizer) if pad is None else pad
+    seqs = encode(tokenizer, texts, special_tokens=kind == "folder", max_length=max_length)
+    ids, lengths = pack(seqs, pad, max_length)
+    batch = collate(ids, lengths, torch.zeros(len(seqs), dtype=torch.int64), pad_id=pad)
+    del batch["labels"]
+    return batch
 
 
 def blocks(documents: Sequence[Sequence[int]], eos: int | None, length: int) -> list[list[int]]:
@@ -399,16 +441,17 @@ def check_fingerprint(recorded: dict[str, Any], info: TextInfo, run_dir: str | P
     if recorded["fingerprint"] == info.fingerprint:
         return
     was = recorded.get("source", {}).get("python")
+    was = re.sub(r"[^0-9A-Za-z.+]", "?", str(was))[:20] if was else None  # read from a file
     now = info.source.get("python")
     why = (
-        f"Python {shown(was)} then, {now} now: the standard library's files differ; use "
-        f"Python {shown(was)}"
+        f"Python {was} then, {now} now: the standard library's files differ; use Python {was}"
         if was and now and was != now
         else "the data files changed since; restore them or start a new run"
     )
+    then = re.sub(r"[^0-9a-f]", "?", recorded["fingerprint"][:12])  # from a file: shown safe
     raise UserError(
         f"{run_dir}: the text data differs from the data this run was trained on (fingerprint "
-        f"{shown(recorded['fingerprint'])[:14]}... then, {info.fingerprint[:12]}... now; {why})"
+        f"{then}... then, {info.fingerprint[:12]}... now; {why})"
     )
 
 
@@ -419,10 +462,12 @@ def run_tokenizer(run_dir: str | Path | None) -> tuple[Any, dict[str, Any]] | No
     state = load_text_state(run_dir)
     if state is None:
         return None
-    from dmlkit.data.tokenize import load_tokenizer
+    from dmlkit.data.tokenize import load_own_tokenizer, load_tokenizer
 
-    tok = load_tokenizer(Path(run_dir) / TOKENIZER_DIR, key=f"{run_dir}/{TOKENIZER_DIR}")
-    return tok, state
+    folder = Path(run_dir) / TOKENIZER_DIR
+    if state.get("tokenizer") in ("byte", "bpe"):  # ours: read as data, no class looked up
+        return load_own_tokenizer(folder), state
+    return load_tokenizer(folder, key=str(folder)), state
 
 
 def make_info(

@@ -158,7 +158,8 @@ def read_jsonl(path: Path, cfg: DataConfig, fp: Fingerprint, root: Path) -> Exam
     t = cfg.text
     out = Examples()
     text = read_text(path, fp, _rel(path, root))
-    for number, line in enumerate(text.splitlines(), start=1):
+    # split on "\n" only: str.splitlines would also cut at U+2028, which JSON allows in strings
+    for number, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
         where = f"{path}:{number}"
@@ -416,7 +417,8 @@ def classification_bundle(
     special = info.tokenizer_kind == "folder"  # a BERT folder's [CLS] ... [SEP]
 
     def split(ex: Examples, idx: np.ndarray, y: np.ndarray, unl: np.ndarray | None = None) -> Any:
-        seqs = encode(tokenizer, [ex.texts[i] for i in idx], special_tokens=special)
+        texts = [ex.texts[i] for i in idx]
+        seqs = encode(tokenizer, texts, special_tokens=special, max_length=info.max_length)
         for j, s in enumerate(seqs):
             if not s:
                 raise UserError(f"{ex.where[idx[j]]}: the text gives no tokens; remove it")
@@ -441,7 +443,7 @@ def classification_bundle(
     )
     for loader, where in zip(loaders, origins):
         if loader is not None:
-            loader.origins = where  # type: ignore[attr-defined]
+            loader.origins = where
     return text_bundle(loaders, info, names)
 
 
@@ -593,7 +595,7 @@ def lm_bundle(
     )
     for loader, where in zip(loaders, origins):
         if loader is not None:
-            loader.origins = where  # type: ignore[attr-defined]
+            loader.origins = where
     return text_bundle(loaders, info, [])
 
 

@@ -133,6 +133,23 @@ def load_tokenizer(path: str | Path, key: str = "data.text.tokenizer") -> Any:
         ) from None
 
 
+def load_own_tokenizer(folder: str | Path) -> Any:
+    """A byte or BPE tokenizer that dmlkit saved (``RUN/tokenizer/``), from its tokenizer.json.
+
+    Read as data: the file's vocabulary and merges only; no class named by the folder's
+    ``tokenizer_config.json`` is looked up (the run folder's trust rule, DESIGN.md).
+    """
+    tokenizers = _need_transformers()
+    path = Path(folder) / "tokenizer.json"
+    try:
+        tok = tokenizers.Tokenizer.from_file(str(path))
+    except Exception as exc:  # a missing, cut or edited file: tokenizers raises its own types
+        raise UserError(
+            f"{path}: not a readable tokenizer ({first_line(exc)}); the run folder is damaged"
+        ) from None
+    return _wrap(tok)
+
+
 def build_tokenizer(spec: str, train_texts: list[str], vocab_size: int) -> Any:
     """``data.text.tokenizer``: ``byte``, ``bpe`` (trained on ``train_texts``) or a folder."""
     if spec == "byte":
