@@ -223,3 +223,29 @@ def test_fit_evaluates_saves_and_resumes_bitwise(tmp_path: Path):
     assert json.loads((whole / "summary.json").read_text()) == json.loads(
         (cut / "summary.json").read_text()
     )
+
+
+def test_fit_takes_hugging_face_datasets_as_they_are(tmp_path: Path):
+    datasets = pytest.importorskip("datasets")
+    from dmlkit.data.tokenize import byte_tokenizer
+
+    texts = [f"line {i}: {'ab' * (i % 5 + 1)}" for i in range(40)]
+    labels = [i % 2 for i in range(40)]
+    splits = datasets.DatasetDict(
+        train=datasets.Dataset.from_dict({"text": texts[:32], "label": labels[:32]}),
+        test=datasets.Dataset.from_dict({"text": texts[32:], "label": labels[32:]}),
+    )
+    tok = byte_tokenizer()
+    peers = []
+    for s in (0, 1):
+        torch.manual_seed(s)
+        peers.append(build_model("hf-config:bert", 2, 1, None, **{**BERT, "vocab_size": len(tok)}))
+    summary = dmlkit.fit(
+        peers, splits, tokenizer=tok, out=tmp_path / "run", epochs=1, batch_size=8,
+        config={"train": {"device": "cpu", "progress": False}},
+    )  # fmt: skip
+    assert summary["num_classes"] == 2 and len(summary["peers"]) == 2
+    # 8 test texts: accuracies are multiples of 1/8
+    for entry in [*summary["peers"], summary["ensemble"]]:
+        assert (entry["metrics"]["top1"] * 8) == pytest.approx(round(entry["metrics"]["top1"] * 8))
+    assert (tmp_path / "run" / "peers").is_dir()

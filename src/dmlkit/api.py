@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from dmlkit.batches import model_logits, move_batch, slice_batch, split_batch
 from dmlkit.config import Config, config_from_dict, merge_dicts
+from dmlkit.data.hf_datasets import _is_split_dict, hf_text_bundle, is_hf_dataset
 from dmlkit.data.user import PYTHON_DATA, is_dict_batch, user_bundle
 from dmlkit.engine.checkpoint import load_checkpoint, resolve_checkpoint
 from dmlkit.errors import UserError
@@ -174,6 +175,7 @@ def fit(
     num_workers: int = 0,
     resume: bool = False,
     callbacks: Sequence[Any] | None = None,
+    tokenizer: Any = None,
 ) -> dict[str, Any]:
     """Train your own ``nn.Module`` peers with Deep Mutual Learning; returns summary.json.
 
@@ -200,6 +202,9 @@ def fit(
             the whole cohort on its share of each batch (``train`` must be a Dataset).
         num_workers: DataLoader workers for Dataset inputs.
         resume: continue the run in ``out`` from its last checkpoint (same modules and data).
+        tokenizer: for Hugging Face ``datasets`` with a text column: the tokenizer that
+            encodes it (:func:`dmlkit.data.hf_datasets.hf_text_bundle`; a ``datasets.Dataset``
+            or ``DatasetDict`` is accepted as ``train`` as it is).
         callbacks: objects with some of the Trainer's events (``Trainer.fit(callbacks=...)``,
             :mod:`dmlkit.engine.callbacks`).
 
@@ -217,7 +222,8 @@ def fit(
         raise UserError("models: give a list of torch.nn.Module instances (at least one)")
     if len({id(m) for m in models}) != len(models):
         raise UserError("models: the same module appears twice; give each peer its own instance")
-    if test is None and val is None:
+    hf_data = is_hf_dataset(train) or _is_split_dict(train)  # Hugging Face datasets
+    if test is None and val is None and not hf_data:
         raise UserError("give test= (or at least val=): the data the trained peers are scored on")
     if method not in ("dml", "dml_e", "independent"):
         raise UserError(f"method must be dml, dml_e or independent, got {method!r}")
@@ -239,17 +245,29 @@ def fit(
     device = dist.device
     for m in models:
         m.to(device)
-    num_classes = _num_classes(models, train)
-    data = user_bundle(
-        train,
-        val,
-        test if test is not None else val,
-        num_classes=num_classes,
-        batch_size=cfg.data.batch_size,
-        eval_batch_size=cfg.data.eval_batch_size,
-        seed=cfg.seed,
-        num_workers=num_workers,
-    )
+    if hf_data:  # dict batches of token ids (dmlkit.data.hf_datasets), tokenized if text
+        data = hf_text_bundle(
+            train,
+            val,
+            test if test is not None else val,
+            tokenizer=tokenizer,
+            batch_size=cfg.data.batch_size,
+            eval_batch_size=cfg.data.eval_batch_size,
+            seed=cfg.seed,
+        )
+        if data.test is None:
+            raise UserError("give test= (or at least val=): the data the peers are scored on")
+    else:
+        data = user_bundle(
+            train,
+            val,
+            test if test is not None else val,
+            num_classes=_num_classes(models, train),
+            batch_size=cfg.data.batch_size,
+            eval_batch_size=cfg.data.eval_batch_size,
+            seed=cfg.seed,
+            num_workers=num_workers,
+        )
     opts = _optimizers(models, optimizers, cfg)
 
     def cohort(specs: list[PeerSpec], total_epochs: float, steps_per_epoch: int) -> Cohort:

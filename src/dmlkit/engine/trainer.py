@@ -230,7 +230,7 @@ class Trainer(RunPersistence):
                 f"choose a writable folder"
             ) from None
         text = getattr(self.data, "text", None)
-        if text is not None:  # the tokenizer and data fingerprint, read back by eval / resume
+        if text is not None and text.tokenizer is not None:  # read back by eval / resume
             self._write("tokenizer", self.dist.on_main, save_text_state, text, self.run.path)
 
     def _fit(self) -> dict[str, Any]:

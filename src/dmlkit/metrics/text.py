@@ -57,7 +57,7 @@ def attach_token_bytes(data: Any) -> None:
     """Give a causal-LM data bundle's evaluation loaders ``token_bytes`` (``[V]``, see
     :func:`token_byte_lengths`), from which the evaluation reports bits per byte."""
     text = getattr(data, "text", None)
-    if text is None or getattr(data, "task", None) != "causal-lm":
+    if text is None or text.tokenizer is None or getattr(data, "task", None) != "causal-lm":
         return
     lengths = token_byte_lengths(text.tokenizer)
     for loader in (data.val, data.test):
