@@ -249,3 +249,21 @@ def test_fit_takes_hugging_face_datasets_as_they_are(tmp_path: Path):
     for entry in [*summary["peers"], summary["ensemble"]]:
         assert (entry["metrics"]["top1"] * 8) == pytest.approx(round(entry["metrics"]["top1"] * 8))
     assert (tmp_path / "run" / "peers").is_dir()
+
+
+def test_fit_sequential_update_on_dict_batches(tmp_path: Path):
+    """The paper's sequential update with HF peers: peer 1 steps against peer 0's *updated*
+    prediction (the cohort re-predicts through the dict batch)."""
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(1, VOCAB, (16, 8), generator=g)
+    data = [{"input_ids": r, "attention_mask": torch.ones_like(r), "labels": r} for r in ids]
+    summary = dmlkit.fit(
+        [gpt(0), gpt(1)], data, test=data[:8], out=tmp_path / "run", update="sequential",
+        epochs=1, batch_size=8, config={"train": {"device": "cpu", "progress": False}},
+    )  # fmt: skip
+    assert summary["update"] == "sequential"
+    records = [
+        json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    ]
+    train = [r for r in records if r["split"] == "train"]
+    assert len(train) == 2 and all(r["mimicry"] > 0 for r in train)
