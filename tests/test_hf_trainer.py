@@ -178,3 +178,44 @@ def test_accelerate_launch_with_two_cpu_processes(tmp_path):
     fresh = gpt(0).state_dict()
     trained = torch.load(out / "weights.pt", weights_only=True)[0]
     assert not torch.equal(trained["lm_head.weight"], fresh["lm_head.weight"])
+
+
+class Labelled(torch.utils.data.Dataset):
+    """Sequence classification: one class per row (one of them unlabelled: -100)."""
+
+    def __init__(self, n: int) -> None:
+        g = torch.Generator().manual_seed(5)
+        self.ids = torch.randint(1, VOCAB, (n, 6), generator=g)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        label = torch.tensor(-100 if i == 3 else i % 3)
+        return {"input_ids": self.ids[i], "labels": label}
+
+
+def test_one_trainer_step_on_classifiers_equals_dmlkit_step(tmp_path):
+    def bert(seed: int) -> torch.nn.Module:
+        torch.manual_seed(seed)
+        return build_model(
+            "hf-config:bert", 3, 1, None, num_hidden_layers=1, hidden_size=32,
+            num_attention_heads=2, intermediate_size=64, vocab_size=VOCAB,
+            hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+        )  # fmt: skip
+
+    data = Labelled(8)
+    models, twins = [bert(0), bert(1)], [bert(0), bert(1)]
+    trainer = DMLTrainer(
+        models, _args(tmp_path), train_dataset=data, optimizers=_sgd(models), temperature=3.0
+    )
+    trainer.train()
+    batch = torch.utils.data.default_collate([data[i] for i in range(len(data))])
+    opts = [torch.optim.SGD(m.parameters(), lr=0.5) for m in twins]
+    for m in twins:
+        m.train()
+    dmlkit.step(twins, opts, batch, temperature=3.0)
+    for m, t in zip(models, twins):
+        for (n, p), q in zip(m.named_parameters(), t.parameters()):
+            assert torch.allclose(p, q, atol=1e-5), n
+    assert not torch.allclose(models[0].classifier.weight, bert(0).classifier.weight, atol=1e-4)
