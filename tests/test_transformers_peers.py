@@ -267,3 +267,15 @@ def test_fit_sequential_update_on_dict_batches(tmp_path: Path):
     ]
     train = [r for r in records if r["split"] == "train"]
     assert len(train) == 2 and all(r["mimicry"] > 0 for r in train)
+
+
+def test_hf_folder_loads_its_weights_and_gets_a_new_head_for_our_classes(tmp_path: Path):
+    lm = gpt(3)
+    lm.save_pretrained(tmp_path / "lm")
+    back = build_model(f"hf:{tmp_path / 'lm'}", VOCAB, 1, None)  # task from its config
+    assert type(back).__name__ == "GPT2LMHeadModel"
+    assert torch.equal(back.lm_head.weight, lm.lm_head.weight)
+    clf = build_model(f"hf:{tmp_path / 'lm'}", 5, 1, None, task="sequence-classification")
+    assert type(clf).__name__ == "GPT2ForSequenceClassification"
+    assert clf.score.weight.shape[0] == 5  # a fresh head for the data's classes
+    assert torch.equal(clf.transformer.wte.weight, lm.transformer.wte.weight)  # the body kept

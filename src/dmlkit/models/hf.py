@@ -144,17 +144,17 @@ def build_hf(arch: str, num_classes: int, **kwargs: Any) -> nn.Module:
         else:
             config = _local_config(transformers, name, arch, key, trust)
             task = _task(kwargs, config, arch, key)
-            extra = {} if task == "causal-lm" else {"num_labels": num_classes}
             for field, value in fields.items():
                 setattr(config, field, value)
+            if task != "causal-lm":  # a new classification head for the data's classes
+                config.num_labels = num_classes
             _prepare(config, task)
             model = _auto_class(transformers, task).from_pretrained(
                 name,
                 config=config,
                 local_files_only=True,
                 trust_remote_code=trust,
-                ignore_mismatched_sizes=True,  # a new classification head for our classes
-                **extra,
+                ignore_mismatched_sizes=True,  # a head of another size: fresh, not an error
             )
     except (TypeError, ValueError, KeyError) as exc:
         raise ConfigError(
