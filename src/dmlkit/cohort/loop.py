@@ -48,7 +48,11 @@ class PeerSpec:
         A trained peer's weights replace whatever ``pretrained`` would load, so the ImageNet
         file it started from need not exist any more (or on this machine).
         """
-        kwargs = {k: v for k, v in self.kwargs.items() if k != "pretrained"}
+        # and never trust_remote_code: a run folder is data (DESIGN.md, Trust); rebuilding a
+        # Hugging Face peer that needs its folder's code is for an explicit opt-in
+        kwargs = {
+            k: v for k, v in self.kwargs.items() if k not in ("pretrained", "trust_remote_code")
+        }
         return replace(self, kwargs=kwargs)
 
     def restore(self, weights: dict[str, Tensor], device: torch.device | str = "cpu") -> nn.Module:
