@@ -62,10 +62,10 @@ TEXT_STDLIB = register_experiment(
                 "batch_size": 32,
                 "text": {
                     "tokenizer": "byte",
-                    "max_length": 128,
+                    "max_length": 96,
                     "stdlib_classes": 8,
                     "snippet_lines": 4,
-                    "snippets_per_class": 150,
+                    "snippets_per_class": 100,
                 },
             },
             "peers": [
@@ -73,7 +73,7 @@ TEXT_STDLIB = register_experiment(
                 {"arch": "hf-config:gpt2", "name": "decoder", "kwargs": DECODER},
             ],
             "optim": OPTIM,
-            "train": {"epochs": 6, "eval_every": 2},
+            "train": {"epochs": 4, "eval_every": 2},
         },
         arms=ARMS,
         seeds=5,
