@@ -73,7 +73,7 @@ TEXT_STDLIB = register_experiment(
                 {"arch": "hf-config:gpt2", "name": "decoder", "kwargs": DECODER},
             ],
             "optim": OPTIM,
-            "train": {"epochs": 4, "eval_every": 2},
+            "train": {"epochs": 15, "eval_every": 5},
         },
         arms=ARMS,
         seeds=5,
