@@ -60,6 +60,10 @@ CASES = {
     "hf-no-config": (["--set", "peers.0.arch=hf:{tmp}"], "has no config.json"),
     "hf-bad-task": (["--set", "peers.0.kwargs.task=lm"], "task 'lm' for 'hf-config:gpt2'"),
     "hf-bad-field": (["--set", "peers.0.kwargs.n_head=3"], "peers[].kwargs for 'hf-config:gpt2'"),
+    "hf-on-images": (
+        ["--set", "data.name=digits", "--set", "peers.0.arch=hf-config:bert"],
+        "hf-config:bert takes token ids, but the data are images",
+    ),
 }
 
 

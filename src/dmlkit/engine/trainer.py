@@ -408,7 +408,9 @@ def _is_terminal() -> bool:
 
 def _with_data_kwargs(spec: PeerSpec, data: DataBundle) -> PeerSpec:
     """The spec plus what a text dataset tells a Hugging Face peer (dmlkit.models.hf)."""
-    extra = data_kwargs(spec.arch, spec.kwargs, data.task, getattr(data, "text", None))
+    extra = data_kwargs(
+        spec.arch, spec.kwargs, data.task, getattr(data, "text", None), data.image_size
+    )
     return replace(spec, kwargs={**spec.kwargs, **extra}) if extra else spec
 
 

@@ -183,7 +183,9 @@ def _prepare(config: Any, task: str) -> None:
         config.pad_token_id = 0
 
 
-def data_kwargs(arch: str, kwargs: dict[str, Any], task: str, text: Any) -> dict[str, Any]:
+def data_kwargs(
+    arch: str, kwargs: dict[str, Any], task: str, text: Any, image_size: Any = (0, 0)
+) -> dict[str, Any]:
     """What a text dataset tells an ``hf:`` / ``hf-config:`` peer, unless its kwargs say it.
 
     Args:
@@ -191,6 +193,7 @@ def data_kwargs(arch: str, kwargs: dict[str, Any], task: str, text: Any) -> dict
         kwargs: the peer's ``peers[].kwargs``.
         task: the data's task (``classification`` or ``causal-lm``).
         text: the data's text facts (``vocab_size``, ``pad_id``), or None.
+        image_size: the data's image size (``(0, 0)``: not images).
 
     Returns:
         The kwargs to add: ``task``; for ``hf-config:`` the tokenizer's ``vocab_size`` and the
@@ -198,6 +201,11 @@ def data_kwargs(arch: str, kwargs: dict[str, Any], task: str, text: Any) -> dict
     """
     if not is_hf(arch):
         return {}
+    if tuple(image_size or (0, 0)) != (0, 0):
+        raise ConfigError(
+            f"peers[].arch: {arch} takes token ids, but the data are images; use a text dataset "
+            f"(data.name: text, text-lm, stdlib-modules, stdlib-lm) or an image model"
+        )
     extra: dict[str, Any] = {}
     if "task" not in kwargs:
         extra["task"] = "causal-lm" if task == "causal-lm" else "sequence-classification"
