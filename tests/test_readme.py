@@ -50,7 +50,7 @@ def _run(lang: str, code: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 
 def test_the_readme_has_the_three_programs() -> None:
     programs = readme_programs()
-    assert set(programs) == {"own-modules", "timm-stream", "own-loop"}
+    assert {"own-modules", "timm-stream", "own-loop"} <= set(programs)
     for lang, code in programs.values():
         if lang == "python":
             ast.parse(code)  # fails here, not in a subprocess, on a typo

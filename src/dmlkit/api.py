@@ -18,9 +18,11 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from dmlkit.config import Config, config_from_dict, default_peer_name, merge_dicts
-from dmlkit.data.user import PYTHON_DATA, user_bundle
+from dmlkit.data.hf_datasets import hf_text_bundle, is_hf_dataset, is_split_dict
+from dmlkit.data.user import PYTHON_DATA, is_dict_batch, user_bundle
 from dmlkit.engine.checkpoint import load_checkpoint, resolve_checkpoint
 from dmlkit.errors import UserError
+from dmlkit.losses.batches import model_logits, move_batch, slice_batch, split_batch
 from dmlkit.methods.dml import METHODS
 from dmlkit.models.external import INSTANCE
 from dmlkit.optim import ConstantSchedule, TorchSchedule
@@ -118,6 +120,9 @@ def fit_config(
 def _num_classes(models: Sequence[nn.Module], data: Any) -> int:
     """Class count from one forward of each peer on one training batch (no grad, eval mode)."""
     loader = data if isinstance(data, DataLoader) else None
+    first = next(iter(loader)) if loader is not None else data[0]
+    if is_dict_batch(first):  # Hugging Face models: dict batches, ModelOutput.logits
+        return _num_outputs_of_dicts(models, first if loader is not None else None, data)
     if loader is None:
         first = data[0]
         if first is None:
@@ -158,6 +163,31 @@ def _num_classes(models: Sequence[nn.Module], data: Any) -> int:
     if len(set(outputs)) != 1:
         raise UserError(f"the models predict different numbers of classes: {outputs}")
     return outputs[0]
+
+
+def _num_outputs_of_dicts(models: Sequence[nn.Module], batch: Any, data: Any) -> int:
+    """Classes (``[B, C]`` logits) or vocabulary (``[B, T, V]``) of peers fed dict batches."""
+    if batch is None:  # a Dataset of dicts: its first two items, collated
+        batch = torch.utils.data.default_collate([data[i] for i in range(min(2, len(data)))])
+    inputs, _ = split_batch(batch)
+    sizes = []
+    for k, m in enumerate(models):
+        device = next(m.parameters()).device
+        was = m.training
+        try:
+            with torch.no_grad():
+                z = model_logits(m.eval(), move_batch(slice_batch(inputs, 0, 2), device))
+        except Exception as exc:  # noqa: BLE001 - any failure: name the peer and the keys
+            raise UserError(
+                f"models[{k}] ({type(m).__name__}) fails on a training batch with keys "
+                f"{sorted(inputs)}: {str(exc).splitlines()[0][:160]}"
+            ) from None
+        finally:
+            m.train(was)
+        sizes.append(z.shape[-1])
+    if len(set(sizes)) != 1:
+        raise UserError(f"the models predict different numbers of classes or tokens: {sizes}")
+    return sizes[0]
 
 
 def _optimizers(
@@ -241,6 +271,7 @@ def fit(
     num_workers: int = 0,
     resume: bool = False,
     callbacks: Sequence[Any] | None = None,
+    tokenizer: Any = None,
 ) -> dict[str, Any]:
     """Train your own ``nn.Module`` peers with Deep Mutual Learning; returns summary.json.
 
@@ -271,6 +302,9 @@ def fit(
             the whole cohort on its share of each batch (``train`` must be a Dataset).
         num_workers: DataLoader workers for Dataset inputs.
         resume: continue the run in ``out`` from its last checkpoint (same modules and data).
+        tokenizer: for Hugging Face ``datasets`` with a text column: the tokenizer that
+            encodes it (:func:`dmlkit.data.hf_datasets.hf_text_bundle`; a ``datasets.Dataset``
+            or ``DatasetDict`` is accepted as ``train`` as it is).
         callbacks: objects with some of the Trainer's events (``Trainer.fit(callbacks=...)``,
             :mod:`dmlkit.engine.callbacks`).
 
@@ -288,7 +322,8 @@ def fit(
         raise UserError("models: give a list of torch.nn.Module instances (at least one)")
     if len({id(m) for m in models}) != len(models):
         raise UserError("models: the same module appears twice; give each peer its own instance")
-    if test is None and val is None:
+    hf_data = is_hf_dataset(train) or is_split_dict(train)  # Hugging Face datasets
+    if test is None and val is None and not hf_data:
         raise UserError("give test= (or at least val=): the data the trained peers are scored on")
     for k, m in enumerate(models):
         if next(m.parameters(), None) is None:
@@ -316,17 +351,29 @@ def fit(
     device = dist.device
     for m in models:
         m.to(device)
-    num_classes = _num_classes(models, train)
-    data = user_bundle(
-        train,
-        val,
-        test if test is not None else val,
-        num_classes=num_classes,
-        batch_size=cfg.data.batch_size,
-        eval_batch_size=cfg.data.eval_batch_size,
-        seed=cfg.seed,
-        num_workers=num_workers,
-    )
+    if hf_data:  # dict batches of token ids (dmlkit.data.hf_datasets), tokenized if text
+        data = hf_text_bundle(
+            train,
+            val,
+            test if test is not None else val,
+            tokenizer=tokenizer,
+            batch_size=cfg.data.batch_size,
+            eval_batch_size=cfg.data.eval_batch_size,
+            seed=cfg.seed,
+        )
+        if data.test is None:
+            raise UserError("give test= (or at least val=): the data the peers are scored on")
+    else:
+        data = user_bundle(
+            train,
+            val,
+            test if test is not None else val,
+            num_classes=_num_classes(models, train),
+            batch_size=cfg.data.batch_size,
+            eval_batch_size=cfg.data.eval_batch_size,
+            seed=cfg.seed,
+            num_workers=num_workers,
+        )
     opts = _optimizers(models, optimizers, cfg)
     _check_schedulers(schedulers, opts)
 

@@ -24,7 +24,9 @@ from typing import Any
 from dmlkit.errors import UserError
 
 #: Where an arch names code that dmlkit ships or that the libraries it builds from register.
-TRUSTED_PREFIXES = ("timm", "torchvision")
+# hf: / hf-config: build Hugging Face models from local files or a config with random weights,
+# never with remote code unless the value below is set, which is refused from a file
+TRUSTED_PREFIXES = ("timm", "torchvision", "hf", "hf-config")
 #: ``instance:Class``: a module given to dmlkit.fit; never rebuilt from a file (named only).
 _INSTANCE = "instance"
 #: The opt-in, as the message names it.
@@ -82,7 +84,8 @@ def check_peer(arch: Any, kwargs: Any, source: str, trust_code: bool) -> None:
         plain = isinstance(value, _PLAIN) or (
             isinstance(value, list | tuple) and all(isinstance(v, _PLAIN) for v in value)
         )
-        if not isinstance(key, str) or _FILE_KWARGS.search(key) or not plain:
+        remote = key == "trust_remote_code" and bool(value)  # runs the model folder's code
+        if not isinstance(key, str) or _FILE_KWARGS.search(key) or not plain or remote:
             raise UntrustedCodeError(
                 f"{source}: peer {printable(arch_text)[:60]!r} has kwargs "
                 f"{printable(str(key))[:40]!r}, which names a file or an object for "

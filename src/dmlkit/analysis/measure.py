@@ -163,6 +163,11 @@ def analyze_run(
     if not run.config_path.is_file():
         raise UserError(f"{run.path}: not a run directory (no config.yaml)")
     cfg = run.load_config()
+    if (run.path / "text-data.json").is_file():  # dict batches: not measured here yet
+        raise UserError(
+            f"{run.path}: a text run; dml analyze measures image classifiers only so far (use "
+            f"dml eval for every peer's and the ensemble's per-token metrics and agreement)"
+        )
     device = resolve_device(options.device, "--device")
     cohort, state = load_cohort(run.path, device, trust_code=options.trust_code)
     specs, models = cohort.specs, list(cohort.peers)

@@ -266,7 +266,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
             f"make it writable (or copy the run elsewhere)"
         )
     cohort, state = load_cohort(path, device, trust_code=args.trust_code)
-    data = build_data(cfg.data, seed=cfg.seed, device=device)
+    # a text run: its own tokenizer, its data checked against the recorded fingerprint, and
+    # for a language model the bytes behind each token (bits per byte)
+    data = build_data(cfg.data, seed=cfg.seed, device=device, run_dir=run.path)
+    from dmlkit.metrics.text import attach_token_bytes
+
+    attach_token_bytes(data)
     loader = {"test": data.test, "val": data.val, "train": data.train}[args.split]
     if loader is None:
         raise UserError(

@@ -33,6 +33,9 @@ def print_summary(summary: dict) -> None:
     if "mAP" in summary["ensemble"]["metrics"]:
         _print_reid_summary(summary)
         return
+    if "perplexity" in summary["ensemble"]["metrics"]:
+        _print_token_summary(summary)
+        return
     # top-5 of a problem with <= 5 classes is always 100 %: not worth a column
     top5 = summary.get("num_classes", 6) > 5
     split = summary.get("split", "test")
@@ -42,6 +45,21 @@ def print_summary(summary: dict) -> None:
     for name, m in members:
         name = printable(name)
         print(f"  {name:<24} {100 * m['top1']:6.2f}%" + (f"  {100 * m['top5']:6.2f}%" * top5))
+
+
+def _print_token_summary(summary: dict) -> None:
+    """A language model: per valid token, perplexity, bits (per byte where known), accuracy."""
+    split = summary.get("split", "test")
+    ens = summary["ensemble"]["metrics"]
+    keys = ["perplexity", "bits_per_token", *(["bits_per_byte"] * ("bits_per_byte" in ens))]
+    header = ["ppl", "bits/tok", *(["bits/byte"] * ("bits_per_byte" in ens)), "top-1"]
+    print(f"{split} per token {run_line(summary)}:")
+    print(f"  {'':<24}" + "".join(f"{h:>10}" for h in header))
+    members = [(p["name"], p["metrics"]) for p in summary["peers"]]
+    members.append(("ensemble", ens))
+    for name, m in members:
+        row = "".join(f"{m[k]:10.3f}" for k in keys) + f"{100 * m['top1']:9.2f}%"
+        print(f"  {name:<24}" + row)
 
 
 def _print_reid_summary(summary: dict) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 # The built-in names, so that `dml list` answers without importing torch (the registries fill
 # themselves by importing the modules that define the networks). tests/test_cli_feel.py checks
@@ -16,11 +17,12 @@ from pathlib import Path
 BUILTIN_NAMES = {
     "models": "inception_v1 mlp mobilenet mobilenet_v1 resnet32 resnet32_mb small_cnn wrn28_10 "
     "wrn_mb",
-    "datasets": "cifar100 digits digits-pairs imagefolder market1501 python",
+    "datasets": "cifar100 digits digits-pairs imagefolder market1501 python stdlib-lm "
+    "stdlib-modules text text-lm",
     "methods": "dml dml_e dml_mean_logits independent kd kdcl okddip one pcl",
     "experiments": "cifar100-table digits digits-analysis digits-online-kd digits-pairs "
     "digits-pairs-regimes digits-why market1501-cohort-size market1501-dml-e market1501-table "
-    "online-kd-table",
+    "online-kd-table text-stdlib text-stdlib-lm",
 }
 _REGISTRIES = {
     "models": ("dmlkit.models.registry", "MODELS"),
@@ -46,6 +48,10 @@ DATA_NEEDS = {
     "market1501": "needs a download you fetch yourself: --data-root PATH of the unpacked folder",
     "imagefolder": "your own images: --data-root PATH (PATH/<class>/<image>)",
     "python": "your own Dataset or DataLoader, given to dmlkit.fit",
+    "text": "your own text: --data-root PATH (a folder per class, or JSONL / CSV files)",
+    "text-lm": "your own plain text files: --data-root PATH",
+    "stdlib-modules": "built from this Python's standard library sources, no download",
+    "stdlib-lm": "built from this Python's standard library sources, no download",
 }
 
 
@@ -62,7 +68,14 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     """The ``predict`` and ``export`` subcommands."""
     p = sub.add_parser("predict", help="classify image files with a trained run")
     p.add_argument("run_dir", help="run directory (or a checkpoint .pt file inside one)")
-    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files or folders")
+    p.add_argument("images", nargs="*", metavar="IMAGE", help="image files or folders")
+    p.add_argument(
+        "--text",
+        action="append",
+        default=[],
+        help="a text to classify or score (text runs; repeat)",
+    )
+    p.add_argument("--lines", help="a UTF-8 file of texts, one per line (text runs)")
     _add_which(p)
     p.add_argument("--top-k", type=int, default=1, help="classes per image (default 1)")
     p.add_argument("--format", choices=["json", "csv"], default="json", help="default json")
@@ -118,6 +131,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.top_k < 1:
         raise UserError(f"--top-k must be >= 1, got {args.top_k}")
     device = resolve_device(args.device, "--device")  # a typo blames the flag, not the run
+    from dmlkit.engine.text_predict import is_text_run
+
+    if args.text or args.lines or is_text_run(args.run_dir):
+        return _predict_text(args, device)
+    if not args.images:
+        raise UserError(
+            "give image files or folders to classify (or --text / --lines for a text run)"
+        )
     if args.out:  # before any work: nothing the user has is overwritten
         inputs = [Path(args.run_dir), *map(Path, args.images)]
         check_output_file(args.out, args.force, _predict_output(Path(args.out)), inputs)
@@ -167,6 +188,40 @@ def _predict_output(path: Path) -> bool:
     except OSError:
         return False
     return head.startswith((b'{\n  "model": ', b"file,rank,class,index,probability\n"))
+
+
+def _predict_text(args: argparse.Namespace, device: Any) -> int:
+    """``dml predict`` on a text run: ``--text`` strings and ``--lines`` files."""
+    import json
+
+    from dmlkit.cli.summary import plural
+    from dmlkit.engine.checkpoint import atomic_write_text
+    from dmlkit.engine.text_predict import load_text_predictor, read_lines
+    from dmlkit.errors import UserError
+
+    if args.images:
+        raise UserError(
+            f"{args.run_dir} is a text run: give --text STRING or --lines FILE, not image files"
+        )
+    texts = [*args.text, *(read_lines(args.lines) if args.lines else [])]
+    if not texts:
+        raise UserError("give --text STRING (repeatable) or --lines FILE (one text per line)")
+    if args.format != "json":
+        raise UserError("--format csv is for images; text predictions are written as json")
+    predictor = load_text_predictor(args.run_dir, peer=args.peer, device=device)
+    rows = predictor.predict(texts, top_k=args.top_k)
+    text = json.dumps({"model": predictor.which, "predictions": rows}, indent=2) + "\n"
+    if args.out:
+        try:
+            atomic_write_text(Path(args.out), text)
+        except OSError as exc:
+            raise UserError(
+                f"--out {args.out}: cannot write there ({exc.strerror or exc}); choose another path"
+            ) from None
+        print(f"{plural(len(rows), 'text')} -> {args.out}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from dmlkit.config import Config, OptimConfig
+from dmlkit.losses.batches import model_logits
 from dmlkit.models import build_model
 from dmlkit.optim import LRSchedule, build_optimizer, grad_norm
 
@@ -47,7 +48,11 @@ class PeerSpec:
         A trained peer's weights replace whatever ``pretrained`` would load, so the ImageNet
         file it started from need not exist any more (or on this machine).
         """
-        kwargs = {k: v for k, v in self.kwargs.items() if k != "pretrained"}
+        # and never trust_remote_code: a run folder is data (DESIGN.md, Trust); rebuilding a
+        # Hugging Face peer that needs its folder's code is for an explicit opt-in
+        kwargs = {
+            k: v for k, v in self.kwargs.items() if k not in ("pretrained", "trust_remote_code")
+        }
         return replace(self, kwargs=kwargs)
 
     def restore(self, weights: dict[str, Tensor], device: torch.device | str = "cpu") -> nn.Module:
@@ -146,17 +151,19 @@ class Cohort(nn.Module):
 
     def _layout(self, x: Tensor) -> Tensor:
         # One conversion per batch, not one per peer: the peers share the converted input.
-        if self.channels_last and x.dim() == 4:
+        if self.channels_last and isinstance(x, Tensor) and x.dim() == 4:
             return x.contiguous(memory_format=torch.channels_last)
         return x
 
-    def forward(self, x: Tensor) -> list[Tensor]:
-        """x: ``[B, ...]`` -> one logits ``[B, C]`` per member (K for K one-branch peers)."""
+    def forward(self, x: Tensor | dict[str, Tensor]) -> list[Tensor]:
+        """x: ``[B, ...]`` -> one logits ``[B, C]`` per member (K for K one-branch peers); a dict
+        batch (Hugging Face models) is passed as keyword arguments and the outputs' ``logits``
+        (``[B, C]`` or ``[B, T, V]``) are returned."""
         x = self._layout(x)
         out: list[Tensor] = []
         for f, peer, k in zip(self._forwards, self.peers, self.branches):
             if k is None:
-                out.append(f(x))
+                out.append(model_logits(f, x) if isinstance(x, dict) else f(x))
             else:
                 out += peer.branch_logits(x)
         return out
@@ -173,7 +180,7 @@ class Cohort(nn.Module):
         if any(b is not None for b in self.branches):
             raise NotImplementedError("a multi-branch peer's branches step together")
         with preserved_buffers(self.peers[k]):
-            return self._forwards[k](self._layout(x))
+            return model_logits(self._forwards[k], self._layout(x))
 
     def set_lr(self, epoch: float) -> None:
         """Set every peer's learning rate for the (fractional) epoch about to be trained."""

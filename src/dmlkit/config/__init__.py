@@ -31,6 +31,7 @@ from dmlkit.config.schema import (
     MethodConfig,
     OptimConfig,
     PeerConfig,
+    TextDataConfig,
     TrainConfig,
     default_peer_name,
 )
@@ -75,6 +76,7 @@ __all__ = [
     "MethodConfig",
     "OptimConfig",
     "PeerConfig",
+    "TextDataConfig",
     "TrainConfig",
     "apply_override",
     "build_config",

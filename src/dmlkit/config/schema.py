@@ -83,6 +83,31 @@ class MethodConfig:
 
 
 @dataclass
+class TextDataConfig:
+    """``data.text``: the text datasets' keys (docs/text-data.md), all in this one group."""
+
+    # "text": classification from a folder of .txt files per class, or JSONL / CSV files;
+    # which of the three (auto: a folder of class folders, else by the file extension)
+    format: Literal["auto", "folder", "jsonl", "csv"] = "auto"
+    text_field: str = "text"  # jsonl / csv: the field holding the text
+    label_field: str = "label"  # jsonl / csv: the field holding the class
+    # byte (256 byte ids + specials), bpe (trained on the training split, saved in the run),
+    # or the path of a local Hugging Face tokenizer folder
+    tokenizer: str = "byte"
+    vocab_size: int = 1024  # bpe: the vocabulary size, specials included
+    max_length: int = 128  # tokens per sequence (truncation); the block length of an LM
+    padding: Literal["longest", "max_length"] = "longest"  # to the batch's longest, or fixed
+    # stdlib-modules / stdlib-lm: the standard library packages (null: the first
+    # stdlib_classes of a fixed list that this Python ships), lines per snippet, snippets per
+    # class in training (val and test in proportion), training blocks of the LM
+    stdlib_packages: list[str] | None = None
+    stdlib_classes: int = 12
+    snippet_lines: int = 4
+    snippets_per_class: int = 200
+    lm_blocks: int = 2000
+
+
+@dataclass
 class DataConfig:
     """Dataset, splits and batching."""
 
@@ -136,6 +161,7 @@ class DataConfig:
     # Network input channels: null (as the images are) or 3, which repeats a gray image's one
     # channel three times (digits for a torchvision: model, whose first convolution takes RGB)
     channels: int | None = None
+    text: TextDataConfig = field(default_factory=TextDataConfig)  # text datasets' keys
 
 
 @dataclass

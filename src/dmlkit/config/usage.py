@@ -13,12 +13,13 @@ from pathlib import Path
 
 from dmlkit.config.schema import DataConfig
 
+TEXT_DATASETS = ("text", "text-lm", "stdlib-modules", "stdlib-lm")
 # key -> the built-in datasets that read it; keys every dataset reads are not listed, nor
 # data.strict (a safety switch `--strict-data` sets for a whole grid).
 _READ_BY: dict[str, tuple[str, ...]] = {
-    "root": ("cifar100", "imagefolder", "market1501"),
+    "root": ("cifar100", "imagefolder", "market1501", *("text", "text-lm")),
     "download": ("cifar100",),
-    "test_fraction": ("digits", "digits-pairs", "imagefolder"),
+    "test_fraction": ("digits", "digits-pairs", "imagefolder", *TEXT_DATASETS),
     "image_size": ("imagefolder", "market1501"),
     "image_height": ("market1501",),
     "image_width": ("market1501",),
@@ -30,8 +31,22 @@ _READ_BY: dict[str, tuple[str, ...]] = {
     "pairs_classes": ("digits-pairs",),
     "label_noise": ("digits-pairs",),
     "channels": ("cifar100", "digits", "digits-pairs", "imagefolder"),
+    # data.text.* (dmlkit.data.text_files, stdlib_text)
+    "text.format": ("text",),
+    "text.text_field": ("text",),
+    "text.label_field": ("text",),
+    "text.tokenizer": TEXT_DATASETS,
+    "text.vocab_size": TEXT_DATASETS,
+    "text.max_length": TEXT_DATASETS,
+    "text.padding": TEXT_DATASETS,
+    "text.stdlib_packages": ("stdlib-modules", "stdlib-lm"),
+    "text.stdlib_classes": ("stdlib-modules", "stdlib-lm"),
+    "text.snippet_lines": ("stdlib-modules",),
+    "text.snippets_per_class": ("stdlib-modules",),
+    "text.lm_blocks": ("stdlib-lm",),
 }
 BUILTIN_DATASETS = ("cifar100", "digits", "digits-pairs", "imagefolder", "market1501")
+BUILTIN_DATASETS += TEXT_DATASETS
 
 
 def unused_data_keys(data: DataConfig) -> list[str]:
@@ -44,13 +59,20 @@ def unused_data_keys(data: DataConfig) -> list[str]:
     defaults = DataConfig()
     out = []
     for key, readers in _READ_BY.items():
-        value = getattr(data, key)
-        if data.name not in readers and value != getattr(defaults, key):
+        value = _get(data, key)
+        if data.name not in readers and value != _get(defaults, key):
             out.append(
                 f"data.{key}={value} is not used by the {data.name} dataset (only by "
                 f"{', '.join(readers)}); remove it, or check data.name"
             )
     return out
+
+
+def _get(data: DataConfig, key: str) -> object:
+    value: object = data
+    for part in key.split("."):  # "text.tokenizer": data.text.tokenizer
+        value = getattr(value, part)
+    return value
 
 
 def resolved_root(data: DataConfig) -> DataConfig:

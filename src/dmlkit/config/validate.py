@@ -194,6 +194,30 @@ def _check_data(d: DataConfig) -> None:
         not d.download or d.root is not None,
         "data.download needs data.root, the folder to download into (--data-root PATH)",
     )
+    _check_text(d)
+
+
+def _check_text(d: DataConfig) -> None:
+    t = d.text
+    _check(
+        2 <= t.max_length <= 1_000_000,
+        f"data.text.max_length must be in [2, 1000000] tokens, got {shown(t.max_length)}",
+    )
+    _check(
+        300 <= t.vocab_size <= 1_000_000,
+        f"data.text.vocab_size must be in [300, 1000000] (bpe: 256 bytes + specials + merges), "
+        f"got {shown(t.vocab_size)}",
+    )
+    _check(bool(t.tokenizer), "data.text.tokenizer: give byte, bpe or a tokenizer folder")
+    _check(bool(t.text_field), "data.text.text_field: give the name of the text field")
+    _check(bool(t.label_field), "data.text.label_field: give the name of the label field")
+    for key in ("stdlib_classes", "snippet_lines", "snippets_per_class", "lm_blocks"):
+        value = getattr(t, key)
+        _check(value >= 1, f"data.text.{key} must be >= 1, got {shown(value)}")
+    _check(
+        t.stdlib_classes >= 2 and (t.stdlib_packages is None or len(t.stdlib_packages) >= 2),
+        "data.text.stdlib_classes / stdlib_packages: a classification needs at least 2 classes",
+    )
 
 
 def _check_train(cfg: Config) -> None:

@@ -20,3 +20,5 @@ from dmlkit.data.registry import DATASETS
 
 __all__ = ["DATASETS", "DataBundle", "TensorLoader", "build_data", "random_crop_flip"]
 from dmlkit.data import market1501  # noqa: E402,F401,I001
+from dmlkit.data import text_files  # noqa: E402,F401,I001
+from dmlkit.data import stdlib_text  # noqa: E402,F401,I001

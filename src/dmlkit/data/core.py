@@ -22,7 +22,10 @@ from dmlkit.errors import ConfigError
 from dmlkit.losses.dml import UNLABELLED
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from dmlkit.data.reid import RetrievalSplit
+    from dmlkit.data.text import TextInfo
 
 
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:
@@ -178,7 +181,9 @@ class DataBundle:
     class_names: list[str]
     # "classification": test is scored by top-k accuracy; "reid": test is a retrieval split
     # (dmlkit.data.reid), scored by mAP and CMC on the features of the last pooling layer.
+    # Text (dmlkit.data.text): "classification" or "causal-lm", dict batches, facts in `text`.
     task: str = "classification"
+    text: TextInfo | None = None  # a text dataset's tokenizer, vocabulary, fingerprint
 
 
 def stratified_split(y: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -349,11 +354,26 @@ def in_memory_bundle(
     )
 
 
-def build_data(cfg: DataConfig, *, seed: int, device: torch.device | str = "cpu") -> DataBundle:
-    """Build the named dataset's splits and move in-memory data to ``device``."""
+def build_data(
+    cfg: DataConfig,
+    *,
+    seed: int,
+    device: torch.device | str = "cpu",
+    run_dir: str | Path | None = None,
+) -> DataBundle:
+    """Build the named dataset's splits and move in-memory data to ``device``.
+
+    ``run_dir``: an existing run (resume, eval, predict). A text dataset then re-loads the
+    run's tokenizer instead of building one, and refuses data whose fingerprint differs from
+    the run's (:mod:`dmlkit.data.text`); other datasets ignore it.
+    """
     from dmlkit.data.registry import DATASETS
 
-    bundle: DataBundle = DATASETS.get(cfg.name)(cfg, seed=seed)
+    builder = DATASETS.get(cfg.name)
+    if run_dir is not None and getattr(builder, "reads_run_dir", False):
+        bundle: DataBundle = builder(cfg, seed=seed, run_dir=run_dir)
+    else:
+        bundle = builder(cfg, seed=seed)
     device = torch.device(device)
     for loader in (bundle.train, bundle.val, bundle.test):
         if loader is not None:

@@ -15,7 +15,7 @@ is a UserError naming the split, the batch and the fix.
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -28,6 +28,7 @@ from dmlkit.data.core import DataBundle
 from dmlkit.data.registry import DATASETS
 from dmlkit.data.stream import EpochBatches
 from dmlkit.errors import UserError
+from dmlkit.losses.batches import LABEL_KEYS, move_batch, split_batch
 
 
 class SeededDataset(Dataset):
@@ -66,6 +67,11 @@ def _not_none(sample: Any, index: int) -> Any:
             f"(filter bad samples out of the dataset instead)"
         )
     return sample
+
+
+def is_dict_batch(batch: Any) -> bool:
+    """A Hugging Face style batch: a dict (or BatchEncoding) with ``labels``."""
+    return isinstance(batch, Mapping) and any(k in batch for k in LABEL_KEYS)
 
 
 def _pair(batch: Any) -> tuple[Any, Any]:
@@ -157,6 +163,9 @@ class UserLoader:
         for i, batch in enumerate(self.loader):
             if i < skip:
                 continue
+            if is_dict_batch(batch):  # Hugging Face models: split by the trainer, which knows
+                yield move_batch(dict(batch), self.device, non_blocking=True)  # causal LMs
+                continue
             x, y = _pair(batch)
             check_batch(x, y, self.split, i, self.num_classes)
             yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
@@ -214,7 +223,9 @@ def user_bundle(
     for loader in loaders:
         if loader is not None:
             loader.num_classes = num_classes
-    x, _ = next(iter(train_loader))
+    x, _ = split_batch(next(iter(train_loader)))
+    if isinstance(x, Mapping):  # text: no channels, no image size
+        x = torch.zeros(1, 0)
     return DataBundle(
         train=train_loader,  # type: ignore[arg-type]
         val=loaders[1],  # type: ignore[arg-type]

@@ -19,6 +19,7 @@ from dmlkit.cohort import Cohort, LRSchedule, PeerSpec, StackedCohort
 from dmlkit.config import OptimConfig
 from dmlkit.distributed.collectives import Group
 from dmlkit.errors import UserError
+from dmlkit.losses.batches import slice_batch
 from dmlkit.methods.dml import StepSync
 
 
@@ -118,7 +119,8 @@ class DataMode(OneProcess):
                 f"no larger than the training split"
             )
         b = n // g.world
-        return x[g.rank * b : (g.rank + 1) * b], y[g.rank * b : (g.rank + 1) * b]
+        # a dict batch (Hugging Face models): every tensor of it sliced alike
+        return slice_batch(x, g.rank * b, (g.rank + 1) * b), y[g.rank * b : (g.rank + 1) * b]
 
     def end_epoch(self, cohort: nn.Module, logs: list[dict[str, float]]) -> list[dict[str, float]]:
         """The epoch's train logs and the BatchNorm running statistics, averaged.

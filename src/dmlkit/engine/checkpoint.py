@@ -37,6 +37,7 @@ from dmlkit.engine.faults import fault, maybe_kill
 from dmlkit.errors import UserError, first_line
 from dmlkit.methods.dml import METHODS
 from dmlkit.models import build_model
+from dmlkit.models.hf import data_keys
 from dmlkit.trust import check_peer
 
 FORMAT = "dmlkit-cohort"
@@ -364,8 +365,9 @@ def _check_specs_against_config(path: Path, specs: list[PeerSpec], config: Any) 
     ours = [
         (p.get("arch"), p.get("kwargs") or {}) if isinstance(p, dict) else (p, {}) for p in peers
     ]
+    # and, to a Hugging Face peer, what the text data tells it (task, vocabulary, special ids)
     ours = [
-        (a, {**kw, **{k: v for k, v in extra.items() if k in s.kwargs}})
+        (a, {**kw, **{k: v for k, v in extra.items() if k in s.kwargs}, **data_keys(a, s.kwargs)})
         for (a, kw), s in zip(ours, specs)
     ] + ours[len(specs) :]
     theirs = [(s.arch, s.kwargs) for s in specs]

@@ -7,6 +7,7 @@ ensemble concatenates the peers' features. :func:`evaluate_split` picks one by t
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -17,6 +18,7 @@ from torch import Tensor, nn
 from dmlkit.cohort import Cohort
 from dmlkit.data.reid import RetrievalSplit
 from dmlkit.errors import UserError
+from dmlkit.losses.batches import causal_models, flatten_valid, is_sequence, split_batch
 from dmlkit.losses.dml import entropy_of_probs, mean_log_probs
 from dmlkit.metrics.agreement import agreement_sums
 from dmlkit.metrics.classification import topk_correct
@@ -35,7 +37,10 @@ def evaluate(
 
     Args:
         cohort: the peers (switched to eval mode here, restored afterwards).
-        batches: ``(x [B, ...], y [B])`` pairs.
+        batches: ``(x [B, ...], y [B])`` pairs, or dict batches of Hugging Face models (see
+            :func:`dmlkit.losses.batches.split_batch`). Sequence logits ``[B, T, V]`` are scored per
+            valid token (top-k token accuracy, per-token cross-entropy), with ``perplexity``
+            and ``bits_per_token`` besides.
         heads: ``x -> {name: logits [B, C]}``, outputs a method evaluates besides the peers
             (a teacher head, a temporal-mean network); not part of the ensemble.
 
@@ -51,8 +56,18 @@ def evaluate(
     acc: dict[str, list[Tensor]] = {n: [] for n in names}
     total = 0
     agree: Tensor | float = 0.0
-    for x, y in batches:
-        log_probs = [F.log_softmax(z.float(), dim=1) for z in cohort(x)]
+    causal = causal_models(cohort)
+    sequence = False
+    token_bytes = getattr(batches, "token_bytes", None)  # [V]: bits per byte of an LM's text
+    n_bytes = 0
+    for batch in batches:
+        x, y = split_batch(batch, causal=causal)
+        logits = cohort(x)
+        sequence = sequence or is_sequence(logits[0])
+        logits, y = flatten_valid(logits, y)  # [B, T, V]: one row per valid token
+        if sequence and token_bytes is not None:
+            n_bytes += int(token_bytes.to(y.device)[y].sum())
+        log_probs = [F.log_softmax(z.float(), dim=1) for z in logits]
         agree = agree + agreement_sums(torch.stack(log_probs))
         ens = mean_log_probs(log_probs)
         extra = heads(x) if heads is not None else {}
@@ -71,6 +86,10 @@ def evaluate(
     for name in acc:
         top1, top5, ce = (torch.stack(acc[name]).sum(0) / total).tolist()
         out[name] = {"top1": top1, "top5": top5, "ce": ce}
+        if sequence:  # per valid token: ce in nats, its perplexity and bits
+            out[name].update(perplexity=math.exp(min(ce, 700.0)), bits_per_token=ce / math.log(2))
+            if n_bytes:  # the split's total bits over its bytes of text
+                out[name]["bits_per_byte"] = ce * total / math.log(2) / n_bytes
     all_agree, _, pairwise_kl = (agree / total).tolist()
     out[ENSEMBLE]["all_agree"] = all_agree
     if len(names) > 2:  # two peers or more

@@ -28,6 +28,7 @@ from dmlkit.config import Config
 from dmlkit.config.usage import resolve_threads, resolved_root, unused_data_keys
 from dmlkit.data import DataBundle, build_data
 from dmlkit.data.protocol import ShardedLoader
+from dmlkit.data.text import save_text_state
 from dmlkit.distributed import DistContext, DistributedError, init_distributed
 from dmlkit.engine.callbacks import CallbackList, Record, RunContext, build_callback
 from dmlkit.engine.checkpoint import (
@@ -37,6 +38,7 @@ from dmlkit.engine.checkpoint import (
 from dmlkit.engine.devices import resolve_device, seed_everything
 from dmlkit.engine.evaluation import check_reid_support, evaluate, evaluate_split
 from dmlkit.engine.faults import maybe_kill
+from dmlkit.engine.hf_peers import is_pretrained_model, save_pretrained_peers
 from dmlkit.engine.hints import early_instability
 from dmlkit.engine.lock import FolderLock
 from dmlkit.engine.loggers import build_loggers
@@ -53,7 +55,10 @@ from dmlkit.engine.records import (
 from dmlkit.engine.rundir import run_dir_for
 from dmlkit.engine.summary import make_summary
 from dmlkit.errors import UserError
+from dmlkit.losses.batches import causal_models, split_batch
 from dmlkit.methods.dml import Method, NonFiniteLoss, build_method, model_kwargs, update_order
+from dmlkit.metrics.text import attach_token_bytes
+from dmlkit.models.hf import data_kwargs
 from dmlkit.models.registry import accepts
 
 log = logging.getLogger("dmlkit")
@@ -140,12 +145,15 @@ class Trainer:
         every batch in data mode, and the run's length in steps and epochs."""
         cfg, dist = self.cfg, self.dist
         if data is None:
-            data = build_data(cfg.data, seed=cfg.seed, device=self.device)
+            # a resumed text run re-loads its tokenizer and checks its data
+            run_dir = self.run.path if self.resume else None
+            data = build_data(cfg.data, seed=cfg.seed, device=self.device, run_dir=run_dir)
         else:  # a user's data (dmlkit.fit): batches move to the device as they come
             for loader in (data.train, data.val, data.test):
                 if loader is not None:
                     loader.to(self.device)
         self.data: DataBundle = data
+        attach_token_bytes(data)  # a language model's text: bits per byte in its evaluation
         sharded = isinstance(data.train, ShardedLoader)
         if cfg.distributed.mode == "data" and dist.world > 1 and sharded:
             # each process reads only its share of every global batch (the stream path)
@@ -167,6 +175,7 @@ class Trainer:
         cfg, dist, data = self.cfg, self.dist, self.data
         specs = peer_specs(cfg, data.num_classes, data.in_channels, data.image_size)
         specs = [_with_method_kwargs(s, model_kwargs(cfg.method)) for s in specs]
+        specs = [_with_data_kwargs(s, self.data) for s in specs]  # hf peers: task, vocabulary
         optims = [cfg.peer_optim(i) for i in range(len(specs))]
         total_epochs = self.total_steps / self.steps_per_epoch
         mine = dist.peer_slice(len(specs))  # all peers, or this process's share (cohort mode)
@@ -190,6 +199,7 @@ class Trainer:
                 channels_last=cfg.train.channels_last,
             )
         self.cohort: CohortLike = dist.wrap_cohort(cohort, specs, optims, total_epochs)
+        self._causal = causal_models(self.cohort)  # causal LMs: their labels are shifted
 
     def _build_method(self) -> None:
         """The method over the cohort (kd's teacher loaded first; in data mode it averages its
@@ -282,6 +292,9 @@ class Trainer:
                 f"--out {self.run.path}: cannot write the run directory ({exc.strerror}); "
                 f"choose a writable folder"
             ) from None
+        text = getattr(self.data, "text", None)
+        if text is not None and text.tokenizer is not None:  # read back by eval / resume
+            self.store.write("tokenizer", self.dist.on_main, save_text_state, text, self.run.path)
 
     def _fit(self) -> dict[str, Any]:
         run = self.context
@@ -375,7 +388,8 @@ class Trainer:
         acc, self._resumed_epoch = self._resumed_epoch or EpochProgress(), None
         loader.set_epoch(self.epoch, acc.batches)
         every_steps = self.cfg.train.checkpoint_every_steps
-        for x, y in loader:
+        for batch in loader:
+            x, y = split_batch(batch, causal=self._causal)  # a dict batch: inputs, labels
             acc.batches += 1
             if self.iteration >= self.total_steps:
                 break
@@ -464,13 +478,31 @@ class Trainer:
         if skipped:  # data.on_bad_image=skip: what the metrics leave out, in the record
             summary["skipped_images"] = skipped
         self.store.write("summary.json", self.run.write_summary, summary)
+        self.store.write("peers", self.dist.on_main, self._save_pretrained_peers)  # HF peers
         self.events.fire("on_fit_end", run, summary)
         return summary
+
+    def _save_pretrained_peers(self) -> None:
+        """``transformers`` peers as ``save_pretrained`` folders in ``RUN/peers/NAME``."""
+        peers = getattr(self.cohort, "peers", None)
+        if peers is not None and any(is_pretrained_model(p) for p in peers):
+            names = [s.name for s in self.cohort.specs]
+            save_pretrained_peers(
+                list(peers), names, self.run.path, class_names=self.data.class_names
+            )
 
 
 def _is_terminal() -> bool:
     isatty = getattr(sys.stderr, "isatty", None)
     return bool(isatty and isatty())
+
+
+def _with_data_kwargs(spec: PeerSpec, data: DataBundle) -> PeerSpec:
+    """The spec plus what a text dataset tells a Hugging Face peer (dmlkit.models.hf)."""
+    extra = data_kwargs(
+        spec.arch, spec.kwargs, data.task, getattr(data, "text", None), data.image_size
+    )
+    return replace(spec, kwargs={**spec.kwargs, **extra}) if extra else spec
 
 
 def _with_method_kwargs(spec: PeerSpec, kwargs: dict[str, Any]) -> PeerSpec:

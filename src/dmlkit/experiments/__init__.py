@@ -39,3 +39,4 @@ __all__ = [
     "write_results",
 ]
 from dmlkit.experiments import market1501  # noqa: E402,F401,I001
+from dmlkit.experiments import text  # noqa: E402,F401,I001

@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from dmlkit.losses.sequence import logits_of, token_dml_losses
+
 #: Label value of an unlabelled sample.
 UNLABELLED = -1
 
@@ -300,6 +302,9 @@ class DMLLoss(torch.nn.Module):
 
     Shapes:
         logits: K tensors ``[B, C]``; targets: ``[B]`` class indices (``-1`` = unlabelled).
+        Or K sequence logits ``[B, T, V]`` (or model outputs with ``.logits``) and targets
+        ``[B, T]`` aligned with them (``-100`` = ignored; a causal LM's labels shifted by
+        :func:`dmlkit.losses.sequence.shift_labels`): every term per valid token.
     """
 
     def __init__(
@@ -324,8 +329,11 @@ class DMLLoss(torch.nn.Module):
     def forward(self, logits: Sequence[Tensor], targets: Tensor) -> Tensor:
         if isinstance(logits, Tensor):
             raise TypeError("DMLLoss: pass a list of K logits tensors [B, C], one per peer")
+        logits = [logits_of(z) for z in logits]  # a ModelOutput / dict gives its .logits
+        # [B, T, V] with aligned labels [B, T] (-100 = ignored): per valid token
+        loss_fn = token_dml_losses if logits and logits[0].dim() >= 3 else dml_losses
         losses = torch.stack(
-            dml_losses(
+            loss_fn(
                 logits,
                 targets,
                 mode=self.mode,

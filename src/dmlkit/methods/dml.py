@@ -21,7 +21,9 @@ from torch import Tensor, nn
 from dmlkit.cohort import CohortLike
 from dmlkit.config import Config, MethodConfig
 from dmlkit.errors import ConfigError
-from dmlkit.losses.dml import cross_entropy, dml_loss, kd_loss, mimicry_kl
+
+# the losses by the rank of the logits: per sample [B, C], per valid token [B, T, V]
+from dmlkit.losses.batches import cross_entropy, dml_loss, kd_loss, mimicry_kl, model_logits
 from dmlkit.methods.base import Method, peer_log
 from dmlkit.methods.online import KDCL, ONE, PCL, DMLMeanLogits, OKDDip
 from dmlkit.methods.update import NonFiniteLoss, PeerLog, Precision, StepSync, step_peers
@@ -121,7 +123,7 @@ class KnowledgeDistillation(Method):
     def train_step(self, x: Tensor, y: Tensor) -> list[PeerLog]:
         with torch.no_grad(), self.precision.autocast():
             self.teacher.eval()  # the trainer's cohort.train() must not reach the teacher
-            teacher_logits = self.teacher(x)
+            teacher_logits = model_logits(self.teacher, x)
         with self.precision.autocast():
             logits = self.cohort(x)
             losses = [

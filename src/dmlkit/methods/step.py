@@ -20,14 +20,16 @@ rest is yours: features for the hook), or an object with a ``.logits`` tensor.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from dmlkit.losses.dml import DML_MODES, dml_loss
-from dmlkit.methods.update import UPDATES, logits_of, repredict_module, step_peers
+# logits_of: a tensor, a tuple's first item, or a ModelOutput's / dict's .logits
+from dmlkit.losses.batches import call_model, causal_models, dml_loss, logits_of, split_batch
+from dmlkit.losses.dml import DML_MODES
+from dmlkit.methods.update import UPDATES, repredict_module, step_peers
 
 __all__ = ["ExtraLoss", "UPDATES", "logits_of", "step"]
 
@@ -38,8 +40,8 @@ ExtraLoss = Callable[[int, Any, Tensor], Tensor]
 def step(
     models: Sequence[nn.Module],
     optimizers: Sequence[torch.optim.Optimizer],
-    x: Tensor,
-    y: Tensor,
+    x: Any,
+    y: Tensor | None = None,
     *,
     update: str = "simultaneous",
     mode: str = "dml",
@@ -58,8 +60,13 @@ def step(
         models: K peers; ``model(x)`` returns logits ``[B, C]`` or ``(logits, ...)``.
         optimizers: K optimizers, optimizer k over model k's parameters (stepped here; LR
             schedulers are yours to step).
-        x: ``[B, ...]`` the batch, on the models' device.
+        x: ``[B, ...]`` the batch, on the models' device; or a dict batch of Hugging Face
+            models (``input_ids``, ``attention_mask``, ``labels``, ...), passed to them as
+            keyword arguments (without the labels), with ``y`` left out.
         y: ``[B]`` class indices; ``-1`` marks an unlabelled sample (no CE, still mimicry).
+            Left out for a dict batch: its ``labels`` (``[B]``, or ``[B, T]`` with ``-100`` on
+            ignored tokens, shifted for causal LMs), and the losses of ``[B, T, V]`` logits are
+            taken per valid token (:mod:`dmlkit.losses.sequence`).
         update: ``"simultaneous"`` or ``"sequential"`` (see the module docstring).
         mode: ``"dml"`` or ``"dml_e"``.
         temperature: mimicry softmax temperature (paper: 1).
@@ -81,7 +88,9 @@ def step(
         raise ValueError(f"step: update must be one of {UPDATES}, got {update!r}")
     if mode not in DML_MODES:
         raise ValueError(f"step: mode must be one of {DML_MODES}, got {mode!r}")
-    outputs = [m(x) for m in models]  # every peer's graph, built before any peer moves
+    if y is None:
+        x, y = split_batch(x, causal=causal_models(models))
+    outputs = [call_model(m, x) for m in models]  # every graph, built before any peer moves
 
     def peer_loss(k: int, others: list[Tensor]) -> dict[str, Tensor]:
         terms = dml_loss(
@@ -102,6 +111,10 @@ def step(
         peer_loss,
         optimizers,
         update=update,
-        repredict=lambda k: repredict_module(models[k], x),
+        repredict=lambda k: (
+            repredict_module(models[k], **x)
+            if isinstance(x, Mapping)
+            else repredict_module(models[k], x)
+        ),
         names=[f"peer{k}" for k in range(len(models))],
     )

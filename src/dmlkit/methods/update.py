@@ -30,6 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from dmlkit.cohort import preserved_buffers
+from dmlkit.losses.sequence import logits_of
 
 UPDATES = ("simultaneous", "sequential")
 
@@ -260,22 +261,6 @@ def step_peers(
 def detached(terms: dict[str, Tensor]) -> PeerLog:
     """The same dict with every tensor detached (what a step returns and logs)."""
     return {key: value.detach() for key, value in terms.items()}
-
-
-def logits_of(output: Any) -> Tensor:
-    """The logits of a model's output: the tensor itself, the first item of a tuple / list, or
-    the ``logits`` attribute of an output object (e.g. a Hugging Face ``ModelOutput``)."""
-    if isinstance(output, Tensor):
-        return output
-    if isinstance(output, (tuple, list)) and output and isinstance(output[0], Tensor):
-        return output[0]
-    logits = getattr(output, "logits", None)
-    if isinstance(logits, Tensor):
-        return logits
-    raise TypeError(
-        f"a peer returned {type(output).__name__}; return logits [B, C], a tuple whose first "
-        f"item is the logits, or an object with a .logits tensor"
-    )
 
 
 def repredict_module(model: nn.Module, *inputs: Any, **kwargs: Any) -> Tensor:

@@ -5,6 +5,7 @@
 * ``timm:NAME`` - any ``timm.create_model`` name (``timm:resnet18``), built with
   ``num_classes`` and ``in_chans`` from the data and ``peers[].kwargs`` passed through;
 * ``torchvision:NAME`` - any ``torchvision.models.get_model`` name (3-channel images);
+* ``hf:PATH_OR_NAME`` / ``hf-config:TYPE`` - Hugging Face models (:mod:`dmlkit.models.hf`);
 * ``package.module:function`` - an import path to your own constructor. It is called with the
   ``peers[].kwargs``, plus ``num_classes``, ``in_channels`` and ``image_size`` for those of
   them its signature takes (or all three if it takes ``**kwargs``).
@@ -30,6 +31,7 @@ import torch
 from torch import nn
 
 from dmlkit.errors import ConfigError, UserError
+from dmlkit.models.hf import build_hf, check_hf, is_hf
 
 PREFIXES = ("timm:", "torchvision:")
 #: ``instance:package.module.Class``: the arch recorded for a module given to dmlkit.fit.
@@ -79,6 +81,8 @@ def check_arch(arch: str, key: str) -> None:
     kind, _, name = arch.partition(":")
     if kind == INSTANCE:
         return  # a module given to dmlkit.fit: named, not buildable (see build_external)
+    if is_hf(arch):  # hf: / hf-config: (dmlkit.models.hf)
+        return check_hf(arch, key)
     if kind == "timm":
         timm = _require("timm", arch, key)
         if not timm.is_model(name):
@@ -124,6 +128,11 @@ def build_external(
             f"be rebuilt from the config; create it in Python and load the weights with "
             f"dmlkit.load_peers(run_dir, [modules])"
         )
+    if is_hf(arch):  # hf: / hf-config: (dmlkit.models.hf); their kwargs are theirs
+        model = build_hf(arch, num_classes, **kwargs)
+        if pretrained is not None:
+            load_pretrained(model, pretrained, arch)
+        return model
     try:
         if kind == "timm":
             timm = _require("timm", arch, key)
