@@ -518,8 +518,8 @@ def test_dml_grid_end_to_end_with_paired_intervals(tmp_path, capsys):
 
 
 def test_without_jobs_the_cli_uses_its_explicit_default(monkeypatch):
-    from dmlkit.cli.app import _parser
     from dmlkit.cli import grid as cli_grid
+    from dmlkit.cli.app import _parser
 
     args = _parser().parse_args(["reproduce", "digits"])
     assert cli_grid.launch_options(args).jobs == cli_grid.DEFAULT_JOBS
