@@ -10,15 +10,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
-import shlex
-import signal
 import sys
 import time
 import warnings
 from pathlib import Path
 
 from dmlkit import __version__
-from dmlkit.cli.summary import plural, print_summary
+from dmlkit.cli.summary import ignore_interrupts, plural, print_summary
 from dmlkit.errors import UserError
 from dmlkit.trust import printable
 
@@ -181,11 +179,6 @@ def _check_one_data_root(overrides: list[str]) -> None:
         raise UserError("give the dataset folder once: --data-root PATH or --set data.root=PATH")
 
 
-def _ignore_interrupts() -> None:
-    """After a first Ctrl-C, a second one must not break the clean-up (atexit) in a traceback."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
 def cmd_train(args: argparse.Namespace) -> int:
     from dmlkit.config import build_config, load_config, load_yaml
 
@@ -228,7 +221,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     try:
         summary = trainer.fit()
     except KeyboardInterrupt:
-        _ignore_interrupts()
+        ignore_interrupts()
         print(f"\ninterrupted; continue with: dml train --resume {out}", file=sys.stderr)
         return 130
     if main_process:
@@ -237,7 +230,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
-    from dmlkit.experiments import EXPERIMENTS, comparison_report, run_experiment
+    from dmlkit.experiments import EXPERIMENTS
 
     exp = EXPERIMENTS.get(args.name)
     if args.arms:
@@ -253,7 +246,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         raise UserError(f"--seeds must be >= 1, got {args.seeds}")
     if not 0 < args.scale <= 1:
         raise UserError(f"--scale must be in (0, 1], got {args.scale}")
-    from dmlkit.cli.grid import launch_options
+    from dmlkit.cli.grid import launch_options, run_and_report
 
     launch = launch_options(args)
     overrides = [*_data_overrides(args), *args.overrides]
@@ -265,38 +258,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path("runs") / exp.name
     n_seeds = args.seeds if args.seeds is not None else exp.seeds
     print(f"{exp.name}: {exp.description}; {plural(n_seeds, 'seed')} -> {out}")
-    start = time.perf_counter()
-    try:
-        results = run_experiment(
-            exp,
-            out,
-            seeds=n_seeds,
-            overrides=overrides,
-            scale=args.scale,
-            progress=not args.no_progress,
-            launch=launch,
-        )
-    except KeyboardInterrupt:
-        _ignore_interrupts()
-        again = shlex.join(["dml", *sys.argv[1:]]) if sys.argv[1:2] == ["reproduce"] else ""
-        print(
-            f"\ninterrupted; finished runs are kept and the interrupted one resumes: run the "
-            f"same command again{': ' + again if again else ''}",
-            file=sys.stderr,
-        )
-        return 130
-    report = exp.report or comparison_report
-    text = report(exp, results, out, args.scale)
-    print()
-    print(text)
-    if args.docs:
-        from dmlkit.analysis.report import publish_experiment
-
-        page = publish_experiment(exp, results, out, Path(args.docs))
-        print(f"\nreport page: {page}")
-    seconds = time.perf_counter() - start
-    print(f"\n{plural(len(results), 'run')} in {seconds:.0f} s; results in {out}")
-    return 0
+    return run_and_report(exp, out, args, launch, seeds=n_seeds, overrides=overrides)
 
 
 def main(argv: list[str] | None = None) -> int:
