@@ -43,6 +43,7 @@ from dmlkit.engine.evaluation import ENSEMBLE
 from dmlkit.experiments.core import (
     Experiment,
     RunResult,
+    markdown_table,
     register_experiment,
     write_results_files,
 )
@@ -135,10 +136,7 @@ def table_report(exp: Experiment, results: list[RunResult], out: Path, scale: fl
     header = ["init", "method", "mAP", "Rank-1", "Rank-5", "Rank-10", "Rank-20"]
     header += ["MQ mAP", "MQ Rank-1"] * multi
     header += ["ensemble mAP", "ensemble Rank-1", "paper mAP / Rank-1"]
-    lines = [
-        "| " + " | ".join(header) + " |",
-        "|" + "|".join("---" for _ in header) + "|",
-    ]
+    rows = []
     scratch_first = sorted(exp.arms, key=lambda a: a.endswith("_pretrained"))  # stable
     for arm in scratch_first:
         if arm not in arms:
@@ -156,7 +154,7 @@ def table_report(exp: Experiment, results: list[RunResult], out: Path, scale: fl
         if arm in paper.MARKET1501_MULTI_QUERY and multi:
             mq = paper.MARKET1501_MULTI_QUERY[arm]
             paper_text += " (MQ " + " / ".join(f"{v:.2f}" for v in mq) + ")"
-        lines.append("| " + " | ".join([init, method, *cells, paper_text]) + " |")
+        rows.append([init, method, *cells, paper_text])
     n_seeds = len({r.seed for r in results})
     gains = []
     for init, suffix in (("scratch", ""), ("ImageNet", "_pretrained")):
@@ -174,7 +172,7 @@ def table_report(exp: Experiment, results: list[RunResult], out: Path, scale: fl
         _scale_note(scale)
         + f"Market-1501, single query unless MQ, % over {n_seeds} seed(s): peers' mean ± std "
         f"(over peers and seeds); ensemble = concatenated L2-normalised features.\n\n"
-        + "\n".join(lines)
+        + "\n".join(markdown_table(header, rows))
     )
     if gains:
         text += f"\n\nDML − independent, peers' mAP paired by seed and peer: {'; '.join(gains)}."
@@ -243,7 +241,7 @@ def cohort_size_report(exp: Experiment, results: list[RunResult], out: Path, sca
     arms = _by_arm(results)
     curves = {m: _cohort_points(arms, m) for m in ("independent", "dml")}
     header = ["K", "independent peers", "DML peers", "independent ensemble", "DML ensemble"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    rows = []
     for k in range(1, MAX_COHORT + 1):
         row = {m: next((p for p in curves[m] if p[0] == k), None) for m in curves}
         if not any(row.values()):
@@ -251,7 +249,7 @@ def cohort_size_report(exp: Experiment, results: list[RunResult], out: Path, sca
         cells = [str(k)]
         cells += [mean_std(row[m][1]) if row[m] else MISSING for m in ("independent", "dml")]
         cells += [mean_std(row[m][2]) if row[m] else MISSING for m in ("independent", "dml")]
-        lines.append("| " + " | ".join(cells) + " |")
+        rows.append(cells)
     out.mkdir(parents=True, exist_ok=True)
     png = out / "cohort_size.png"
     plot_cohort_size(curves, png)
@@ -259,7 +257,7 @@ def cohort_size_report(exp: Experiment, results: list[RunResult], out: Path, sca
         _scale_note(scale) + f"Market-1501 mAP % vs cohort size (MobileNets, single query), over "
         f"{len({r.seed for r in results})} seed(s): peers = mean ± std over the individual "
         f"peers; ensemble = concatenated features. K = 1 is one network trained alone.\n\n"
-        + "\n".join(lines)
+        + "\n".join(markdown_table(header, rows))
         + f"\n\nPlot: {png}"
     )
     write_files(exp, results, out, text)
@@ -296,7 +294,7 @@ def dml_e_report(exp: Experiment, results: list[RunResult], out: Path, scale: fl
         "peers entropy (nats)",
         "ensemble entropy (nats)",
     ]
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    rows = []
     bars: dict[str, dict[str, list[float]]] = {}
     for arm in exp.arms:
         runs = arms.get(arm)
@@ -309,19 +307,15 @@ def dml_e_report(exp: Experiment, results: list[RunResult], out: Path, scale: fl
         ens_ent = [v for r in runs if (v := _ensemble_value(r.summary, "entropy")) is not None]
         bars[arm] = {"mAP": peers_map, "ensemble mAP": ens_map, "entropy": ent}
         label = "DML_e" if arm == "dml_e" else "DML"
-        lines.append(
-            "| "
-            + " | ".join(
-                [
-                    label,
-                    mean_std(peers_map),
-                    mean_std(peers_r1),
-                    mean_std(ens_map),
-                    mean_std(ent, 3),
-                    mean_std(ens_ent, 3),
-                ]
-            )
-            + " |"
+        rows.append(
+            [
+                label,
+                mean_std(peers_map),
+                mean_std(peers_r1),
+                mean_std(ens_map),
+                mean_std(ent, 3),
+                mean_std(ens_ent, 3),
+            ]
         )
     out.mkdir(parents=True, exist_ok=True)
     png = out / "dml_e.png"
@@ -330,7 +324,9 @@ def dml_e_report(exp: Experiment, results: list[RunResult], out: Path, scale: fl
         _scale_note(scale) + "Market-1501, 5 MobileNets, single query, % over "
         f"{len({r.seed for r in results})} seed(s). Entropy: the mean entropy of each peer's "
         "posterior over the training identities, on the query images (the paper: DML_e is worse, "
-        "its peers' posteriors peakier).\n\n" + "\n".join(lines) + f"\n\nPlot: {png}"
+        "its peers' posteriors peakier).\n\n"
+        + "\n".join(markdown_table(header, rows))
+        + f"\n\nPlot: {png}"
     )
     write_files(exp, results, out, text)
     return text
