@@ -112,9 +112,19 @@ def _scale_note(scale: float) -> str:
     return f"Smoke run at --scale {scale:g} (iterations and data x {scale:g}).\n\n" * (scale != 1)
 
 
-def write_files(exp: Experiment, results: list[RunResult], out: Path, text: str) -> None:
-    """results.md (``text``) and results.csv: one row per run and member (peer or ensemble),
-    every re-id metric."""
+def write_page(
+    exp: Experiment,
+    results: list[RunResult],
+    out: Path,
+    scale: float,
+    intro: str,
+    table: list[str],
+    after: str = "",
+) -> str:
+    """The report's text (a smoke run's note, ``intro``, the ``table`` lines, ``after``),
+    returned and written as results.md, with results.csv: one row per run and member (peer or
+    ensemble), every re-id metric."""
+    text = _scale_note(scale) + intro + "\n".join(table) + after
     keys = [*METRICS, *MQ_METRICS, "entropy"]
     rows = []
     for r in results:
@@ -123,6 +133,7 @@ def write_files(exp: Experiment, results: list[RunResult], out: Path, text: str)
         for name, m in members:
             rows.append([r.arm, r.seed, name, *[f"{m[k]:.6f}" if k in m else "" for k in keys]])
     write_results_files(exp, out, text, ["arm", "seed", "member", *keys], rows)
+    return text
 
 
 # ------------------------------------------------------------------------------------------------
@@ -168,16 +179,13 @@ def table_report(exp: Experiment, results: list[RunResult], out: Path, scale: fl
                 a, b = _peer_values(by_seed[r.seed], "mAP"), _peer_values(r.summary, "mAP")
                 paired += [y - x for x, y in zip(a, b)]
         gains.append(f"{init} {mean_std(paired, signed=True)}")
-    text = (
-        _scale_note(scale)
-        + f"Market-1501, single query unless MQ, % over {n_seeds} seed(s): peers' mean ± std "
+    intro = (
+        f"Market-1501, single query unless MQ, % over {n_seeds} seed(s): peers' mean ± std "
         f"(over peers and seeds); ensemble = concatenated L2-normalised features.\n\n"
-        + "\n".join(markdown_table(header, rows))
     )
-    if gains:
-        text += f"\n\nDML − independent, peers' mAP paired by seed and peer: {'; '.join(gains)}."
-    write_files(exp, results, out, text)
-    return text
+    gain = f"\n\nDML − independent, peers' mAP paired by seed and peer: {'; '.join(gains)}."
+    table = markdown_table(header, rows)
+    return write_page(exp, results, out, scale, intro, table, gain if gains else "")
 
 
 TABLE = register_experiment(
@@ -253,15 +261,13 @@ def cohort_size_report(exp: Experiment, results: list[RunResult], out: Path, sca
     out.mkdir(parents=True, exist_ok=True)
     png = out / "cohort_size.png"
     plot_cohort_size(curves, png)
-    text = (
-        _scale_note(scale) + f"Market-1501 mAP % vs cohort size (MobileNets, single query), over "
+    intro = (
+        f"Market-1501 mAP % vs cohort size (MobileNets, single query), over "
         f"{len({r.seed for r in results})} seed(s): peers = mean ± std over the individual "
         f"peers; ensemble = concatenated features. K = 1 is one network trained alone.\n\n"
-        + "\n".join(markdown_table(header, rows))
-        + f"\n\nPlot: {png}"
     )
-    write_files(exp, results, out, text)
-    return text
+    table = markdown_table(header, rows)
+    return write_page(exp, results, out, scale, intro, table, f"\n\nPlot: {png}")
 
 
 COHORT_SIZE = register_experiment(
@@ -320,16 +326,14 @@ def dml_e_report(exp: Experiment, results: list[RunResult], out: Path, scale: fl
     out.mkdir(parents=True, exist_ok=True)
     png = out / "dml_e.png"
     plot_dml_e(bars, png)
-    text = (
-        _scale_note(scale) + "Market-1501, 5 MobileNets, single query, % over "
+    intro = (
+        "Market-1501, 5 MobileNets, single query, % over "
         f"{len({r.seed for r in results})} seed(s). Entropy: the mean entropy of each peer's "
         "posterior over the training identities, on the query images (the paper: DML_e is worse, "
         "its peers' posteriors peakier).\n\n"
-        + "\n".join(markdown_table(header, rows))
-        + f"\n\nPlot: {png}"
     )
-    write_files(exp, results, out, text)
-    return text
+    table = markdown_table(header, rows)
+    return write_page(exp, results, out, scale, intro, table, f"\n\nPlot: {png}")
 
 
 DML_E = register_experiment(
