@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
@@ -32,7 +31,7 @@ from dmlkit.analysis.runs import find_runs, order_labels, run_label
 from dmlkit.analysis.tables import ArmAnalyses, summary_tables
 from dmlkit.config import load_yaml
 from dmlkit.engine.checkpoint import atomic_write_text
-from dmlkit.errors import UserError
+from dmlkit.engine.outputs import check_out_folder
 from dmlkit.trust import check_config
 
 # The pieces live in measure (one run), tables (Markdown), outputs (files) and runs (finding
@@ -155,16 +154,9 @@ def length_note(results: list[dict[str, Any]]) -> str | None:
 
 def _check_out_folder(folder: Path, what: str) -> None:
     """``folder`` is (or can be made) a writable folder: one line otherwise, before any work."""
-    if folder.exists() and not folder.is_dir():
-        raise UserError(f"{what} {folder}: is a file, not a folder; give a folder for the outputs")
-    existing = folder
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-        raise UserError(
-            f"{what} {folder}: cannot write there ({existing} is read-only or not a folder); "
-            f"give a writable --out"
-        )
+    check_out_folder(
+        folder, what, reason="is read-only or not a folder", fix="give a writable --out"
+    )
 
 
 def _common_parent(paths: list[Path]) -> Path:

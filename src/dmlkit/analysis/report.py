@@ -37,6 +37,7 @@ from dmlkit.analysis.runs import RunInfo, SeedGroup, find_runs, group_runs, load
 from dmlkit.analysis.sections import metrics_section, paper_section
 from dmlkit.analysis.tables import summary_tables
 from dmlkit.engine.checkpoint import atomic_write_text
+from dmlkit.engine.outputs import check_writable
 from dmlkit.errors import UserError
 
 # The public pieces of a page, importable from here as before the split.
@@ -101,7 +102,7 @@ def write_report(
     out = Path(out)
     if out.suffix.lower() != ".md":
         raise UserError(f"--out {out}: the report is Markdown; give a file name ending in .md")
-    _check_writable(out)
+    check_writable(out.parent.absolute(), "--out", shown=out)  # before any work
     run_paths = find_runs(paths)
     runs = [load_run_info(p) for p in run_paths]
     groups = group_runs(runs)
@@ -145,18 +146,6 @@ def write_report(
         raise UserError(f"--out {out}: cannot write the page ({exc.strerror or exc})") from None
     _readable(out)
     return text
-
-
-def _check_writable(out: Path) -> None:
-    """Fail before any work when ``out`` cannot be written (checked on its nearest folder)."""
-    folder = out.parent.absolute()
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
-    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
-        raise UserError(
-            f"--out {out}: cannot write there ({folder} is not a writable folder); "
-            f"choose another path"
-        )
 
 
 def _load_analysis(

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from dmlkit.config import flatten
 from dmlkit.engine.evaluation import ENSEMBLE
 from dmlkit.engine.rundir import RunDir
 from dmlkit.errors import UserError
@@ -98,17 +99,13 @@ class RunInfo:
         return [p["name"] for p in self.summary["peers"]] + [ENSEMBLE]
 
 
-def flatten_config(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(flatten_config(v, key + "."))
-        elif k == "peers" and isinstance(v, list):
-            out[key] = _peers_text(v)
-        else:
-            out[key] = v
-    return out
+def flatten_config(d: dict[str, Any]) -> dict[str, Any]:
+    """:func:`dmlkit.config.flatten`, with the peers list said in one short text."""
+    flat = flatten(d)
+    return {
+        k: _peers_text(v) if k.rpartition(".")[2] == "peers" and isinstance(v, list) else v
+        for k, v in flat.items()
+    }
 
 
 def _peers_text(peers: list[dict[str, Any]]) -> str:

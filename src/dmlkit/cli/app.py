@@ -9,19 +9,15 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import logging
-import os
-import shlex
-import signal
 import sys
 import time
 import warnings
 from pathlib import Path
 
 from dmlkit import __version__
-from dmlkit.cli.summary import plural, print_summary
-from dmlkit.errors import UserError, write_advice
+from dmlkit.cli.summary import ignore_interrupts, plural, print_summary
+from dmlkit.errors import UserError
 from dmlkit.trust import printable
 
 # Nothing heavy (torch, torchvision, matplotlib, sklearn) is imported at module level: every
@@ -53,7 +49,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"dml (dmlkit) {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     _add_train_parser(sub)
-    _add_eval_parser(sub)
+    from dmlkit.cli.evaluate import add_eval_parser
+
+    add_eval_parser(sub)  # dml eval
     _add_reproduce_parser(sub)
     from dmlkit.cli.grid import add_grid_parser
 
@@ -102,13 +100,6 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run")
     t.add_argument("--data-root", metavar="PATH", help="dataset folder (sets data.root)")
     _add_data_flags(t)
-
-
-def _add_eval_parser(sub: argparse._SubParsersAction) -> None:
-    e = sub.add_parser("eval", help="re-evaluate a run from its last checkpoint")
-    e.add_argument("run_dir", help="run directory (or a checkpoint .pt file inside one)")
-    e.add_argument("--split", choices=["test", "val", "train"], default="test")
-    e.add_argument("--device", default=None, help="override train.device (e.g. cpu)")
 
 
 def _add_reproduce_parser(sub: argparse._SubParsersAction) -> None:
@@ -188,11 +179,6 @@ def _check_one_data_root(overrides: list[str]) -> None:
         raise UserError("give the dataset folder once: --data-root PATH or --set data.root=PATH")
 
 
-def _ignore_interrupts() -> None:
-    """After a first Ctrl-C, a second one must not break the clean-up (atexit) in a traceback."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
 def cmd_train(args: argparse.Namespace) -> int:
     from dmlkit.config import build_config, load_config, load_yaml
 
@@ -235,7 +221,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     try:
         summary = trainer.fit()
     except KeyboardInterrupt:
-        _ignore_interrupts()
+        ignore_interrupts()
         print(f"\ninterrupted; continue with: dml train --resume {out}", file=sys.stderr)
         return 130
     if main_process:
@@ -243,65 +229,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_eval(args: argparse.Namespace) -> int:
-    from dmlkit.data import build_data
-    from dmlkit.engine.checkpoint import load_cohort
-    from dmlkit.engine.devices import resolve_device
-    from dmlkit.engine.evaluation import evaluate_split
-    from dmlkit.engine.rundir import RunDir
-    from dmlkit.engine.summary import make_summary
-
-    path = Path(args.run_dir).expanduser()
-    if not path.exists():  # else the message would name its parent's parent ("." or "/")
-        where = "" if path.is_absolute() else f" (looked for {path.absolute()})"
-        raise UserError(f"{path}: no such run directory or checkpoint file{where}")
-    run = RunDir(path if path.is_dir() else path.parent.parent)
-    if not run.config_path.is_file():
-        raise UserError(f"{run.path}: not a run directory (no config.yaml)")
-    cfg = run.load_config()
-    device = resolve_device(*((args.device, "--device") if args.device else (cfg.train.device,)))
-    if not os.access(run.path, os.W_OK | os.X_OK):  # before the evaluation, not after it
-        raise UserError(
-            f"{run.path}: is read-only, and dml eval writes eval_{args.split}.json there; "
-            f"make it writable (or copy the run elsewhere)"
-        )
-    cohort, state = load_cohort(path, device, trust_code=args.trust_code)
-    # a text run: its own tokenizer, its data checked against the recorded fingerprint, and
-    # for a language model the bytes behind each token (bits per byte)
-    data = build_data(cfg.data, seed=cfg.seed, device=device, run_dir=run.path)
-    from dmlkit.metrics.text import attach_token_bytes
-
-    attach_token_bytes(data)
-    loader = {"test": data.test, "val": data.val, "train": data.train}[args.split]
-    if loader is None:
-        raise UserError(
-            f"--split {args.split}: this run has no {args.split} split (data.val_fraction=0)"
-        )
-    if args.split == "train":
-        loader.train = False  # evaluate on the plain, unaugmented, unshuffled images
-    metrics = evaluate_split(cohort, loader)  # re-id test split: mAP and CMC
-    members = cohort.member_specs  # a multi-branch peer's branches
-    summary = make_summary(
-        cfg, members, metrics, state["epoch"], state["iteration"], data=data, device=device
-    )
-    summary["split"] = args.split
-    from dmlkit.engine.checkpoint import atomic_write_text
-    from dmlkit.engine.faults import maybe_enospc
-
-    target = run.path / f"eval_{args.split}.json"
-    try:
-        maybe_enospc("enospc-in-eval", state["epoch"])
-        atomic_write_text(target, json.dumps(summary, indent=2))
-    except OSError as exc:
-        advice = write_advice(exc, run.path)
-        raise UserError(f"cannot write {target} ({exc.strerror or exc}); {advice}") from None
-    print(f"checkpoint: epoch {state['epoch']} of {run.path}")
-    print_summary(summary)
-    return 0
-
-
 def cmd_reproduce(args: argparse.Namespace) -> int:
-    from dmlkit.experiments import EXPERIMENTS, comparison_report, run_experiment
+    from dmlkit.experiments import EXPERIMENTS
 
     exp = EXPERIMENTS.get(args.name)
     if args.arms:
@@ -317,7 +246,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         raise UserError(f"--seeds must be >= 1, got {args.seeds}")
     if not 0 < args.scale <= 1:
         raise UserError(f"--scale must be in (0, 1], got {args.scale}")
-    from dmlkit.cli.grid import launch_options
+    from dmlkit.cli.grid import launch_options, run_and_report
 
     launch = launch_options(args)
     overrides = [*_data_overrides(args), *args.overrides]
@@ -329,38 +258,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path("runs") / exp.name
     n_seeds = args.seeds if args.seeds is not None else exp.seeds
     print(f"{exp.name}: {exp.description}; {plural(n_seeds, 'seed')} -> {out}")
-    start = time.perf_counter()
-    try:
-        results = run_experiment(
-            exp,
-            out,
-            seeds=n_seeds,
-            overrides=overrides,
-            scale=args.scale,
-            progress=not args.no_progress,
-            launch=launch,
-        )
-    except KeyboardInterrupt:
-        _ignore_interrupts()
-        again = shlex.join(["dml", *sys.argv[1:]]) if sys.argv[1:2] == ["reproduce"] else ""
-        print(
-            f"\ninterrupted; finished runs are kept and the interrupted one resumes: run the "
-            f"same command again{': ' + again if again else ''}",
-            file=sys.stderr,
-        )
-        return 130
-    report = exp.report or comparison_report
-    text = report(exp, results, out, args.scale)
-    print()
-    print(text)
-    if args.docs:
-        from dmlkit.analysis.report import publish_experiment
-
-        page = publish_experiment(exp, results, out, Path(args.docs))
-        print(f"\nreport page: {page}")
-    seconds = time.perf_counter() - start
-    print(f"\n{plural(len(results), 'run')} in {seconds:.0f} s; results in {out}")
-    return 0
+    return run_and_report(exp, out, args, launch, seeds=n_seeds, overrides=overrides)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -390,6 +288,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return EXIT_USER_ERROR
     from dmlkit.cli.analysis import cmd_analyze, cmd_report
+    from dmlkit.cli.evaluate import cmd_eval
     from dmlkit.cli.use import cmd_export, cmd_list, cmd_predict
 
     commands = {"train": cmd_train, "eval": cmd_eval, "reproduce": cmd_reproduce, "list": cmd_list}

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from dmlkit.cli.summary import plural
+from dmlkit.cli.summary import ignore_interrupts, plural
 from dmlkit.errors import UserError
 
 # What `dml reproduce` and `dml grid` use without --jobs: 1 (the cells one after another in the
@@ -170,37 +170,52 @@ def cmd_grid(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path("runs") / name
     cells = len(exp.arms) * args.seeds
     print(f"{exp.name}: {exp.description}; {plural(cells, 'run')} -> {out}")
-    return run_and_report(exp, out, args, launch, overrides=args.overrides)
+    return run_and_report(exp, out, args, launch, seeds=args.seeds, overrides=args.overrides)
 
 
 def run_and_report(
-    exp: Any, out: Path, args: argparse.Namespace, launch: Any, *, overrides: list[str]
+    exp: Any,
+    out: Path,
+    args: argparse.Namespace,
+    launch: Any,
+    *,
+    seeds: int,
+    overrides: list[str],
 ) -> int:
-    """Run the grid (resuming), print and write its report; Ctrl-C says how to continue."""
-    from dmlkit.experiments import run_experiment
+    """Run the grid (resuming), print its report (and write ``--docs``' page, where the command
+    has that flag); Ctrl-C says how to continue. The one tail of ``dml reproduce`` and ``dml
+    grid``."""
+    from dmlkit.experiments import comparison_report, run_experiment
 
     start = time.perf_counter()
     try:
         results = run_experiment(
             exp,
             out,
-            seeds=args.seeds,
+            seeds=seeds,
             overrides=overrides,
             scale=args.scale,
             progress=not args.no_progress,
             launch=launch,
         )
     except KeyboardInterrupt:
-        again = shlex.join(["dml", *sys.argv[1:]]) if sys.argv[1:2] == ["grid"] else ""
+        ignore_interrupts()
+        again = shlex.join(["dml", *sys.argv[1:]]) if sys.argv[1:2] == [args.command] else ""
         print(
             f"\ninterrupted; finished runs are kept and the interrupted ones resume: run the "
             f"same command again{': ' + again if again else ''}",
             file=sys.stderr,
         )
         return 130
-    text = exp.report(exp, results, out, args.scale)
+    report = exp.report or comparison_report
+    text = report(exp, results, out, args.scale)
     print()
     print(text)
+    if getattr(args, "docs", None):  # dml reproduce --docs DIR
+        from dmlkit.analysis.report import publish_experiment
+
+        page = publish_experiment(exp, results, out, Path(args.docs))
+        print(f"\nreport page: {page}")
     seconds = time.perf_counter() - start
     print(f"\n{plural(len(results), 'run')} in {seconds:.0f} s; results in {out}")
     return 0

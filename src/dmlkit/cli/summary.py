@@ -1,4 +1,5 @@
-"""The tables ``dml train`` and ``dml eval`` print from a run's summary.
+"""The tables ``dml train`` and ``dml eval`` print from a run's summary, and the one way the
+commands that train stop on Ctrl-C (:func:`ignore_interrupts`).
 
 Every name comes from a file (a checkpoint's peer names, summary.json): printed through
 :func:`dmlkit.trust.printable`, so a control character in one cannot drive the terminal.
@@ -6,7 +7,14 @@ Every name comes from a file (a checkpoint's peer names, summary.json): printed 
 
 from __future__ import annotations
 
+import signal
+
 from dmlkit.trust import printable
+
+
+def ignore_interrupts() -> None:
+    """After a first Ctrl-C, a second one must not break the clean-up (atexit) in a traceback."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def plural(n: int, noun: str) -> str:

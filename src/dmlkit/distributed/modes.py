@@ -23,6 +23,15 @@ from dmlkit.losses.batches import slice_batch
 from dmlkit.methods.dml import StepSync
 
 
+def _rank_share(group: Group, n: int, uneven: str) -> slice:
+    """This rank's contiguous ``n / world`` of ``n`` items (peers or samples); ``uneven``: the
+    one-line error when ``n`` does not split evenly over the processes."""
+    if n % group.world:
+        raise UserError(uneven)
+    size = n // group.world
+    return slice(group.rank * size, (group.rank + 1) * size)
+
+
 class OneProcess:
     """How the trainer's work is spread: here, not at all (one process, or ``mode=none``).
 
@@ -68,15 +77,14 @@ class CohortMode(OneProcess):
     name = "cohort"
 
     def peer_slice(self, num_peers: int) -> slice:
-        g = self.group
-        if num_peers % g.world:
-            raise UserError(
-                f"distributed.mode=cohort: the {num_peers} peers do not split evenly over "
-                f"{g.world} processes; launch a number of processes that divides the cohort "
-                f"size (or use distributed.mode=data)"
-            )
-        share = num_peers // g.world
-        return slice(g.rank * share, (g.rank + 1) * share)
+        world = self.group.world
+        return _rank_share(
+            self.group,
+            num_peers,
+            f"distributed.mode=cohort: the {num_peers} peers do not split evenly over "
+            f"{world} processes; launch a number of processes that divides the cohort "
+            f"size (or use distributed.mode=data)",
+        )
 
     def wrap_cohort(
         self,
@@ -110,17 +118,16 @@ class DataMode(OneProcess):
         its slice: the union of the shards is exactly the one-process batch, which a
         DistributedSampler over the dataset would not give.
         """
-        g = self.group
-        n = len(y)
-        if n % g.world:
-            raise UserError(
-                f"distributed.mode=data: a batch of {n} images does not split evenly over "
-                f"{g.world} processes; make data.batch_size a multiple of {g.world} and "
-                f"no larger than the training split"
-            )
-        b = n // g.world
+        world = self.group.world
+        share = _rank_share(
+            self.group,
+            len(y),
+            f"distributed.mode=data: a batch of {len(y)} images does not split evenly over "
+            f"{world} processes; make data.batch_size a multiple of {world} and "
+            f"no larger than the training split",
+        )
         # a dict batch (Hugging Face models): every tensor of it sliced alike
-        return slice_batch(x, g.rank * b, (g.rank + 1) * b), y[g.rank * b : (g.rank + 1) * b]
+        return slice_batch(x, share.start, share.stop), y[share]
 
     def end_epoch(self, cohort: nn.Module, logs: list[dict[str, float]]) -> list[dict[str, float]]:
         """The epoch's train logs and the BatchNorm running statistics, averaged.

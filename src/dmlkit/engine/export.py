@@ -22,6 +22,7 @@ from torch import Tensor
 
 from dmlkit.engine.checkpoint import atomic_write_bytes_with, load_checkpoint
 from dmlkit.engine.faults import maybe_enospc
+from dmlkit.engine.outputs import check_out_folder, check_writable
 from dmlkit.engine.predict import Predictor, peer_index
 from dmlkit.errors import UserError, write_advice
 
@@ -83,8 +84,7 @@ def check_export_dir(out: str | Path, force: bool = False) -> Path:
     of the names :data:`EXPORT_FILES` is not replaced without ``force``.
     """
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out}: is a file, not a folder; give a folder for the model files")
+    # a file named ``out`` passes the two checks below (nothing is under it) and is named next
     ours = _ours_json(out / "model.json", ("which", "preprocess", "peers"))
     theirs = [n for n in EXPORT_FILES if (out / n).exists() or (out / n).is_symlink()]
     if theirs and not ours and not force:
@@ -95,20 +95,8 @@ def check_export_dir(out: str | Path, force: bool = False) -> Path:
     odd = [n for n in theirs if not (out / n).is_file() or (out / n).is_symlink()]
     if odd:
         raise UserError(f"--out {out}: {odd[0]} is not a plain file; remove it or choose another")
-    _check_writable(out, "--out")
+    check_out_folder(out, "--out", holds="the model files")
     return out
-
-
-def _check_writable(folder: Path, flag: str) -> None:
-    """The nearest existing folder of ``folder`` can be written into (checked before work)."""
-    existing = folder
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-        raise UserError(
-            f"{flag} {folder}: cannot write there ({existing} is not a writable folder); "
-            f"choose another path"
-        )
 
 
 def check_output_file(
@@ -140,7 +128,7 @@ def check_output_file(
             f"{flag} {path}: cannot write there (No such folder: {path.parent}); create it or "
             f"choose another path"
         )
-    _check_writable(path.parent, flag)
+    check_writable(path.parent, flag)
     return path
 
 

@@ -49,21 +49,29 @@ def _cpus(pending: list[Cell], options: LaunchOptions) -> int:
 # Ray
 
 
-class _RayBackend(Backend):
+class _ClusterBackend(Backend):
+    """What the Ray and Slurm launchers share: each cell's spec for its worker, and the
+    shared-folder marker (``OUT/.dml-shared``), removed when the grid is done."""
+
     def __init__(
-        self,
-        ray: Any,
-        task: Any,
-        specs: dict[tuple[str, int], dict[str, Any]],
-        cap: int,
-        started: bool,
+        self, pending: list[Cell], out: Path, cpus: int, marker: dict[str, str], capacity: int
     ) -> None:
-        self.ray, self.task, self.specs, self.capacity = ray, task, specs, cap
-        self.marker = next(iter(specs.values()))["marker"]["path"]
-        self.started = started  # this command connected to (or started) Ray: it lets go
+        spec = {"threads": cpus, "log": True, "marker": marker}
+        self.specs = {c.key: cell_spec(c, out, **spec) for c in pending}
+        self.marker, self.capacity = marker["path"], capacity
 
     def close(self) -> None:
         Path(self.marker).unlink(missing_ok=True)  # its job is done: the workers have read it
+
+
+class _RayBackend(_ClusterBackend):
+    def __init__(self, ray: Any, task: Any, started: bool, *cluster: Any) -> None:
+        super().__init__(*cluster)  # cluster: _ClusterBackend's arguments
+        self.ray, self.task = ray, task
+        self.started = started  # this command connected to (or started) Ray: it lets go
+
+    def close(self) -> None:
+        super().close()
         if self.started:
             self.ray.shutdown()
 
@@ -125,29 +133,23 @@ def ray_backend(
             raise UserError(text[text.index("--out ") :]) from None
         raise
     task = ray.remote(num_cpus=cpus, num_gpus=gpus, max_retries=0)(execute_cell)
-    specs = {c.key: cell_spec(c, out, threads=cpus, log=True, marker=marker) for c in pending}
     jobs = options.jobs
     capacity = len(pending) if jobs == "auto" else int(jobs)  # auto: Ray queues by resources
     log(
         f"ray: {len(nodes)} node(s) at {where}, {resources.get('CPU', 0):g} CPUs, "
         f"{resources.get('GPU', 0):g} GPUs; each cell asks {cpus} CPU(s), {gpus} GPU(s)"
     )
-    return _RayBackend(ray, task, specs, capacity, started)
+    return _RayBackend(ray, task, started, pending, out, cpus, marker, capacity)
 
 
 # ------------------------------------------------------------------------------------------------
 # Slurm
 
 
-class _SlurmBackend(Backend):
-    def __init__(
-        self, executor: Any, specs: dict[tuple[str, int], dict[str, Any]], capacity: int
-    ) -> None:
-        self.executor, self.specs, self.capacity = executor, specs, capacity
-        self.marker = next(iter(specs.values()))["marker"]["path"]
-
-    def close(self) -> None:
-        Path(self.marker).unlink(missing_ok=True)  # its job is done: the workers have read it
+class _SlurmBackend(_ClusterBackend):
+    def __init__(self, executor: Any, *cluster: Any) -> None:
+        super().__init__(*cluster)  # cluster: _ClusterBackend's arguments
+        self.executor = executor
 
     def submit(self, cells: list[Cell]) -> list[Any]:
         # one job array for the cells ready now (a kd student waits for the next wave)
@@ -209,14 +211,13 @@ def slurm_backend(
     elif cluster == "local":
         params.update(cpus_per_task=cpus, gpus_per_node=gpus)
     executor.update_parameters(**params)
-    specs = {c.key: cell_spec(c, out, threads=cpus, log=True, marker=marker) for c in pending}
     log(
         f"slurm ({cluster}): job arrays of ready cells, each {cpus} CPU(s), {gpus} GPU(s), "
         f"{params['timeout_min']} min; submitit files in {out / 'logs' / 'slurm'}"
     )
     # Slurm queues the whole array (its parallelism limits what runs); submitit's local
     # stand-ins start every job at once, so there --jobs is the limit
-    capacity = len(specs)
+    capacity = len(pending)
     if cluster != "slurm":
         capacity = 1 if options.jobs == "auto" else int(options.jobs)
-    return _SlurmBackend(executor, specs, capacity)
+    return _SlurmBackend(executor, pending, out, cpus, marker, capacity)

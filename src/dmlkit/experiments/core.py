@@ -266,22 +266,24 @@ def _top1(summary: dict[str, Any], member: str) -> float:
     raise KeyError(member)
 
 
+def markdown_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]:
+    """The lines of a Markdown table: ``header``, the rule under it, one line per row."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    return lines + ["| " + " | ".join(cells) + " |" for cells in rows]
+
+
 def format_table(exp: Experiment, rows: list[dict[str, Any]], n_seeds: int) -> str:
     """A Markdown table: test top-1 % (mean ± std over seeds) per arm and the paired gain."""
     arms = list(exp.arms)
     gains = [a for a in arms if a != exp.baseline]
     header = ["peer", *arms, *[f"gain {a} − {exp.baseline}" for a in gains]]
-    lines = [
-        f"Test top-1 % over {n_seeds} seed(s), mean ± std; gain paired by seed.",
-        "",
-        "| " + " | ".join(header) + " |",
-        "|" + "|".join("---" for _ in header) + "|",
+    cells = [
+        [row["peer"], *[mean_std(row[a]) for a in arms]]
+        + [mean_std(row[f"gain_{a}"], signed=True) for a in gains]
+        for row in rows
     ]
-    for row in rows:
-        cells = [row["peer"], *[mean_std(row[a]) for a in arms]]
-        cells += [mean_std(row[f"gain_{a}"], signed=True) for a in gains]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    lines = [f"Test top-1 % over {n_seeds} seed(s), mean ± std; gain paired by seed.", ""]
+    return "\n".join(lines + markdown_table(header, cells))
 
 
 def comparison_report(exp: Experiment, results: list[RunResult], out: Path, scale: float) -> str:

@@ -43,6 +43,7 @@ from dmlkit.engine.evaluation import ENSEMBLE
 from dmlkit.experiments.core import (
     Experiment,
     RunResult,
+    markdown_table,
     register_experiment,
     write_results_files,
 )
@@ -111,9 +112,19 @@ def _scale_note(scale: float) -> str:
     return f"Smoke run at --scale {scale:g} (iterations and data x {scale:g}).\n\n" * (scale != 1)
 
 
-def write_files(exp: Experiment, results: list[RunResult], out: Path, text: str) -> None:
-    """results.md (``text``) and results.csv: one row per run and member (peer or ensemble),
-    every re-id metric."""
+def write_page(
+    exp: Experiment,
+    results: list[RunResult],
+    out: Path,
+    scale: float,
+    intro: str,
+    table: list[str],
+    after: str = "",
+) -> str:
+    """The report's text (a smoke run's note, ``intro``, the ``table`` lines, ``after``),
+    returned and written as results.md, with results.csv: one row per run and member (peer or
+    ensemble), every re-id metric."""
+    text = _scale_note(scale) + intro + "\n".join(table) + after
     keys = [*METRICS, *MQ_METRICS, "entropy"]
     rows = []
     for r in results:
@@ -122,6 +133,7 @@ def write_files(exp: Experiment, results: list[RunResult], out: Path, text: str)
         for name, m in members:
             rows.append([r.arm, r.seed, name, *[f"{m[k]:.6f}" if k in m else "" for k in keys]])
     write_results_files(exp, out, text, ["arm", "seed", "member", *keys], rows)
+    return text
 
 
 # ------------------------------------------------------------------------------------------------
@@ -135,10 +147,7 @@ def table_report(exp: Experiment, results: list[RunResult], out: Path, scale: fl
     header = ["init", "method", "mAP", "Rank-1", "Rank-5", "Rank-10", "Rank-20"]
     header += ["MQ mAP", "MQ Rank-1"] * multi
     header += ["ensemble mAP", "ensemble Rank-1", "paper mAP / Rank-1"]
-    lines = [
-        "| " + " | ".join(header) + " |",
-        "|" + "|".join("---" for _ in header) + "|",
-    ]
+    rows = []
     scratch_first = sorted(exp.arms, key=lambda a: a.endswith("_pretrained"))  # stable
     for arm in scratch_first:
         if arm not in arms:
@@ -156,7 +165,7 @@ def table_report(exp: Experiment, results: list[RunResult], out: Path, scale: fl
         if arm in paper.MARKET1501_MULTI_QUERY and multi:
             mq = paper.MARKET1501_MULTI_QUERY[arm]
             paper_text += " (MQ " + " / ".join(f"{v:.2f}" for v in mq) + ")"
-        lines.append("| " + " | ".join([init, method, *cells, paper_text]) + " |")
+        rows.append([init, method, *cells, paper_text])
     n_seeds = len({r.seed for r in results})
     gains = []
     for init, suffix in (("scratch", ""), ("ImageNet", "_pretrained")):
@@ -170,16 +179,13 @@ def table_report(exp: Experiment, results: list[RunResult], out: Path, scale: fl
                 a, b = _peer_values(by_seed[r.seed], "mAP"), _peer_values(r.summary, "mAP")
                 paired += [y - x for x, y in zip(a, b)]
         gains.append(f"{init} {mean_std(paired, signed=True)}")
-    text = (
-        _scale_note(scale)
-        + f"Market-1501, single query unless MQ, % over {n_seeds} seed(s): peers' mean ± std "
+    intro = (
+        f"Market-1501, single query unless MQ, % over {n_seeds} seed(s): peers' mean ± std "
         f"(over peers and seeds); ensemble = concatenated L2-normalised features.\n\n"
-        + "\n".join(lines)
     )
-    if gains:
-        text += f"\n\nDML − independent, peers' mAP paired by seed and peer: {'; '.join(gains)}."
-    write_files(exp, results, out, text)
-    return text
+    gain = f"\n\nDML − independent, peers' mAP paired by seed and peer: {'; '.join(gains)}."
+    table = markdown_table(header, rows)
+    return write_page(exp, results, out, scale, intro, table, gain if gains else "")
 
 
 TABLE = register_experiment(
@@ -243,7 +249,7 @@ def cohort_size_report(exp: Experiment, results: list[RunResult], out: Path, sca
     arms = _by_arm(results)
     curves = {m: _cohort_points(arms, m) for m in ("independent", "dml")}
     header = ["K", "independent peers", "DML peers", "independent ensemble", "DML ensemble"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    rows = []
     for k in range(1, MAX_COHORT + 1):
         row = {m: next((p for p in curves[m] if p[0] == k), None) for m in curves}
         if not any(row.values()):
@@ -251,19 +257,17 @@ def cohort_size_report(exp: Experiment, results: list[RunResult], out: Path, sca
         cells = [str(k)]
         cells += [mean_std(row[m][1]) if row[m] else MISSING for m in ("independent", "dml")]
         cells += [mean_std(row[m][2]) if row[m] else MISSING for m in ("independent", "dml")]
-        lines.append("| " + " | ".join(cells) + " |")
+        rows.append(cells)
     out.mkdir(parents=True, exist_ok=True)
     png = out / "cohort_size.png"
     plot_cohort_size(curves, png)
-    text = (
-        _scale_note(scale) + f"Market-1501 mAP % vs cohort size (MobileNets, single query), over "
+    intro = (
+        f"Market-1501 mAP % vs cohort size (MobileNets, single query), over "
         f"{len({r.seed for r in results})} seed(s): peers = mean ± std over the individual "
         f"peers; ensemble = concatenated features. K = 1 is one network trained alone.\n\n"
-        + "\n".join(lines)
-        + f"\n\nPlot: {png}"
     )
-    write_files(exp, results, out, text)
-    return text
+    table = markdown_table(header, rows)
+    return write_page(exp, results, out, scale, intro, table, f"\n\nPlot: {png}")
 
 
 COHORT_SIZE = register_experiment(
@@ -296,7 +300,7 @@ def dml_e_report(exp: Experiment, results: list[RunResult], out: Path, scale: fl
         "peers entropy (nats)",
         "ensemble entropy (nats)",
     ]
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    rows = []
     bars: dict[str, dict[str, list[float]]] = {}
     for arm in exp.arms:
         runs = arms.get(arm)
@@ -309,31 +313,27 @@ def dml_e_report(exp: Experiment, results: list[RunResult], out: Path, scale: fl
         ens_ent = [v for r in runs if (v := _ensemble_value(r.summary, "entropy")) is not None]
         bars[arm] = {"mAP": peers_map, "ensemble mAP": ens_map, "entropy": ent}
         label = "DML_e" if arm == "dml_e" else "DML"
-        lines.append(
-            "| "
-            + " | ".join(
-                [
-                    label,
-                    mean_std(peers_map),
-                    mean_std(peers_r1),
-                    mean_std(ens_map),
-                    mean_std(ent, 3),
-                    mean_std(ens_ent, 3),
-                ]
-            )
-            + " |"
+        rows.append(
+            [
+                label,
+                mean_std(peers_map),
+                mean_std(peers_r1),
+                mean_std(ens_map),
+                mean_std(ent, 3),
+                mean_std(ens_ent, 3),
+            ]
         )
     out.mkdir(parents=True, exist_ok=True)
     png = out / "dml_e.png"
     plot_dml_e(bars, png)
-    text = (
-        _scale_note(scale) + "Market-1501, 5 MobileNets, single query, % over "
+    intro = (
+        "Market-1501, 5 MobileNets, single query, % over "
         f"{len({r.seed for r in results})} seed(s). Entropy: the mean entropy of each peer's "
         "posterior over the training identities, on the query images (the paper: DML_e is worse, "
-        "its peers' posteriors peakier).\n\n" + "\n".join(lines) + f"\n\nPlot: {png}"
+        "its peers' posteriors peakier).\n\n"
     )
-    write_files(exp, results, out, text)
-    return text
+    table = markdown_table(header, rows)
+    return write_page(exp, results, out, scale, intro, table, f"\n\nPlot: {png}")
 
 
 DML_E = register_experiment(
