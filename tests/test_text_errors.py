@@ -91,10 +91,6 @@ def test_predict_text_mistakes_are_one_line(tmp_path, capsys, text_run):
         "predict-lines-not-utf8": ([str(text_run), "--lines", str(bad)], "not UTF-8 (byte 0)"),
         "predict-text-empty": ([str(text_run), "--text", ""], "an empty text cannot be scored"),
     }
-    code = main(["analyze", str(text_run), "--out", str(tmp_path / "ana")])
-    err = capsys.readouterr().err
-    assert code == 2 and "a text run; dml analyze" in err and len(err.strip().splitlines()) == 1
-    assert not (tmp_path / "ana").exists()
     doc = (Path(__file__).parents[1] / "docs" / "errors.md").read_text()
     for case, (argv, needle) in cases.items():
         assert f"| {case} |" in doc
@@ -113,6 +109,5 @@ def test_every_row_is_tested():
         "predict-lines-missing",
         "predict-lines-not-utf8",
         "predict-text-empty",
-        "analyze-text-run",
     }
     assert set(rows) - {"id"} == tested  # "id": the header

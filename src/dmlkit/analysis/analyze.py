@@ -121,9 +121,10 @@ def collapse_hints(results: list[dict[str, Any]]) -> list[str]:
                     if r["method"] in ("dml", "dml_e")
                     else "lower optim.lr"
                 )
+                units = "" if math.isnan(dead) else f"{100 * dead:.0f} % dead ReLU units, "
                 hints.append(
-                    f"hint: {peer} of {r['path']} looks collapsed ({100 * dead:.0f} % dead ReLU "
-                    f"units, final training CE {ce[-1]:.2f} vs chance {chance:.2f}); {fix}"
+                    f"hint: {peer} of {r['path']} looks collapsed ({units}final training CE "
+                    f"{ce[-1]:.2f} vs chance {chance:.2f}); {fix}"
                 )
     return hints
 

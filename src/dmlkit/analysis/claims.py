@@ -31,6 +31,8 @@ _test_entropy = _peers_mean(lambda r, p: r["entropy"]["test"][p])
 
 def _noise_rise(r: dict[str, Any]) -> float:
     """The training-loss rise at the largest sigma, averaged over draws and peers."""
+    if not r["noise"]["peers"]:  # not measured (a text run)
+        return float("nan")
     i = len(r["noise"]["sigmas"]) - 1
     return statistics.fmean(
         statistics.fmean(rec["losses"][i]) - rec["base"] for rec in r["noise"]["peers"].values()

@@ -85,13 +85,17 @@ def write_figures(results: list[dict[str, Any]], g: ArmAnalyses, out: Path) -> l
         for lab in g.labels
     }
     written.append(plots.plot_curves(curves, val, g.peers, g.labels, out / "loss_curves.png"))
-    increase = {lab: {p: noise_increase(g.by_label[lab], p) for p in g.peers} for lab in g.labels}
-    first = results[0]["noise"]
-    written.append(
-        plots.plot_noise(
-            increase, first["sigmas"], first["relative"], g.peers, g.labels, out / "noise.png"
+    measured = [r["noise"] for r in results if r["noise"]["peers"]]
+    if measured:  # text runs have no noise probe (analysis.measure)
+        increase = {
+            lab: {p: noise_increase(g.by_label[lab], p) for p in g.peers} for lab in g.labels
+        }
+        first = measured[0]
+        written.append(
+            plots.plot_noise(
+                increase, first["sigmas"], first["relative"], g.peers, g.labels, out / "noise.png"
+            )
         )
-    )
     ent = {
         lab: {
             split: [

@@ -107,7 +107,12 @@ def _loss_table(g: ArmAnalyses) -> str:
     )
 
 
-def _noise_table(g: ArmAnalyses, first: dict[str, Any]) -> str:
+def _noise_table(g: ArmAnalyses, results: list[dict[str, Any]]) -> str:
+    measured = [r["noise"] for r in results if r["noise"]["peers"]]
+    if not measured:  # text runs: the probe scores image batches
+        why = results[0]["noise"].get("skipped", "not measured")
+        return f"Not measured: {why}."
+    first = measured[0]
     sigmas = first["sigmas"]
     unit = "x tensor std" if first["relative"] else "absolute"
     head = " | ".join(f"σ={s:g}" for s in sigmas if s > 0)
@@ -183,7 +188,7 @@ def summary_tables(results: list[dict[str, Any]]) -> dict[str, str]:
     g = ArmAnalyses.of(results)
     return {
         "loss": _loss_table(g),
-        "noise": _noise_table(g, results[0]["noise"]),
+        "noise": _noise_table(g, results),
         "entropy": _entropy_table(g, results[0]["num_classes"]),
         "agreement": _agreement_table(g),
     }

@@ -58,8 +58,19 @@ def agreement(logits: Sequence[Tensor]) -> dict[str, float | None]:
     if not logits:
         raise ValueError("agreement needs the logits of at least one peer")
     log_p = torch.stack([F.log_softmax(z.float(), dim=1) for z in logits])  # [K, N, C]
-    sums = (agreement_sums(log_p) / log_p.shape[1]).tolist()
-    pairwise = len(logits) > 1
+    return agreement_of_sums(agreement_sums(log_p), log_p.shape[1], len(logits))
+
+
+def agreement_of_sums(sums: Tensor, n: int, k: int) -> dict[str, float | None]:
+    """:func:`agreement`'s values from :func:`agreement_sums` added over batches.
+
+    Args:
+        sums: ``[3]`` the sums over ``n`` samples (or valid tokens).
+        n: the number of samples summed (> 0).
+        k: the number of peers.
+    """
+    sums = (sums / n).tolist()
+    pairwise = k > 1
     return {
         "all_agree": sums[0],
         "pairwise_agree": sums[1] if pairwise else None,
