@@ -277,11 +277,12 @@ def test_watch_started_with_dml_train_then_a_sigkilled_run(tmp_path: Path) -> No
     assert out.getvalue().split("\n\n")[-1].splitlines()[0].endswith("epoch 2/2  step 4  finished")
     # a second run, SIGKILLed after its first checkpoint: not running, the way on named
     run = tmp_path / "killed"
-    proc = train("train.epochs=500")
-    sha = run / "checkpoints" / "epoch_0001.pt.sha256"
+    proc = train("train.epochs=100000")  # far longer than the test: it is killed, not finished
     deadline = time.monotonic() + 300
-    while not sha.exists() and time.monotonic() < deadline:
-        time.sleep(0.1)
+    # any epoch's checkpoint: only the newest are kept, so a named one may be gone already
+    while not list((run / "checkpoints").glob("epoch_*.pt.sha256")):
+        assert time.monotonic() < deadline and proc.poll() is None, "no checkpoint was written"
+        time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=60)
     out = io.StringIO()
